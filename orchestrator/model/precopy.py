@@ -1,0 +1,533 @@
+"""Iterative pre-copy model of a QEMU live migration: Tmig = f(r_mig, r_dir, M, ς).
+
+Why a model and not M ÷ r_mig: what a pre-copy migration sends is set by the guest's
+non-zero memory and its writable working set, not by M (LAB-NOTES: an idle busybox guest
+sends ~72 MB at 128 MiB and ~99 MB at 1024 MiB). The naive quotient overestimates such
+migrations 2-10x, and it cannot say when a migration will never finish.
+
+What QEMU does, and what this module mirrors (symbols used below):
+
+    M   memory_bytes           B   bandwidth_bytes_s × η (η = calibration.bandwidth_efficiency)
+    F   footprint (non-zero)   z   zero_page_wire_ratio (a zero page goes as a ~9 byte marker)
+    W   writable working set   r   dirty rate in bytes/s = dirty_rate_pages_s × page_size
+    ς   switch-over threshold = B × downtime_limit_s   (QEMU: threshold_size)
+
+    round 0   sends the whole memory: s0 = F + z·(M − F) bytes,
+              lasting t0 = s0 / B + scan_s_per_gib·(M − F)/GiB
+    round i   sends what was dirtied during round i−1: s_i = min(W, r·t_{i−1}), t_i = s_i / B
+    switch    as soon as the dirty set d = min(W, r·t_last) ≤ ς: the guest pauses and the
+              last d bytes go in the stop-and-copy, downtime = d / B + downtime_overhead_s
+    total     Tmig = setup_s + Σ t_i + downtime
+    never     when a later round dirties at least as much as it sent (r ≥ B and W > ς):
+              the dirty set never shrinks, QEMU iterates until the caller's timeout action
+              (abort, raise the downtime limit, post-copy) — `converges` is False.
+
+`iterations` follows libvirt/QEMU's counter (dirty-bitmap syncs), which is the number of
+live rounds + 2: one sync at setup, one at the end of each round, one in the stop-and-copy.
+LAB-NOTES saw 3 for an idle guest: round 0 then straight to switch-over.
+
+Worked example (ideal calibration: setup 0, η = 1, z = 0, no overhead), M = 1 GiB,
+bandwidth 100 MiB/s, downtime limit 0.3 s, so ς = 30 MiB:
+
+    case                          rounds sent (MiB)            final  downtime  Tmig     bytes
+    idle (r = 0)                  1024                         0      0.00 s    10.24 s  1024
+    r = 50 MiB/s (half of B)      1024 512 256 128 64 32       16     0.16 s    20.32 s  2032
+    r = 50 MiB/s, W = 64 MiB      1024 64 32                   16     0.16 s    11.36 s  1136
+    r = 150 MiB/s, W = 16 MiB     1024                         16     0.16 s    10.40 s  1040
+    r = 150 MiB/s, W = M          1024 1024 1024 ...           -      never     ∞        ∞
+
+(r = 50 MiB/s is 12 800 pages/s of 4 KiB.) Everything is pure: numbers in, numbers out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Protocol
+
+GIB = 1024**3
+MIB = 1024**2
+SYNCS_BEYOND_ROUNDS = 2  # NOTE: QEMU syncs the dirty bitmap at setup and in the stop-and-copy too
+MAX_ROUNDS = 10_000  # QEMU has no cap; a model that needs more rounds calls it non-convergent
+CALIBRATION_SCHEMA = "edgeiot.calibration"
+CALIBRATION_VERSION = 1
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class MigrationInputs:
+    """What is known before a migration starts. Bytes, pages/s, bytes/s, seconds."""
+
+    memory_bytes: int
+    dirty_rate_pages_s: float
+    bandwidth_bytes_s: float
+    downtime_limit_s: float = 0.3
+    working_set_bytes: int | None = None
+    footprint_bytes: int | None = None
+    page_size: int = 4096
+
+    def __post_init__(self) -> None:
+        _require(self.memory_bytes > 0, f"memory must be > 0 bytes, got {self.memory_bytes}")
+        _require_finite("dirty rate", self.dirty_rate_pages_s)
+        _require(self.dirty_rate_pages_s >= 0,
+                 f"dirty rate must be >= 0 pages/s, got {self.dirty_rate_pages_s}")
+        _require_finite("bandwidth", self.bandwidth_bytes_s)
+        _require(self.bandwidth_bytes_s > 0,
+                 f"bandwidth must be > 0 bytes/s, got {self.bandwidth_bytes_s}")
+        _require_finite("downtime limit", self.downtime_limit_s)
+        _require(self.downtime_limit_s > 0,
+                 f"downtime limit must be > 0 s, got {self.downtime_limit_s}")
+        _require(self.page_size > 0, f"page size must be > 0 bytes, got {self.page_size}")
+        if self.working_set_bytes is not None:
+            _require(0 <= self.working_set_bytes <= self.memory_bytes,
+                     f"working set must be between 0 and memory ({self.memory_bytes} bytes), "
+                     f"got {self.working_set_bytes}")
+        if self.footprint_bytes is not None:
+            _require(0 <= self.footprint_bytes <= self.memory_bytes,
+                     f"footprint must be between 0 and memory ({self.memory_bytes} bytes), "
+                     f"got {self.footprint_bytes}")
+
+    @property
+    def dirty_rate_bytes_s(self) -> float:
+        return self.dirty_rate_pages_s * self.page_size
+
+    @property
+    def writable_bytes(self) -> int:
+        """The writable working set; unknown means any page may be written."""
+        return self.memory_bytes if self.working_set_bytes is None else self.working_set_bytes
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _require_finite(name: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The model's few free parameters, fitted on real migrations (see model.calibration).
+
+    Defaults come from LAB-NOTES (busybox guest under TCG, Debian 12): footprint
+    F(M) ≈ 73 MB + 2.3 % of M fits the idle-guest measurements at 128-1024 MiB, and a
+    20 MiB/s migration took ~1.09 × bytes ÷ bandwidth. Spreads are generous until fitted.
+    """
+
+    setup_s: float = 0.3  # before round 0 moves bytes: destination start, handshake
+    bandwidth_efficiency: float = 0.95  # B = η × configured bandwidth (framing, TCP, pacing)
+    zero_page_wire_ratio: float = 9 / 4096  # wire bytes per zero byte (8 B header + 1 B)
+    zero_scan_s_per_gib: float = 0.0  # CPU time scanning zero pages in round 0 (TCG)
+    footprint_base_bytes: float = 73e6  # default footprint when the guest's is unknown…
+    footprint_fraction: float = 0.023  # … F = min(M, base + fraction × M)
+    downtime_overhead_s: float = 0.03  # device state, pause/resume, announce
+    time_rel_spread: float = 0.10  # ~90th percentile |relative residual| of Tmig
+    time_abs_spread_s: float = 0.2  # residual floor for short migrations
+    bytes_rel_spread: float = 0.10  # ~90th percentile |relative residual| of bytes
+    downtime_abs_spread_s: float = 0.05  # ~90th percentile |residual| of downtime
+    bandwidth_rel_sd: float = 0.05  # how much the achieved bandwidth wanders
+    fitted_on: int = 0  # migrations the fit used; 0 means these are defaults
+    source: str = "defaults (LAB-NOTES busybox guest)"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float | int) and not isinstance(value, bool):
+                _require(math.isfinite(value) and value >= 0,
+                         f"calibration {f.name} must be a finite number >= 0, got {value}")
+        _require(0 < self.bandwidth_efficiency <= 2,
+                 f"calibration bandwidth_efficiency must be in (0, 2], "
+                 f"got {self.bandwidth_efficiency}")
+        for name in ("zero_page_wire_ratio", "footprint_fraction"):
+            _require(getattr(self, name) <= 1, f"calibration {name} must be <= 1")
+
+    def footprint_for(self, inputs: MigrationInputs) -> float:
+        """The guest's non-zero memory: measured if given, else the default model."""
+        if inputs.footprint_bytes is not None:
+            return float(inputs.footprint_bytes)
+        guess = self.footprint_base_bytes + self.footprint_fraction * inputs.memory_bytes
+        return float(min(inputs.memory_bytes, guess))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": CALIBRATION_SCHEMA, "version": CALIBRATION_VERSION,
+                "parameters": asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Calibration:
+        """Versioned schema; missing parameters take defaults, unknown ones are refused."""
+        _require(isinstance(data, dict), "calibration must be a JSON object")
+        _require(data.get("schema") == CALIBRATION_SCHEMA,
+                 f"not a calibration (schema {data.get('schema')!r}, "
+                 f"expected {CALIBRATION_SCHEMA!r})")
+        version = data.get("version")
+        _require(version == CALIBRATION_VERSION,
+                 f"unsupported calibration version {version!r} (this build reads "
+                 f"{CALIBRATION_VERSION})")
+        params = data.get("parameters")
+        _require(isinstance(params, dict), "calibration has no 'parameters' object")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(params) - set(known))
+        _require(not unknown, f"unknown calibration parameter(s): {', '.join(unknown)}")
+        return cls(**{name: _coerce(name, value, known[name].type)
+                      for name, value in params.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> Calibration:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"calibration is not valid JSON: {exc.msg} at line {exc.lineno}")\
+                from exc
+        return cls.from_dict(data)
+
+
+def _coerce(name: str, value: Any, type_name: Any) -> Any:
+    """JSON numbers into the field's type, with a message naming the bad parameter."""
+    if type_name in ("str", str):
+        _require(isinstance(value, str), f"calibration {name} must be a string")
+        return value
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    _require(ok, f"calibration {name} must be a number, got {value!r}")
+    if type_name in ("int", int):
+        _require(float(value).is_integer(), f"calibration {name} must be an integer")
+        return int(value)
+    return float(value)
+
+
+DEFAULT_CALIBRATION = Calibration()
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class Round:
+    """One live pre-copy round (round 0 is the full-memory pass)."""
+
+    index: int
+    start_s: float  # since the migration started (after setup)
+    duration_s: float
+    sent_bytes: float
+    dirtied_bytes: float  # dirty set at the end of the round: what the next step must send
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A predicted migration. Times in s, bytes; inf when the migration never converges."""
+
+    total_time_s: float
+    transferred_bytes: float
+    iterations: int
+    downtime_s: float
+    converges: bool
+    total_time_uncertainty_s: float
+    transferred_bytes_uncertainty: float = 0.0
+    downtime_uncertainty_s: float = 0.0
+    rounds: tuple[Round, ...] = ()
+    switchover_threshold_bytes: float = 0.0
+    effective_bandwidth_bytes_s: float = 0.0
+    footprint_bytes: float = 0.0
+    reason: str = ""  # why it does not converge, and what QEMU would do then
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe: infinities become None."""
+        data = asdict(self)
+        data["rounds"] = [asdict(r) for r in self.rounds]
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in data.items()}
+
+
+@dataclass(frozen=True)
+class _Run:
+    rounds: tuple[Round, ...]
+    final_bytes: float  # stop-and-copy payload, or the steady dirty set if never converging
+    converges: bool
+
+
+def _simulate(first_bytes: float, first_extra_s: float, first_dirty_window_s: float | None,
+              dirty_bps: float, bandwidth: float, writable: float, threshold: float) -> _Run:
+    """Rounds until the dirty set fits ς, or until it stops shrinking (never converges).
+
+    `first_dirty_window_s` is how long the guest has been dirtying by the end of the first
+    round (longer than its duration when a live estimate starts mid-round).
+    """
+    rounds: list[Round] = []
+    send, start = first_bytes, 0.0
+    duration = first_bytes / bandwidth + first_extra_s
+    window = duration if first_dirty_window_s is None else first_dirty_window_s
+    while True:
+        dirtied = min(writable, dirty_bps * window)
+        rounds.append(Round(len(rounds), start, duration, send, dirtied))
+        if dirtied <= threshold:
+            return _Run(tuple(rounds), dirtied, True)
+        if (len(rounds) > 1 and dirtied >= send) or len(rounds) >= MAX_ROUNDS:
+            return _Run(tuple(rounds), dirtied, False)
+        start += duration
+        send = dirtied
+        duration = window = send / bandwidth
+
+
+def _run_for(inputs: MigrationInputs, cal: Calibration, bandwidth_scale: float = 1.0) -> _Run:
+    bandwidth = inputs.bandwidth_bytes_s * cal.bandwidth_efficiency * bandwidth_scale
+    footprint = cal.footprint_for(inputs)
+    zero_bytes = inputs.memory_bytes - footprint
+    first = footprint + cal.zero_page_wire_ratio * zero_bytes
+    scan_s = cal.zero_scan_s_per_gib * zero_bytes / GIB
+    return _simulate(first, scan_s, None, inputs.dirty_rate_bytes_s, bandwidth,
+                     float(inputs.writable_bytes), bandwidth * inputs.downtime_limit_s)
+
+
+def _total_time(run: _Run, bandwidth: float, cal: Calibration) -> float:
+    if not run.converges:
+        return math.inf
+    live = sum(r.duration_s for r in run.rounds)
+    return cal.setup_s + live + run.final_bytes / bandwidth + cal.downtime_overhead_s
+
+
+def predict(inputs: MigrationInputs, calibration: Calibration | None = None) -> Prediction:
+    """Predict one migration; see the module docstring for the equations and a table."""
+    cal = calibration or DEFAULT_CALIBRATION
+    bandwidth = inputs.bandwidth_bytes_s * cal.bandwidth_efficiency
+    run = _run_for(inputs, cal)
+    total = _total_time(run, bandwidth, cal)
+    downtime = run.final_bytes / bandwidth + cal.downtime_overhead_s
+    sent = sum(r.sent_bytes for r in run.rounds) + run.final_bytes
+    transferred = sent if run.converges else math.inf
+    return Prediction(
+        total_time_s=total,
+        transferred_bytes=transferred,
+        iterations=len(run.rounds) + SYNCS_BEYOND_ROUNDS,
+        downtime_s=downtime,
+        converges=run.converges,
+        total_time_uncertainty_s=_time_uncertainty(inputs, cal, total),
+        transferred_bytes_uncertainty=cal.bytes_rel_spread * transferred,
+        downtime_uncertainty_s=cal.downtime_abs_spread_s,
+        rounds=run.rounds,
+        switchover_threshold_bytes=bandwidth * inputs.downtime_limit_s,
+        effective_bandwidth_bytes_s=bandwidth,
+        footprint_bytes=cal.footprint_for(inputs),
+        reason="" if run.converges else _non_convergence_reason(inputs, run, bandwidth, cal),
+    )
+
+
+def _time_uncertainty(inputs: MigrationInputs, cal: Calibration, total: float) -> float:
+    """Residual spread of the fit plus the swing from a bandwidth off by ±bandwidth_rel_sd.
+
+    The swing matters near the convergence edge, where a few percent of bandwidth decide
+    between a handful of rounds and never finishing: there the uncertainty becomes ∞.
+    """
+    if not math.isfinite(total):
+        return math.inf
+    times = []
+    for scale in (1 - cal.bandwidth_rel_sd, 1 + cal.bandwidth_rel_sd):
+        run = _run_for(inputs, cal, scale)
+        bandwidth = inputs.bandwidth_bytes_s * cal.bandwidth_efficiency * scale
+        times.append(_total_time(run, bandwidth, cal))
+    swing = (max(times) - min(times)) / 2
+    return cal.time_rel_spread * total + cal.time_abs_spread_s + swing
+
+
+def _non_convergence_reason(inputs: MigrationInputs, run: _Run, bandwidth: float,
+                            cal: Calibration) -> str:
+    rate, steady = inputs.dirty_rate_bytes_s, run.final_bytes
+    threshold = bandwidth * inputs.downtime_limit_s
+    if len(run.rounds) >= MAX_ROUNDS:
+        cause = f"the dirty set still exceeds the threshold after {MAX_ROUNDS} rounds"
+    else:
+        cause = (f"dirty rate {rate / MIB:.1f} MiB/s >= effective bandwidth "
+                 f"{bandwidth / MIB:.1f} MiB/s and the writable working set "
+                 f"({inputs.writable_bytes / MIB:.0f} MiB) exceeds the switch-over threshold "
+                 f"({threshold / MIB:.1f} MiB)")
+    return (f"will not converge: {cause}; QEMU would keep iterating, resending "
+            f"~{steady / MIB:.0f} MiB every {steady / bandwidth:.1f} s, until the migration "
+            f"timeout action fires (abort, raise the downtime limit, or post-copy); "
+            f"forcing the switch-over would pause the guest "
+            f"~{steady / bandwidth + cal.downtime_overhead_s:.1f} s")
+
+
+def naive_time_s(inputs: MigrationInputs) -> float:
+    """The baseline every published model beats: M ÷ r_mig."""
+    return inputs.memory_bytes / inputs.bandwidth_bytes_s
+
+
+# --------------------------------------------------------------------------- live re-estimate
+
+
+@dataclass(frozen=True)
+class JobSample:
+    """One job-stats snapshot, as libvirt's jobStats reports it during a migration.
+
+    `iteration` is libvirt's memory_iteration (1 during round 0). The dirty rate shows from
+    iteration 2 on (LAB-NOTES); 0 before that means "not measured yet", not "idle".
+    """
+
+    elapsed_s: float
+    iteration: int
+    remaining_bytes: float
+    dirty_rate_pages_s: float = 0.0
+    bandwidth_bytes_s: float = 0.0
+    processed_bytes: float = 0.0
+    round_elapsed_s: float | None = None  # time since this iteration began, if tracked
+
+
+@dataclass(frozen=True)
+class RemainingEstimate:
+    remaining_s: float  # inf when the migration will not converge at current rates
+    converges: bool
+    rounds_left: int
+    downtime_s: float
+    uncertainty_s: float
+
+
+def estimate_remaining(sample: JobSample, inputs: MigrationInputs,
+                       calibration: Calibration | None = None) -> RemainingEstimate:
+    """Time left from a live sample: finish this round, then the model from here on.
+
+    Live measurements win over the plan: the sample's bandwidth (memory_bps) is already an
+    achieved rate, so no efficiency factor applies; its dirty rate replaces the planned one
+    once QEMU reports it. In round 0, QEMU's `remaining` still counts unvisited zero pages,
+    so the wire bytes left are the planned round-0 bytes not yet processed.
+    """
+    cal = calibration or DEFAULT_CALIBRATION
+    bandwidth = (sample.bandwidth_bytes_s if sample.bandwidth_bytes_s > 0
+                 else inputs.bandwidth_bytes_s * cal.bandwidth_efficiency)
+    rate_pages = (sample.dirty_rate_pages_s if sample.iteration >= 2
+                  and sample.dirty_rate_pages_s > 0 else inputs.dirty_rate_pages_s)
+    left = _wire_bytes_left(sample, inputs, cal)
+    this_round_s = left / bandwidth
+    window = this_round_s + (sample.round_elapsed_s or 0.0)
+    run = _simulate(left, 0.0, window, rate_pages * inputs.page_size, bandwidth,
+                    float(inputs.writable_bytes), bandwidth * inputs.downtime_limit_s)
+    downtime = run.final_bytes / bandwidth + cal.downtime_overhead_s
+    if not run.converges:
+        return RemainingEstimate(math.inf, False, len(run.rounds), downtime, math.inf)
+    remaining = sum(r.duration_s for r in run.rounds) + downtime
+    spread = cal.time_rel_spread * remaining + cal.downtime_abs_spread_s
+    return RemainingEstimate(remaining, True, len(run.rounds), downtime, spread)
+
+
+def _wire_bytes_left(sample: JobSample, inputs: MigrationInputs, cal: Calibration) -> float:
+    remaining = max(0.0, sample.remaining_bytes)
+    if sample.iteration >= 2:
+        return remaining
+    footprint = cal.footprint_for(inputs)
+    planned = footprint + cal.zero_page_wire_ratio * (inputs.memory_bytes - footprint)
+    floor = cal.zero_page_wire_ratio * remaining  # even an all-zero rest costs its markers
+    return min(remaining, max(planned - sample.processed_bytes, floor))
+
+
+# --------------------------------------------------------------------------- monotone ETA
+
+
+@dataclass(frozen=True)
+class EtaState:
+    """What the progress bar shows: an end time (s since start) and the time left."""
+
+    elapsed_s: float
+    end_s: float
+    holding: bool = False  # evidence says later: the countdown is paused, not reversed
+
+    @property
+    def remaining_s(self) -> float:
+        return max(0.0, self.end_s - self.elapsed_s)
+
+
+def monotone_eta(previous: EtaState | None, elapsed_s: float, raw_remaining_s: float,
+                 uncertainty_s: float = 0.0) -> EtaState:
+    """Next displayed ETA; the displayed time left never increases.
+
+    The rule: each raw estimate gives a band of end times, raw ± uncertainty.
+      * display inside the band → keep it (noise does not move the bar);
+      * display after the band  → move earlier, to the band's upper edge;
+      * display before the band → evidence forces later: move later, but by at most the
+        time since the last sample, so the countdown holds (`holding`) rather than climbing.
+    The first estimate is shown as is. An infinite raw estimate (no convergence) holds.
+    """
+    raw_end = elapsed_s + max(0.0, raw_remaining_s)
+    if previous is None:
+        return EtaState(elapsed_s, raw_end if math.isfinite(raw_end) else elapsed_s,
+                        holding=not math.isfinite(raw_end))
+    step = max(0.0, elapsed_s - previous.elapsed_s)
+    low, high = raw_end - uncertainty_s, raw_end + uncertainty_s
+    end, holding = previous.end_s, False
+    if end > high:
+        end = high
+    elif end < low:
+        end, holding = min(low, end + step), True
+    return EtaState(elapsed_s, max(end, elapsed_s), holding)
+
+
+def monotone_series(points: Sequence[tuple[float, float, float]]) -> list[EtaState]:
+    """`monotone_eta` over (elapsed_s, raw_remaining_s, uncertainty_s) triples."""
+    states: list[EtaState] = []
+    for elapsed, raw, spread in points:
+        states.append(monotone_eta(states[-1] if states else None, elapsed, raw, spread))
+    return states
+
+
+# --------------------------------------------------------------------------- stall detector
+
+
+class IterationSample(Protocol):
+    """Anything with libvirt's iteration counter and remaining bytes (JobSample, records)."""
+
+    @property
+    def iteration(self) -> int: ...
+
+    @property
+    def remaining_bytes(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class StallVerdict:
+    stalled: bool
+    reason: str = ""
+    round_start_bytes: tuple[float, ...] = field(default=())
+
+
+def detect_stall(samples: Sequence[IterationSample], window: int = 3,
+                 min_shrink: float = 0.10) -> StallVerdict:
+    """Stalled: the dirty set at the start of each of the last `window` completed rounds has
+    not shrunk by `min_shrink` versus the best earlier round.
+
+    Why round starts: within a round `remaining` always falls (pages go out); progress
+    means the dirty set found at each sync gets smaller. Round 0 (iteration 1) is skipped:
+    its start is the whole memory, not a dirty set. The current round is incomplete and is
+    skipped too, so `window` + 1 completed dirty rounds are needed before a verdict.
+    """
+    if window < 1 or not 0 <= min_shrink < 1:
+        raise ValueError("window must be >= 1 and min_shrink in [0, 1)")
+    starts = _round_starts(samples)
+    if len(starts) < window + 1:
+        return StallVerdict(False, "", tuple(starts))
+    best_before = min(starts[:-window])
+    recent = min(starts[-window:])
+    if recent > (1 - min_shrink) * best_before:
+        reason = (f"remaining data has not shrunk over the last {window} iterations "
+                  f"(best {best_before / MIB:.1f} MiB before, {recent / MIB:.1f} MiB since)")
+        return StallVerdict(True, reason, tuple(starts))
+    return StallVerdict(False, "", tuple(starts))
+
+
+def _round_starts(samples: Sequence[IterationSample]) -> list[float]:
+    """Largest remaining seen per completed iteration ≥ 2, in iteration order."""
+    if not samples:
+        return []
+    current = max(s.iteration for s in samples)
+    peaks: dict[int, float] = {}
+    for s in samples:
+        if 2 <= s.iteration < current:
+            peaks[s.iteration] = max(peaks.get(s.iteration, 0.0), float(s.remaining_bytes))
+    return [peaks[i] for i in sorted(peaks)]
