@@ -296,8 +296,13 @@ def _total_time(run: _Run, bandwidth: float, cal: Calibration) -> float:
     return cal.setup_s + live + run.final_bytes / bandwidth + cal.downtime_overhead_s
 
 
-def predict(inputs: MigrationInputs, calibration: Calibration | None = None) -> Prediction:
-    """Predict one migration; see the module docstring for the equations and a table."""
+def predict(inputs: MigrationInputs, calibration: Calibration | None = None, *,
+            with_uncertainty: bool = True) -> Prediction:
+    """Predict one migration; see the module docstring for the equations and a table.
+
+    `with_uncertainty=False` skips the two extra model runs of the bandwidth swing (the
+    fit calls the model thousands of times); the uncertainty is then the residual part only.
+    """
     cal = calibration or DEFAULT_CALIBRATION
     bandwidth = inputs.bandwidth_bytes_s * cal.bandwidth_efficiency
     run = _run_for(inputs, cal)
@@ -311,7 +316,7 @@ def predict(inputs: MigrationInputs, calibration: Calibration | None = None) -> 
         iterations=len(run.rounds) + SYNCS_BEYOND_ROUNDS,
         downtime_s=downtime,
         converges=run.converges,
-        total_time_uncertainty_s=_time_uncertainty(inputs, cal, total),
+        total_time_uncertainty_s=_time_uncertainty(inputs, cal, total, with_uncertainty),
         transferred_bytes_uncertainty=cal.bytes_rel_spread * transferred,
         downtime_uncertainty_s=cal.downtime_abs_spread_s,
         rounds=run.rounds,
@@ -322,7 +327,8 @@ def predict(inputs: MigrationInputs, calibration: Calibration | None = None) -> 
     )
 
 
-def _time_uncertainty(inputs: MigrationInputs, cal: Calibration, total: float) -> float:
+def _time_uncertainty(inputs: MigrationInputs, cal: Calibration, total: float,
+                      with_swing: bool = True) -> float:
     """Residual spread of the fit plus the swing from a bandwidth off by ±bandwidth_rel_sd.
 
     The swing matters near the convergence edge, where a few percent of bandwidth decide
@@ -330,13 +336,15 @@ def _time_uncertainty(inputs: MigrationInputs, cal: Calibration, total: float) -
     """
     if not math.isfinite(total):
         return math.inf
+    residual = cal.time_rel_spread * total + cal.time_abs_spread_s
+    if not with_swing:
+        return residual
     times = []
     for scale in (1 - cal.bandwidth_rel_sd, 1 + cal.bandwidth_rel_sd):
         run = _run_for(inputs, cal, scale)
         bandwidth = inputs.bandwidth_bytes_s * cal.bandwidth_efficiency * scale
         times.append(_total_time(run, bandwidth, cal))
-    swing = (max(times) - min(times)) / 2
-    return cal.time_rel_spread * total + cal.time_abs_spread_s + swing
+    return residual + (max(times) - min(times)) / 2
 
 
 def _non_convergence_reason(inputs: MigrationInputs, run: _Run, bandwidth: float,

@@ -1,0 +1,381 @@
+"""Fitting the pre-copy model's free parameters to measured migrations, and judging it.
+
+Why staged fitting and not one big optimiser: the parameters act on different measured
+quantities, and fitting each against the quantity it governs keeps the problem small,
+well-posed and explainable (no scipy needed):
+
+  1. bytes     footprint_base_bytes, footprint_fraction (from migrations whose footprint
+               was not measured), zero_page_wire_ratio (from those where it was)
+               ← transferred bytes (relative least squares, pattern search);
+  2. downtime  downtime_overhead_s ← median of measured downtime − predicted final copy;
+  3. time      bandwidth_efficiency, zero_scan_s_per_gib by pattern search, with setup_s
+               solved in closed form inside the objective (it adds linearly to Tmig)
+               ← total time (relative least squares, which is what MAPE rewards);
+  4. stages 1-3 again, 4 passes in all (bytes depend on η through the dirty rounds, and
+     the alternation settles within a few passes on synthetic data), then the residual
+     spreads (90th percentiles) that become each prediction's uncertainty.
+
+Migrations that did not converge are left out of stages 1-3 (their time and bytes are set
+by the timeout action, not the model); they count for the non-convergence accuracy.
+
+Accuracy is judged on held-out migrations (a deterministic split) against the naive
+baseline M ÷ r_mig; `meets_targets` checks issue 4's targets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from orchestrator.model.precopy import (
+    Calibration,
+    MigrationInputs,
+    Prediction,
+    naive_time_s,
+    predict,
+)
+
+MIN_CONVERGED_TO_FIT = 2
+
+
+@dataclass(frozen=True)
+class MeasuredMigration:
+    """One real migration: what was asked for and what libvirt reported at the end."""
+
+    memory_bytes: int
+    dirty_rate_pages_s: float
+    working_set_bytes: int | None
+    bandwidth_bytes_s: float
+    downtime_limit_s: float
+    footprint_bytes: int | None
+    total_time_s: float
+    transferred_bytes: float
+    downtime_s: float
+    iterations: int
+    converged: bool
+    page_size: int = 4096
+    label: str = ""  # e.g. the record id, so a report row can be traced back
+
+    def inputs(self) -> MigrationInputs:
+        return MigrationInputs(
+            memory_bytes=self.memory_bytes, dirty_rate_pages_s=self.dirty_rate_pages_s,
+            bandwidth_bytes_s=self.bandwidth_bytes_s, downtime_limit_s=self.downtime_limit_s,
+            working_set_bytes=self.working_set_bytes, footprint_bytes=self.footprint_bytes,
+            page_size=self.page_size)
+
+
+# --------------------------------------------------------------------------- split
+
+
+def split_train_held_out(records: Sequence[MeasuredMigration], every: int = 3
+                         ) -> tuple[list[MeasuredMigration], list[MeasuredMigration]]:
+    """Every `every`-th record (the 3rd, 6th, …) is held out; the rest trains.
+
+    Deterministic and order-based on purpose: a calibration grid is run in a fixed order,
+    so striding through it holds out cases from every part of the grid.
+    """
+    if every < 2:
+        raise ValueError(f"every must be >= 2 (something must train), got {every}")
+    train = [r for i, r in enumerate(records) if i % every != every - 1]
+    held_out = [r for i, r in enumerate(records) if i % every == every - 1]
+    return train, held_out
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def fit_calibration(train: Sequence[MeasuredMigration], start: Calibration | None = None,
+                    passes: int = 4) -> Calibration:
+    """Fit the free parameters to `train`; see the module docstring for the stages."""
+    usable = [r for r in train if r.converged]
+    if len(usable) < MIN_CONVERGED_TO_FIT:
+        raise ValueError(f"need at least {MIN_CONVERGED_TO_FIT} converged migrations to fit, "
+                         f"got {len(usable)}")
+    cal = start or Calibration()
+    for _ in range(passes):
+        cal = _fit_bytes(usable, cal)
+        cal = _fit_downtime(usable, cal)
+        cal = _fit_time(usable, cal)
+    cal = _fit_spreads(usable, cal)
+    return replace(cal, fitted_on=len(train), source=f"fit on {len(train)} migrations")
+
+
+def _predict_all(records: Sequence[MeasuredMigration], cal: Calibration) -> list[Prediction]:
+    return [predict(r.inputs(), cal, with_uncertainty=False) for r in records]
+
+
+def _rel_sq(predicted: float, measured: float) -> float:
+    if not math.isfinite(predicted):
+        return 1e6  # predicted non-convergence of a converged migration: heavily penalised
+    return ((predicted - measured) / measured) ** 2
+
+
+def _fit_bytes(records: Sequence[MeasuredMigration], cal: Calibration) -> Calibration:
+    """Footprint model from migrations of unknown footprint, z from known-footprint ones.
+
+    Why split: with F = a + b·M, round 0 sends F + z(M − F) = a(1−z) + M(b(1−z) + z), so
+    bytes alone cannot tell b from z. Only migrations whose footprint was measured pin z;
+    without any, z keeps its start value (QEMU's 9-byte zero-page marker).
+    """
+    all_names = ("footprint_base_bytes", "footprint_fraction", "zero_page_wire_ratio")
+    all_scale = (1e6, 1.0, 1.0)  # search the footprint base in MB so steps are comparable
+    all_steps = (10.0, 0.01, 0.002)
+    all_bounds = ((0.0, 1e5), (0.0, 1.0), (0.0, 0.05))
+    known = any(r.footprint_bytes is not None for r in records)
+    unknown = any(r.footprint_bytes is None for r in records)
+    pick = [i for i, wanted in enumerate((unknown, unknown, known)) if wanted]
+    names = [all_names[i] for i in pick]
+    scale = [all_scale[i] for i in pick]
+
+    def objective(x: Sequence[float]) -> float:
+        trial = _with(cal, names, x, scale)
+        preds = _predict_all(records, trial)
+        return sum(_rel_sq(p.transferred_bytes, r.transferred_bytes)
+                   for p, r in zip(preds, records, strict=True))
+
+    x0 = [getattr(cal, n) / s for n, s in zip(names, scale, strict=True)]
+    best = pattern_search(objective, x0, steps=[all_steps[i] for i in pick],
+                          bounds=[all_bounds[i] for i in pick])
+    return _with(cal, names, best, scale)
+
+
+def _fit_downtime(records: Sequence[MeasuredMigration], cal: Calibration) -> Calibration:
+    bare = replace(cal, downtime_overhead_s=0.0)
+    gaps = [r.downtime_s - p.downtime_s
+            for p, r in zip(_predict_all(records, bare), records, strict=True)]
+    return replace(cal, downtime_overhead_s=max(0.0, float(np.median(gaps))))
+
+
+def _fit_time(records: Sequence[MeasuredMigration], cal: Calibration) -> Calibration:
+    names = ("bandwidth_efficiency", "zero_scan_s_per_gib")
+    measured = np.array([r.total_time_s for r in records], dtype=float)
+
+    def objective(x: Sequence[float]) -> float:
+        return _time_objective(records, _with(cal, names, x), measured)[0]
+
+    coarse = [[eta, cal.zero_scan_s_per_gib] for eta in np.arange(0.4, 1.45, 0.1)]
+    x0 = min([[cal.bandwidth_efficiency, cal.zero_scan_s_per_gib], *coarse], key=objective)
+    best = pattern_search(objective, x0, steps=[0.05, 0.1],
+                          bounds=[(0.3, 1.5), (0.0, 20.0)])
+    fitted = _with(cal, names, best)
+    return replace(fitted, setup_s=_time_objective(records, fitted, measured)[1])
+
+
+def _time_objective(records: Sequence[MeasuredMigration], cal: Calibration,
+                    measured: np.ndarray[Any, np.dtype[np.float64]]) -> tuple[float, float]:
+    """Relative squared error of Tmig with the best setup_s ≥ 0, and that setup_s.
+
+    With g the model's time without setup, Σ((s + g − m)/m)² is least at
+    s = Σ((m − g)/m²) / Σ(1/m²).
+    """
+    bare = replace(cal, setup_s=0.0)
+    g = np.array([p.total_time_s for p in _predict_all(records, bare)], dtype=float)
+    if not np.all(np.isfinite(g)):
+        return 1e6 * float(np.sum(~np.isfinite(g))), cal.setup_s
+    weights = 1.0 / measured**2
+    setup = max(0.0, float(np.sum((measured - g) * weights) / np.sum(weights)))
+    return float(np.sum(((setup + g - measured) / measured) ** 2)), setup
+
+
+def _fit_spreads(records: Sequence[MeasuredMigration], cal: Calibration) -> Calibration:
+    preds = _predict_all(records, cal)
+    t_rel = [abs(p.total_time_s - r.total_time_s) / r.total_time_s
+             for p, r in zip(preds, records, strict=True)]
+    b_rel = [abs(p.transferred_bytes - r.transferred_bytes) / r.transferred_bytes
+             for p, r in zip(preds, records, strict=True)]
+    d_abs = [abs(p.downtime_s - r.downtime_s) for p, r in zip(preds, records, strict=True)]
+    t_abs = [abs(p.total_time_s - r.total_time_s) for p, r in zip(preds, records, strict=True)]
+    return replace(
+        cal,
+        time_rel_spread=max(0.02, _p90(t_rel)),
+        time_abs_spread_s=min(cal.time_abs_spread_s, _p90(t_abs)),
+        bytes_rel_spread=max(0.01, _p90(b_rel)),
+        downtime_abs_spread_s=max(0.005, _p90(d_abs)),
+    )
+
+
+def _with(cal: Calibration, names: Sequence[str], values: Sequence[float],
+          scale: Sequence[float] | None = None) -> Calibration:
+    factors = scale or [1.0] * len(names)
+    changes: dict[str, Any] = {n: float(v) * f
+                               for n, v, f in zip(names, values, factors, strict=True)}
+    return replace(cal, **changes)
+
+
+def pattern_search(objective: Callable[[Sequence[float]], float], x0: Sequence[float],
+                   steps: Sequence[float], bounds: Sequence[tuple[float, float]],
+                   max_evaluations: int = 400, min_step_ratio: float = 1e-3) -> list[float]:
+    """Compass search (Hooke-Jeeves without the pattern move): derivative-free, bounded.
+
+    Try ± step on each coordinate; keep the first improvement; halve all steps when none
+    helps; stop when every step fell below `min_step_ratio` of its start, or at the budget.
+    Enough for 2-3 smooth parameters; the model is piecewise (round counts jump), which
+    rules out plain gradient methods.
+    """
+    x = [min(max(v, lo), hi) for v, (lo, hi) in zip(x0, bounds, strict=True)]
+    best, evaluations = objective(x), 1
+    step = list(steps)
+    while evaluations < max_evaluations:
+        improved = False
+        for i, (lo, hi) in enumerate(bounds):
+            for sign in (1.0, -1.0):
+                trial = list(x)
+                trial[i] = min(max(x[i] + sign * step[i], lo), hi)
+                value, evaluations = objective(trial), evaluations + 1
+                if value < best:
+                    x, best, improved = trial, value, True
+                    break
+        if not improved:
+            step = [s / 2 for s in step]
+            if all(s < min_step_ratio * s0 for s, s0 in zip(step, steps, strict=True)):
+                break
+    return x
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    """Absolute percentage errors of one quantity over a set of migrations."""
+
+    n: int
+    mape: float  # mean absolute percentage error, in percent
+    p90_ape: float  # 90th percentile absolute percentage error, in percent
+    mae: float  # mean absolute error in the quantity's own unit (s or bytes)
+
+
+@dataclass(frozen=True)
+class ConvergenceStats:
+    n: int
+    correct: int
+    non_converged: int  # measured non-convergent migrations
+    non_converged_predicted: int  # … of which the model said "will not converge"
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else math.nan
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    total_time: ErrorStats
+    transferred_bytes: ErrorStats
+    downtime: ErrorStats
+    baseline_total_time: ErrorStats  # M ÷ r_mig
+    baseline_transferred_bytes: ErrorStats  # M
+    convergence: ConvergenceStats
+    excluded: int  # converged migrations the model called non-convergent (no % error)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["convergence"]["accuracy"] = self.convergence.accuracy
+        return data
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Predicted against measured, one migration: the rows behind the report's plots."""
+
+    label: str
+    measured: MeasuredMigration
+    predicted: Prediction
+    naive_time_s: float
+
+
+def compare(records: Sequence[MeasuredMigration], calibration: Calibration
+            ) -> list[Comparison]:
+    return [Comparison(r.label, r, predict(r.inputs(), calibration),
+                       naive_time_s(r.inputs())) for r in records]
+
+
+def error_stats(predicted: Sequence[float], measured: Sequence[float]) -> ErrorStats:
+    """MAPE, p90 APE (percent) and MAE; pairs with a zero measurement have no percentage."""
+    p = np.asarray(predicted, dtype=float)
+    m = np.asarray(measured, dtype=float)
+    if p.size == 0:
+        return ErrorStats(0, math.nan, math.nan, math.nan)
+    mae = float(np.mean(np.abs(p - m)))
+    nonzero = m != 0
+    if not np.any(nonzero):
+        return ErrorStats(int(p.size), math.nan, math.nan, mae)
+    ape = 100.0 * np.abs(p[nonzero] - m[nonzero]) / np.abs(m[nonzero])
+    return ErrorStats(int(p.size), float(np.mean(ape)), float(np.percentile(ape, 90)), mae)
+
+
+def evaluate(records: Sequence[MeasuredMigration], calibration: Calibration) -> AccuracyReport:
+    """Accuracy of `calibration` on `records` (pass the held-out ones)."""
+    rows = compare(records, calibration)
+    both = [c for c in rows if c.measured.converged and c.predicted.converges]
+    converged = [c for c in rows if c.measured.converged]
+    return AccuracyReport(
+        total_time=error_stats([c.predicted.total_time_s for c in both],
+                               [c.measured.total_time_s for c in both]),
+        transferred_bytes=error_stats([c.predicted.transferred_bytes for c in both],
+                                      [c.measured.transferred_bytes for c in both]),
+        downtime=error_stats([c.predicted.downtime_s for c in both],
+                             [c.measured.downtime_s for c in both]),
+        baseline_total_time=error_stats([c.naive_time_s for c in converged],
+                                        [c.measured.total_time_s for c in converged]),
+        baseline_transferred_bytes=error_stats(
+            [float(c.measured.memory_bytes) for c in converged],
+            [c.measured.transferred_bytes for c in converged]),
+        convergence=_convergence_stats(rows),
+        excluded=len(converged) - len(both),
+    )
+
+
+def _convergence_stats(rows: Sequence[Comparison]) -> ConvergenceStats:
+    non = [c for c in rows if not c.measured.converged]
+    return ConvergenceStats(
+        n=len(rows),
+        correct=sum(c.measured.converged == c.predicted.converges for c in rows),
+        non_converged=len(non),
+        non_converged_predicted=sum(not c.predicted.converges for c in non),
+    )
+
+
+TARGETS = {
+    "time_mape_pct": 5.0,
+    "time_p90_pct": 10.0,
+    "bytes_mape_pct": 10.0,
+}
+
+
+def meets_targets(report: AccuracyReport) -> dict[str, bool]:
+    """Issue 4's targets, one verdict each (NaN, i.e. no data, never passes)."""
+    conv = report.convergence
+    return {
+        "time_mape": report.total_time.mape <= TARGETS["time_mape_pct"],
+        "time_p90": report.total_time.p90_ape <= TARGETS["time_p90_pct"],
+        "bytes_mape": report.transferred_bytes.mape <= TARGETS["bytes_mape_pct"],
+        "beats_baseline": report.total_time.mape < report.baseline_total_time.mape,
+        "non_convergence_all_predicted": conv.non_converged_predicted == conv.non_converged,
+    }
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    calibration: Calibration
+    train: tuple[MeasuredMigration, ...]
+    held_out: tuple[MeasuredMigration, ...]
+    train_report: AccuracyReport
+    held_out_report: AccuracyReport
+
+
+def calibrate(records: Sequence[MeasuredMigration], every: int = 3,
+              start: Calibration | None = None) -> CalibrationResult:
+    """Split, fit on the training part, report on both parts: the runner's one call."""
+    train, held_out = split_train_held_out(records, every)
+    cal = fit_calibration(train, start)
+    return CalibrationResult(cal, tuple(train), tuple(held_out),
+                             evaluate(train, cal), evaluate(held_out, cal))
+
+
+def _p90(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.percentile(finite, 90)) if finite else 0.0
