@@ -230,7 +230,7 @@ class Prediction:
     total_time_s: float
     transferred_bytes: float
     iterations: int
-    downtime_s: float
+    downtime_s: float  # if never converging: the pause a forced switch-over would cost
     converges: bool
     total_time_uncertainty_s: float
     transferred_bytes_uncertainty: float = 0.0
@@ -252,7 +252,7 @@ class Prediction:
 @dataclass(frozen=True)
 class _Run:
     rounds: tuple[Round, ...]
-    final_bytes: float  # stop-and-copy payload, or the steady dirty set if never converging
+    final_bytes: float  # stop-and-copy payload; if never converging, the steady dirty set
     converges: bool
 
 
@@ -272,7 +272,11 @@ def _simulate(first_bytes: float, first_extra_s: float, first_dirty_window_s: fl
         rounds.append(Round(len(rounds), start, duration, send, dirtied))
         if dirtied <= threshold:
             return _Run(tuple(rounds), dirtied, True)
-        if (len(rounds) > 1 and dirtied >= send) or len(rounds) >= MAX_ROUNDS:
+        if len(rounds) > 1 and dirtied >= send:
+            # never shrinks again: it grows to W when r > B (stays put when r = B)
+            steady = writable if dirty_bps > bandwidth else dirtied
+            return _Run(tuple(rounds), steady, False)
+        if len(rounds) >= MAX_ROUNDS:
             return _Run(tuple(rounds), dirtied, False)
         start += duration
         send = dirtied
