@@ -472,7 +472,10 @@ def monotone_eta(previous: EtaState | None, elapsed_s: float, raw_remaining_s: f
         return EtaState(elapsed_s, raw_end if math.isfinite(raw_end) else elapsed_s,
                         holding=not math.isfinite(raw_end))
     step = max(0.0, elapsed_s - previous.elapsed_s)
-    low, high = raw_end - uncertainty_s, raw_end + uncertainty_s
+    if not math.isfinite(raw_end):
+        return EtaState(elapsed_s, max(previous.end_s + step, elapsed_s), holding=True)
+    spread = uncertainty_s if math.isfinite(uncertainty_s) else math.inf
+    low, high = raw_end - spread, raw_end + spread
     end, holding = previous.end_s, False
     if end > high:
         end = high

@@ -1,0 +1,324 @@
+"""The pre-copy model against hand-worked cases, properties, and its live helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.model.precopy import (
+    MIB,
+    Calibration,
+    JobSample,
+    MigrationInputs,
+    detect_stall,
+    estimate_remaining,
+    monotone_eta,
+    monotone_series,
+    naive_time_s,
+    predict,
+)
+
+GIB = 1024 * MIB
+BW = 100 * MIB  # 100 MiB/s, so ς = 30 MiB at the default 0.3 s limit
+HALF_BW_PAGES = 12_800  # 50 MiB/s of 4 KiB pages
+TRIPLE_BW_PAGES = 38_400  # 150 MiB/s
+IDEAL = Calibration(setup_s=0.0, bandwidth_efficiency=1.0, zero_page_wire_ratio=0.0,
+                    downtime_overhead_s=0.0, time_abs_spread_s=0.0)
+
+
+def full(dirty_pages_s: float, working_set: int | None = None, **kw: object) -> MigrationInputs:
+    """1 GiB guest whose every page is non-zero (the docstring table's cases)."""
+    return MigrationInputs(GIB, dirty_pages_s, BW, working_set_bytes=working_set,
+                           footprint_bytes=GIB, **kw)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- hand-worked
+
+
+@pytest.mark.parametrize(
+    ("case", "inputs", "rounds_mib", "downtime", "total", "mib"),
+    [
+        ("idle", full(0), [1024], 0.0, 10.24, 1024),
+        ("half bandwidth", full(HALF_BW_PAGES), [1024, 512, 256, 128, 64, 32], 0.16, 20.32,
+         2032),
+        ("working set 64 MiB", full(HALF_BW_PAGES, 64 * MIB), [1024, 64, 32], 0.16, 11.36,
+         1136),
+        ("above bandwidth, W <= ς", full(TRIPLE_BW_PAGES, 16 * MIB), [1024], 0.16, 10.40,
+         1040),
+    ],
+)
+def test_hand_worked_cases(case: str, inputs: MigrationInputs, rounds_mib: list[float],
+                           downtime: float, total: float, mib: float) -> None:
+    p = predict(inputs, IDEAL)
+    assert p.converges, case
+    assert [r.sent_bytes / MIB for r in p.rounds] == pytest.approx(rounds_mib)
+    assert p.downtime_s == pytest.approx(downtime)
+    assert p.total_time_s == pytest.approx(total)
+    assert p.transferred_bytes / MIB == pytest.approx(mib)
+    assert p.iterations == len(rounds_mib) + 2  # libvirt counts setup and final syncs too
+    assert p.switchover_threshold_bytes == pytest.approx(30 * MIB)
+
+
+def test_dirty_rate_above_bandwidth_never_converges_and_says_what_qemu_does() -> None:
+    p = predict(full(TRIPLE_BW_PAGES), IDEAL)
+    assert not p.converges
+    assert math.isinf(p.total_time_s) and math.isinf(p.transferred_bytes)
+    assert "will not converge" in p.reason and "QEMU would keep iterating" in p.reason
+    assert "timeout" in p.reason
+    assert p.downtime_s == pytest.approx(10.24)  # forcing it would pause for all of W
+    data = p.as_dict()
+    assert data["total_time_s"] is None and data["converges"] is False
+    json.dumps(data)  # JSON-safe
+
+
+def test_dirty_rate_equal_to_bandwidth_never_converges() -> None:
+    assert not predict(full(25_600), IDEAL).converges  # exactly 100 MiB/s
+
+
+def test_round_zero_sends_footprint_not_memory() -> None:
+    inputs = MigrationInputs(GIB, 0, BW, footprint_bytes=100 * MIB)
+    assert predict(inputs, IDEAL).total_time_s == pytest.approx(1.0)
+    with_markers = Calibration(setup_s=0, bandwidth_efficiency=1, zero_page_wire_ratio=9 / 4096,
+                               downtime_overhead_s=0)
+    p = predict(inputs, with_markers)
+    assert p.transferred_bytes == pytest.approx(100 * MIB + 924 * MIB * 9 / 4096)
+
+
+def test_defaults_reproduce_lab_notes_idle_migration() -> None:
+    """LAB-NOTES: 256 MiB idle busybox guest at 20 MiB/s took 4.32 s for 82.9 MB."""
+    p = predict(MigrationInputs(256 * MIB, 0, 20 * MIB))
+    assert p.total_time_s == pytest.approx(4.32, rel=0.05)
+    assert p.transferred_bytes == pytest.approx(82.9e6, rel=0.10)
+    assert p.iterations == 3  # as measured
+    assert naive_time_s(MigrationInputs(256 * MIB, 0, 20 * MIB)) == pytest.approx(12.8)
+
+
+def test_uncertainty_grows_unbounded_near_the_convergence_edge() -> None:
+    safe = predict(full(HALF_BW_PAGES), IDEAL)
+    assert 0 < safe.total_time_uncertainty_s < safe.total_time_s
+    edge = predict(full(int(25_600 * 0.97)), IDEAL)  # 3 % under B; ±5 % bandwidth swing
+    assert edge.converges and math.isinf(edge.total_time_uncertainty_s)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"memory_bytes": 0}, "memory must be > 0"),
+        ({"dirty_rate_pages_s": -1.0}, "dirty rate must be >= 0"),
+        ({"bandwidth_bytes_s": 0.0}, "bandwidth must be > 0"),
+        ({"bandwidth_bytes_s": -5.0}, "bandwidth must be > 0"),
+        ({"bandwidth_bytes_s": math.nan}, "bandwidth must be a finite number"),
+        ({"downtime_limit_s": 0.0}, "downtime limit must be > 0"),
+        ({"working_set_bytes": 2 * GIB}, "working set must be between"),
+        ({"footprint_bytes": -1}, "footprint must be between"),
+        ({"page_size": 0}, "page size must be > 0"),
+    ],
+)
+def test_bad_inputs_are_refused_with_a_clear_message(kwargs: dict[str, object],
+                                                     message: str) -> None:
+    base: dict[str, object] = {"memory_bytes": GIB, "dirty_rate_pages_s": 0.0,
+                               "bandwidth_bytes_s": BW}
+    with pytest.raises(ValueError, match=message):
+        MigrationInputs(**{**base, **kwargs})  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- calibration JSON
+
+
+def test_calibration_json_round_trip() -> None:
+    cal = Calibration(setup_s=0.7, bandwidth_efficiency=0.9, fitted_on=12, source="lab A")
+    text = cal.to_json()
+    assert json.loads(text)["version"] == 1
+    assert Calibration.from_json(text) == cal
+
+
+def test_calibration_missing_parameters_take_defaults() -> None:
+    text = json.dumps({"schema": "edgeiot.calibration", "version": 1,
+                       "parameters": {"setup_s": 1.5}})
+    assert Calibration.from_json(text) == Calibration(setup_s=1.5)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[]", "must be a JSON object"),
+        ('{"schema": "other", "version": 1, "parameters": {}}', "not a calibration"),
+        ('{"schema": "edgeiot.calibration", "version": 99, "parameters": {}}',
+         "unsupported calibration version 99"),
+        ('{"schema": "edgeiot.calibration", "version": 1}', "no 'parameters'"),
+        ('{"schema": "edgeiot.calibration", "version": 1, "parameters": {"setup": 1}}',
+         "unknown calibration parameter"),
+        ('{"schema": "edgeiot.calibration", "version": 1, "parameters": {"setup_s": "x"}}',
+         "setup_s must be a number"),
+        ('{"schema": "edgeiot.calibration", "version": 1, "parameters": {"setup_s": -1}}',
+         "setup_s must be a finite number >= 0"),
+        ('{"schema": "edgeiot.calibration", "version": 1, '
+         '"parameters": {"bandwidth_efficiency": 0}}', "bandwidth_efficiency must be in"),
+    ],
+)
+def test_malformed_calibration_is_refused(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Calibration.from_json(text)
+
+
+# --------------------------------------------------------------------------- properties
+
+memories = st.integers(min_value=16, max_value=4096).map(lambda mib: mib * MIB)
+rates = st.floats(min_value=0, max_value=60_000, allow_nan=False)
+bandwidths = st.floats(min_value=1, max_value=500, allow_nan=False).map(lambda b: b * MIB)
+fractions = st.floats(min_value=0.01, max_value=1.0)
+LAB = Calibration(setup_s=0.4, bandwidth_efficiency=0.9, zero_scan_s_per_gib=0.3,
+                  downtime_overhead_s=0.02)
+
+
+def _inputs(memory: int, rate: float, bandwidth: float, ws_fraction: float,
+            fp_fraction: float | None) -> MigrationInputs:
+    return MigrationInputs(memory, rate, bandwidth, working_set_bytes=int(memory * ws_fraction),
+                           footprint_bytes=None if fp_fraction is None
+                           else int(memory * fp_fraction))
+
+
+@settings(max_examples=60, deadline=None)
+@given(memories, rates, bandwidths, st.floats(min_value=1.0, max_value=4.0), fractions,
+       st.none() | fractions)
+def test_more_bandwidth_is_never_slower(memory: int, rate: float, bandwidth: float,
+                                        factor: float, ws: float, fp: float | None) -> None:
+    slow = predict(_inputs(memory, rate, bandwidth, ws, fp), LAB, with_uncertainty=False)
+    fast = predict(_inputs(memory, rate, bandwidth * factor, ws, fp), LAB,
+                   with_uncertainty=False)
+    assert fast.total_time_s <= slow.total_time_s * (1 + 1e-9)
+    assert fast.converges or not slow.converges
+
+
+@settings(max_examples=60, deadline=None)
+@given(memories, rates, bandwidths, st.floats(min_value=1.0, max_value=4.0), fractions,
+       st.none() | fractions)
+def test_more_dirtying_is_never_faster(memory: int, rate: float, bandwidth: float,
+                                       factor: float, ws: float, fp: float | None) -> None:
+    calm = predict(_inputs(memory, rate, bandwidth, ws, fp), LAB, with_uncertainty=False)
+    busy = predict(_inputs(memory, rate * factor, bandwidth, ws, fp), LAB,
+                   with_uncertainty=False)
+    assert busy.total_time_s >= calm.total_time_s * (1 - 1e-9)
+    assert busy.transferred_bytes >= calm.transferred_bytes * (1 - 1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(memories, rates, bandwidths, fractions, st.none() | fractions)
+def test_transferred_at_least_footprint_and_time_at_least_setup(
+        memory: int, rate: float, bandwidth: float, ws: float, fp: float | None) -> None:
+    inputs = _inputs(memory, rate, bandwidth, ws, fp)
+    p = predict(inputs, LAB)
+    assert p.transferred_bytes >= LAB.footprint_for(inputs)
+    assert p.total_time_s >= LAB.setup_s + p.downtime_s
+    assert p.iterations >= 3
+    assert p.total_time_uncertainty_s > 0
+
+
+# --------------------------------------------------------------------------- live estimate
+
+PLAN = MigrationInputs(GIB, 0, BW, footprint_bytes=GIB)
+
+
+def test_live_estimate_later_round_uses_measured_rates() -> None:
+    sample = JobSample(elapsed_s=12.0, iteration=3, remaining_bytes=50 * MIB,
+                       dirty_rate_pages_s=0.0, bandwidth_bytes_s=50 * MIB)
+    est = estimate_remaining(sample, PLAN, IDEAL)
+    assert est.converges and est.remaining_s == pytest.approx(1.0)  # 50 MiB at 50 MiB/s
+
+
+def test_live_estimate_round_zero_counts_only_unsent_wire_bytes() -> None:
+    plan = MigrationInputs(GIB, 0, BW, footprint_bytes=200 * MIB)
+    sample = JobSample(elapsed_s=1.0, iteration=1, remaining_bytes=900 * MIB,
+                       processed_bytes=100 * MIB, bandwidth_bytes_s=BW)
+    # QEMU says 900 MiB remain, but only 100 MiB of non-zero data are left to send
+    assert estimate_remaining(sample, plan, IDEAL).remaining_s == pytest.approx(1.0)
+
+
+def test_live_estimate_with_measured_dirty_rate_above_bandwidth_is_infinite() -> None:
+    sample = JobSample(elapsed_s=20.0, iteration=4, remaining_bytes=500 * MIB,
+                       dirty_rate_pages_s=TRIPLE_BW_PAGES, bandwidth_bytes_s=BW)
+    est = estimate_remaining(sample, PLAN, IDEAL)
+    assert not est.converges and math.isinf(est.remaining_s)
+
+
+def test_live_estimate_counts_dirtying_since_the_round_began() -> None:
+    plan = MigrationInputs(GIB, HALF_BW_PAGES, BW, footprint_bytes=GIB)
+    fresh = JobSample(10.0, 2, 100 * MIB, HALF_BW_PAGES, BW, round_elapsed_s=0.0)
+    late = JobSample(10.0, 2, 100 * MIB, HALF_BW_PAGES, BW, round_elapsed_s=3.0)
+    assert (estimate_remaining(late, plan, IDEAL).remaining_s
+            > estimate_remaining(fresh, plan, IDEAL).remaining_s)
+
+
+# --------------------------------------------------------------------------- monotone ETA
+
+
+def test_eta_first_estimate_is_shown_as_is() -> None:
+    state = monotone_eta(None, 2.0, 8.0)
+    assert state.end_s == 10.0 and state.remaining_s == 8.0
+
+
+def test_eta_keeps_display_inside_the_evidence_band() -> None:
+    states = monotone_series([(0.0, 10.0, 1.0), (1.0, 9.5, 1.0)])
+    assert states[1].end_s == 10.0  # raw end 10.5 ± 1 contains 10: no jitter
+
+
+def test_eta_moves_earlier_to_the_band_edge() -> None:
+    states = monotone_series([(0.0, 10.0, 1.0), (1.0, 4.0, 1.0)])
+    assert states[1].end_s == 6.0  # raw end 5 ± 1: upper edge
+
+
+def test_eta_holds_instead_of_running_backwards() -> None:
+    states = monotone_series([(0.0, 10.0, 0.0), (1.0, 20.0, 0.0), (2.0, 20.0, 0.0)])
+    assert [s.remaining_s for s in states] == [10.0, 10.0, 10.0]
+    assert states[1].holding and states[2].holding
+
+
+def test_eta_infinite_estimate_holds() -> None:
+    states = monotone_series([(0.0, 5.0, 0.0), (1.0, math.inf, math.inf)])
+    assert states[1].remaining_s == 5.0
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.floats(min_value=0, max_value=5),
+                          st.floats(min_value=0, max_value=1e4) | st.just(math.inf),
+                          st.floats(min_value=0, max_value=100)), min_size=1, max_size=30))
+def test_eta_remaining_never_increases(steps: list[tuple[float, float, float]]) -> None:
+    elapsed, points = 0.0, []
+    for dt, raw, spread in steps:
+        elapsed += dt
+        points.append((elapsed, raw, spread))
+    shown = [s.remaining_s for s in monotone_series(points)]
+    assert all(b <= a + 1e-9 for a, b in zip(shown, shown[1:], strict=False))
+
+
+# --------------------------------------------------------------------------- stall detector
+
+
+def _samples(starts_mib: list[float]) -> list[JobSample]:
+    """Two samples per iteration (start of round, half-way), plus one in a new round."""
+    out = [JobSample(0.0, 1, GIB)]
+    for i, start in enumerate(starts_mib, start=2):
+        out += [JobSample(float(i), i, start * MIB), JobSample(i + 0.5, i, start * MIB / 2)]
+    out.append(JobSample(99.0, len(starts_mib) + 2, 1.0))
+    return out
+
+
+def test_stall_flagged_when_dirty_set_stops_shrinking() -> None:
+    verdict = detect_stall(_samples([400, 300, 300, 310, 305]))
+    assert verdict.stalled and "not shrunk over the last 3 iterations" in verdict.reason
+
+
+def test_converging_migration_is_not_stalled() -> None:
+    assert not detect_stall(_samples([400, 300, 200, 150, 100])).stalled
+
+
+def test_stall_needs_enough_rounds_and_ignores_round_zero() -> None:
+    assert not detect_stall(_samples([300, 300, 300])).stalled  # 3 dirty rounds < window + 1
+    assert not detect_stall([]).stalled
+    with pytest.raises(ValueError):
+        detect_stall([], window=0)
