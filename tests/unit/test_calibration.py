@@ -1,0 +1,133 @@
+"""Fitting recovers known parameters from synthetic migrations; metrics are right."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from orchestrator.model.calibration import (
+    MeasuredMigration,
+    calibrate,
+    error_stats,
+    evaluate,
+    fit_calibration,
+    meets_targets,
+    pattern_search,
+    split_train_held_out,
+)
+from orchestrator.model.precopy import MIB, Calibration, MigrationInputs, predict
+
+TRUTH = Calibration(setup_s=0.8, bandwidth_efficiency=0.85, zero_page_wire_ratio=0.004,
+                    zero_scan_s_per_gib=0.6, footprint_base_bytes=60e6,
+                    footprint_fraction=0.05, downtime_overhead_s=0.02)
+
+
+def measured(inputs: MigrationInputs, truth: Calibration = TRUTH,
+             label: str = "") -> MeasuredMigration:
+    """What a lab would record if the model were exactly right (timeouts for the rest)."""
+    p = predict(inputs, truth, with_uncertainty=False)
+    return MeasuredMigration(
+        memory_bytes=inputs.memory_bytes, dirty_rate_pages_s=inputs.dirty_rate_pages_s,
+        working_set_bytes=inputs.working_set_bytes, bandwidth_bytes_s=inputs.bandwidth_bytes_s,
+        downtime_limit_s=inputs.downtime_limit_s, footprint_bytes=inputs.footprint_bytes,
+        total_time_s=p.total_time_s if p.converges else 120.0,
+        transferred_bytes=p.transferred_bytes if p.converges else 5e9,
+        downtime_s=p.downtime_s, iterations=p.iterations, converged=p.converges, label=label)
+
+
+def grid() -> list[MeasuredMigration]:
+    """A small version of the calibration grid: M, r_mig, (r_dir, W), footprint known?"""
+    records = []
+    for memory in (128, 512, 1024):
+        for bandwidth in (5, 20, 100):
+            for rate, ws in ((0, None), (2000, 32), (6000, None), (40000, 64)):
+                for footprint in (None, 60 + memory // 10):
+                    inputs = MigrationInputs(
+                        memory * MIB, rate, bandwidth * MIB,
+                        downtime_limit_s=0.3 if bandwidth != 20 else 0.1,
+                        working_set_bytes=None if ws is None else ws * MIB,
+                        footprint_bytes=None if footprint is None else footprint * MIB)
+                    records.append(measured(inputs, label=f"{memory}/{bandwidth}/{rate}"))
+    return records
+
+
+@pytest.fixture(scope="module")
+def result():  # type: ignore[no-untyped-def]
+    return calibrate(grid())
+
+
+def test_fit_recovers_known_parameters(result) -> None:  # type: ignore[no-untyped-def]
+    cal = result.calibration
+    assert cal.bandwidth_efficiency == pytest.approx(0.85, abs=0.01)
+    assert cal.setup_s == pytest.approx(0.8, abs=0.05)
+    assert cal.zero_scan_s_per_gib == pytest.approx(0.6, abs=0.05)
+    assert cal.footprint_base_bytes == pytest.approx(60e6, rel=0.05)
+    assert cal.footprint_fraction == pytest.approx(0.05, abs=0.005)
+    assert cal.zero_page_wire_ratio == pytest.approx(0.004, abs=0.001)
+    assert cal.downtime_overhead_s == pytest.approx(0.02, abs=0.005)
+    assert cal.fitted_on == len(result.train)
+    assert "fit on" in cal.source
+
+
+def test_held_out_accuracy_meets_targets_and_beats_baseline(result) -> None:  # type: ignore[no-untyped-def]
+    report = result.held_out_report
+    assert report.total_time.n > 5
+    assert report.total_time.mape < 1.0 and report.total_time.p90_ape < 2.0
+    assert report.transferred_bytes.mape < 1.0
+    assert report.baseline_total_time.mape > 10 * report.total_time.mape
+    assert report.convergence.non_converged > 0
+    assert report.convergence.non_converged_predicted == report.convergence.non_converged
+    assert all(meets_targets(report).values())
+    assert report.as_dict()["convergence"]["accuracy"] == 1.0
+
+
+def test_fitted_calibration_survives_json(result) -> None:  # type: ignore[no-untyped-def]
+    assert Calibration.from_json(result.calibration.to_json()) == result.calibration
+
+
+def test_default_calibration_misses_targets_on_a_different_lab() -> None:
+    report = evaluate(grid(), Calibration())
+    assert not all(meets_targets(report).values())
+
+
+def test_split_is_deterministic_and_strides_the_grid() -> None:
+    records = grid()
+    train, held = split_train_held_out(records)
+    assert len(train) + len(held) == len(records)
+    assert held == records[2::3]
+    assert split_train_held_out(records) == (train, held)
+    with pytest.raises(ValueError, match="every must be >= 2"):
+        split_train_held_out(records, every=1)
+
+
+def test_fit_needs_converged_migrations() -> None:
+    stuck = [r for r in grid() if not r.converged][:5]
+    with pytest.raises(ValueError, match="at least 2 converged"):
+        fit_calibration(stuck)
+
+
+def test_error_stats_by_hand() -> None:
+    stats = error_stats([110.0, 90.0, 5.0], [100.0, 100.0, 0.0])
+    assert stats.n == 3
+    assert stats.mape == pytest.approx(10.0) and stats.p90_ape == pytest.approx(10.0)
+    assert stats.mae == pytest.approx(25 / 3)
+    assert math.isnan(error_stats([], []).mape)
+
+
+def test_converged_migration_predicted_stuck_is_excluded_and_counted() -> None:
+    inputs = MigrationInputs(512 * MIB, 30_000, 100 * MIB, footprint_bytes=512 * MIB)
+    record = measured(MigrationInputs(512 * MIB, 0, 100 * MIB, footprint_bytes=512 * MIB))
+    lying = MeasuredMigration(**{**record.__dict__, "dirty_rate_pages_s": 30_000})
+    assert not predict(inputs).converges
+    report = evaluate([lying], Calibration())
+    assert report.excluded == 1 and report.total_time.n == 0
+    assert report.convergence.correct == 0
+    assert not meets_targets(report)["time_mape"]  # no data never passes
+
+
+def test_pattern_search_finds_a_bounded_minimum() -> None:
+    best = pattern_search(lambda x: (x[0] - 0.3) ** 2 + (x[1] - 7.0) ** 2, [1.0, 1.0],
+                          steps=[0.5, 2.0], bounds=[(0.0, 2.0), (0.0, 5.0)])
+    assert best[0] == pytest.approx(0.3, abs=1e-3)
+    assert best[1] == pytest.approx(5.0)  # the bound, not the unconstrained 7
