@@ -229,7 +229,7 @@ class Prediction:
 
     total_time_s: float
     transferred_bytes: float
-    iterations: int
+    iterations: int  # libvirt's count (rounds + 2); a lower bound when never converging
     downtime_s: float  # if never converging: the pause a forced switch-over would cost
     converges: bool
     total_time_uncertainty_s: float
