@@ -465,7 +465,9 @@ def monotone_eta(previous: EtaState | None, elapsed_s: float, raw_remaining_s: f
       * display after the band  → move earlier, to the band's upper edge;
       * display before the band → evidence forces later: move later, but by at most the
         time since the last sample, so the countdown holds (`holding`) rather than climbing.
-    The first estimate is shown as is. An infinite raw estimate (no convergence) holds.
+    The first estimate is shown as is; seed it with the pre-migration prediction
+    (`predict(...).total_time_s`), since an infinite first estimate has nothing to hold and
+    shows 0 s left with `holding` set. Later infinite estimates (no convergence) hold.
     """
     raw_end = elapsed_s + max(0.0, raw_remaining_s)
     if previous is None:
