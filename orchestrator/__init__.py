@@ -1,3 +1,3 @@
-"""edgeIoT orchestrator: proxy VMs for mobile edge computing, placed and live-migrated over libvirt."""
+"""edgeIoT orchestrator: proxy VMs for mobile edge computing, live-migrated over libvirt."""
 
 __version__ = "0.1.0"

@@ -1,0 +1,90 @@
+"""`orchestrator lab up|status|down`: the lab-in-a-box."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from orchestrator.commands._common import app, json_option, print_json, print_table
+from orchestrator.fleet import DEFAULT_LAB
+from orchestrator.lab.builder import Lab, require_root
+from orchestrator.lab.state import LabPaths, load
+from orchestrator.lab.topology import MAX_NODES, LabSpec
+
+prefix_option = click.option("--prefix", default=DEFAULT_LAB, show_default=True,
+                             help="Name prefix of every namespace, link and process of the lab.")
+
+
+@click.group("lab")
+def command() -> None:
+    """Lab-in-a-box: fog nodes as network namespaces, each with its own libvirtd."""
+
+
+@command.command("up")
+@click.option("--nodes", type=int, default=3, show_default=True, help="Number of fog nodes.")
+@click.option("--core-mbit", type=float, default=None, help="Shape each core link to R Mbit/s.")
+@click.option("--core-delay-ms", type=float, default=None, help="One-way delay per core link.")
+@click.option("--subnet", default="10.77.0.0/16", show_default=True)
+@prefix_option
+@json_option
+@click.pass_context
+def up(ctx: click.Context, nodes: int, core_mbit: float | None, core_delay_ms: float | None,
+       subnet: str, prefix: str, as_json: bool) -> None:
+    """Bring up the lab."""
+    spec = LabSpec(prefix=prefix, nodes=nodes, subnet=subnet, core_mbit=core_mbit,
+                   core_delay_ms=core_delay_ms)
+    require_root()
+    record = Lab(spec, app(ctx).state_path).up()
+    if as_json:
+        print_json(record)
+    else:
+        _render(record)
+        click.echo(f"lab {prefix} up in {record['up_seconds']:.1f} s "
+                   f"(domain type {record['domain_type']})")
+
+
+@command.command("status")
+@prefix_option
+@json_option
+@click.pass_context
+def status(ctx: click.Context, prefix: str, as_json: bool) -> None:
+    """Show the lab's nodes, daemons and core traffic."""
+    record = _lab(ctx, prefix).status()
+    if as_json:
+        print_json(record)
+    else:
+        _render(record)
+
+
+@command.command("down")
+@prefix_option
+@json_option
+@click.pass_context
+def down(ctx: click.Context, prefix: str, as_json: bool) -> None:
+    """Tear the lab down; idempotent, and cleans up after a crashed `lab up` too."""
+    require_root()
+    removed = _lab(ctx, prefix).down()
+    if as_json:
+        print_json(removed)
+    else:
+        click.echo(f"lab {prefix} down: {removed['processes']} processes ended, "
+                   f"{removed['namespaces']} namespaces and {removed['links']} links removed")
+
+
+def _lab(ctx: click.Context, prefix: str) -> Lab:
+    """The lab as recorded in its state file, or the widest lab of that prefix to clean."""
+    paths = LabPaths(app(ctx).state_path, LabSpec(prefix=prefix).prefix)
+    record = load(paths)
+    spec = LabSpec(**record["spec"]) if record else LabSpec(prefix=prefix, nodes=MAX_NODES)
+    return Lab(spec, app(ctx).state_path)
+
+
+def _render(record: dict[str, Any]) -> None:
+    core = record.get("core_bytes", {})
+    rows = [(n["name"], n.get("address"), n.get("namespace"), n.get("libvirtd_pid"),
+             core.get(n["name"], {}).get("to_core"), core.get(n["name"], {}).get("from_core"))
+            for n in record.get("nodes", [])]
+    print_table(f"lab: {record.get('status')}",
+                ["node", "address", "namespace", "libvirtd pid", "bytes to core",
+                 "bytes from core"], rows)

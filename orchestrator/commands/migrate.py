@@ -1,0 +1,93 @@
+"""`orchestrator migrate NAME --to NODE`: one real pre-copy live migration."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from orchestrator.commands._common import (
+    app,
+    console,
+    fleet_session,
+    inventory_option,
+    json_option,
+    print_json,
+    print_table,
+    store,
+)
+from orchestrator.edge.migrate import MigrationService
+from orchestrator.errors import ExitStatus
+from orchestrator.fog.jobstats import JobSample
+from orchestrator.fog.migration import MigrationRequest
+
+
+@click.command("migrate")
+@click.argument("name")
+@click.option("--to", "destination", required=True, help="Destination fog node.")
+@click.option("--bandwidth", "bandwidth_mib_s", type=int, default=None,
+              help="Migration bandwidth cap in MiB/s.")
+@click.option("--downtime-ms", type=int, default=None, help="Maximum downtime (stop-and-copy).")
+@click.option("--auto-converge", is_flag=True, help="Throttle the guest's vCPUs if needed.")
+@click.option("--postcopy", is_flag=True, help="Allow post-copy; switch to it at --timeout.")
+@click.option("--timeout", "timeout_s", type=float, default=None,
+              help="Seconds before the policy applies: abort, or post-copy with --postcopy.")
+@inventory_option
+@json_option
+@click.pass_context
+def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: int | None,
+            downtime_ms: int | None, auto_converge: bool, postcopy: bool,
+            timeout_s: float | None, inventory: str | None, as_json: bool) -> ExitStatus:
+    """Live-migrate a VM (pre-copy) to another fog node."""
+    request = MigrationRequest(vm=name, destination=destination,
+                               bandwidth_mib_s=bandwidth_mib_s, downtime_ms=downtime_ms,
+                               auto_converge=auto_converge, postcopy=postcopy,
+                               timeout_s=timeout_s)
+    with fleet_session(ctx, inventory) as session, store(ctx) as records:
+        service = MigrationService(session, records, app(ctx).state_path)
+        with _progress(name, enabled=not as_json and console.is_terminal) as on_sample:
+            result = service.migrate(request, on_sample)
+    if as_json:
+        print_json(result)
+    else:
+        render_migrations([result])
+        if result["error"]:
+            click.echo(f"migration {result['status']}: {result['error']}", err=True)
+    return ExitStatus.SUCCESS if result["status"] == "completed" else ExitStatus.ERROR
+
+
+@contextmanager
+def _progress(vm: str, enabled: bool) -> Iterator[Callable[[JobSample], None] | None]:
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn(
+        "iter {task.fields[iteration]}  remaining {task.fields[remaining]} MiB  "
+        "dirty {task.fields[dirty]} pages/s  {task.fields[rate]} MiB/s"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"migrating {vm}", total=None, iteration=0, remaining="-",
+                                 dirty=0, rate="-")
+
+        def on_sample(sample: JobSample) -> None:
+            total = sample.processed_bytes + sample.remaining_bytes
+            progress.update(task, total=total or None, completed=sample.processed_bytes,
+                            iteration=sample.iteration, dirty=sample.dirty_rate_pages_s,
+                            remaining=f"{sample.remaining_bytes / 2**20:.1f}",
+                            rate=f"{sample.bandwidth_bps / 2**20:.1f}")
+
+        yield on_sample
+
+
+def render_migrations(results: list[dict[str, Any]]) -> None:
+    def mib(v: Any) -> str | None:
+        return None if v is None else f"{v / 2**20:.1f}"
+
+    print_table("migrations", ["vm", "hop", "status", "total ms", "downtime ms", "setup ms",
+                               "iterations", "sent MiB", "max dirty pages/s", "samples"],
+                [(r["vm"], f"{r['source']}→{r['destination']}", r["status"],
+                  r["total_time_ms"], r["downtime_ms"], r["setup_time_ms"], r["iterations"],
+                  mib(r["transferred_bytes"]), r["dirty_rate_pages_s"], len(r["samples"]))
+                 for r in results])

@@ -1,0 +1,73 @@
+"""`orchestrator vm create|list|destroy`."""
+
+from __future__ import annotations
+
+import click
+
+from orchestrator.commands._common import (
+    fleet_session,
+    inventory_option,
+    json_option,
+    print_json,
+    print_table,
+    store,
+)
+from orchestrator.edge.vms import VmService
+from orchestrator.fog.node import validate_name
+
+
+@click.group("vm")
+def command() -> None:
+    """Proxy and application VMs on the fog nodes."""
+
+
+@command.command("create")
+@click.argument("name")
+@click.option("--node", required=True, help="Fog node to start the VM on.")
+@click.option("--memory", "memory_mib", type=int, default=256, show_default=True,
+              help="Memory in MiB.")
+@click.option("--vcpus", type=int, default=1, show_default=True)
+@click.option("--role", type=click.Choice(["proxy", "app"]), default="proxy", show_default=True)
+@click.option("--wait", "wait_s", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the guest agent (0: don't wait).")
+@inventory_option
+@json_option
+@click.pass_context
+def create(ctx: click.Context, name: str, node: str, memory_mib: int, vcpus: int, role: str,
+           wait_s: float, inventory: str | None, as_json: bool) -> None:
+    """Create and start a VM."""
+    validate_name("VM", name)
+    with fleet_session(ctx, inventory) as session, store(ctx) as records:
+        vm = VmService(session, records).create(name, node, memory_mib, vcpus, role, wait_s)
+    if as_json:
+        print_json(vm.__dict__)
+    else:
+        click.echo(f"{vm.name} running on {vm.node} ({vm.memory_mib} MiB, {vm.address or '-'})")
+
+
+@command.command("list")
+@inventory_option
+@json_option
+@click.pass_context
+def list_(ctx: click.Context, inventory: str | None, as_json: bool) -> None:
+    """List VMs on every fog node."""
+    with fleet_session(ctx, inventory) as session, store(ctx) as records:
+        rows = VmService(session, records).listing()
+    if as_json:
+        print_json(rows)
+    else:
+        print_table("VMs", ["name", "node", "state", "memory MiB", "address", "role"],
+                    [(r["name"], r["node"], r["state"], r["memory_mib"], r["address"], r["role"])
+                     for r in rows])
+
+
+@command.command("destroy")
+@click.argument("name")
+@inventory_option
+@click.pass_context
+def destroy(ctx: click.Context, name: str, inventory: str | None) -> None:
+    """Stop and remove a VM wherever it is."""
+    validate_name("VM", name)
+    with fleet_session(ctx, inventory) as session, store(ctx) as records:
+        nodes = VmService(session, records).destroy(name)
+    click.echo(f"{name} destroyed" + (f" on {', '.join(nodes)}" if nodes else ""))

@@ -1,0 +1,1 @@
+"""The data plane as the orchestrator sees it: VMs, devices, mobility, migrations."""

@@ -1,0 +1,132 @@
+"""`orchestrator migrate` as a use case: check, lock, predict, migrate, verify, record.
+
+Refuses bad requests before anything moves (unknown VM or node, the node it is on, not
+enough memory at the destination, a migration of the same VM already running). Whatever
+happens next, the migration is recorded with its parameters, samples and outcome, and the
+VM's placement is verified afterwards on every node.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import OrchestratorError, UserError
+from orchestrator.fog.guest_agent import GuestAgent
+from orchestrator.fog.hypervisor import Guest
+from orchestrator.fog.jobstats import JobSample
+from orchestrator.fog.migration import MigrationOutcome, MigrationRequest, run_migration
+from orchestrator.fog.node import validate_name
+from orchestrator.fog.session import FleetSession
+from orchestrator.store import Store
+
+PAGE_SIZE = 4096
+
+
+@contextmanager
+def vm_lock(state_dir: Path, vm: str) -> Iterator[None]:
+    """One migration per VM at a time, across processes; released if the process dies."""
+    lock_dir = state_dir / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{vm}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"a migration of {vm!r} is already running") from None
+        yield
+
+
+@dataclass
+class MigrationService:
+    session: FleetSession
+    store: Store
+    state_dir: Path
+    predictor: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+
+    def migrate(self, request: MigrationRequest,
+                on_sample: Callable[[JobSample], None] | None = None) -> dict[str, Any]:
+        validate_name("VM", request.vm)
+        destination = self.session.fleet.node(request.destination)
+        with vm_lock(self.state_dir, request.vm):
+            guest = self._running_guest(request.vm)
+            if guest.node == destination.name:
+                raise UserError(f"VM {request.vm!r} already runs on {destination.name}")
+            dest_hv = self.session.hypervisor(destination.name)
+            memory = guest.memory_bytes()
+            if dest_hv.free_memory_bytes() < memory:
+                raise UserError(f"{destination.name} has not enough free memory for "
+                                f"{request.vm} ({memory >> 20} MiB): refused")
+            inputs = self._inputs(request, memory)
+            prediction = self.predictor(inputs) if self.predictor else None
+            record_id = self.store.start_migration(request.vm, guest.node, destination.name,
+                                                   {**asdict(request), **inputs}, prediction,
+                                                   os.getpid())
+            outcome = self._run(guest, request, on_sample)
+            return self._finish(record_id, request, guest.node, memory, outcome)
+
+    def _running_guest(self, vm: str) -> Guest:
+        running = [g for g in self.session.locate(vm) if g.is_active()]
+        if not running:
+            raise UserError(f"unknown VM {vm!r}: it runs on no fog node")
+        if len(running) > 1:
+            nodes = ", ".join(g.node for g in running)
+            raise OrchestratorError(f"VM {vm!r} runs on several nodes ({nodes}): reconcile first")
+        return running[0]
+
+    def _inputs(self, request: MigrationRequest, memory: int) -> dict[str, Any]:
+        """What the predictor needs, read before the migration starts."""
+        inputs: dict[str, Any] = {"memory_bytes": memory, "dirty_rate_pages_s": None,
+                                  "working_set_bytes": None}
+        record = self.store.vm(request.vm)
+        if record and record.address:
+            try:
+                dirty = GuestAgent(record.address, self.session.fleet.policy).status()["dirty"]
+                inputs["dirty_rate_pages_s"] = dirty.get("pages_per_s")
+                inputs["working_set_bytes"] = dirty.get("working_set_bytes")
+            except (OrchestratorError, KeyError, TypeError):
+                pass  # the prediction then goes without the guest's own figures
+        return inputs
+
+    def _run(self, guest: Guest, request: MigrationRequest,
+             on_sample: Callable[[JobSample], None] | None) -> MigrationOutcome:
+        dest_hv = self.session.hypervisor(request.destination)
+        try:
+            return run_migration(guest, dest_hv, request, on_sample=on_sample)
+        except OrchestratorError as exc:  # e.g. the downtime limit was refused
+            return MigrationOutcome("failed", [], None, 0.0, "none", str(exc))
+
+    def _finish(self, record_id: int, request: MigrationRequest, source: str, memory: int,
+                outcome: MigrationOutcome) -> dict[str, Any]:
+        placement = self.session.running_on(request.vm)
+        final = outcome.final.as_dict() if outcome.final else {}
+        status, error = outcome.status, outcome.error
+        expected = [request.destination] if status == "completed" else [source]
+        if placement != expected:
+            error = (f"{error + '; ' if error else ''}after the migration {request.vm} runs "
+                     f"on {placement or 'no node'}, expected {expected}")
+            status = "failed" if status == "completed" else status
+        if len(placement) == 1:
+            self.store.set_vm_node(request.vm, placement[0])
+        result = {
+            "id": record_id, "vm": request.vm, "source": source,
+            "destination": request.destination, "status": status,
+            "memory_bytes": memory, "bandwidth_mib_s": request.bandwidth_mib_s,
+            "downtime_limit_ms": request.downtime_ms, "policy": request.policy,
+            "timeout_action": outcome.action, "wall_time_ms": round(outcome.wall_s * 1000),
+            "total_time_ms": final.get("total_time_ms"),
+            "downtime_ms": final.get("downtime_ms"), "setup_time_ms": final.get("setup_time_ms"),
+            "iterations": final.get("iterations"),
+            "transferred_bytes": final.get("transferred_bytes"),
+            "dirty_rate_pages_s": final.get("dirty_rate_pages_s",
+                                            max((s.dirty_rate_pages_s for s in outcome.samples),
+                                                default=0)),
+            "final": final, "placement": placement, "error": error,
+        }
+        samples = [s.as_dict() for s in outcome.samples]
+        self.store.finish_migration(record_id, status, result, samples, error)
+        return {**result, "samples": samples}

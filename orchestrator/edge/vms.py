@@ -1,0 +1,129 @@
+"""VM lifecycle across a fleet: create on a node, list where each runs, destroy.
+
+The store keeps what the orchestrator decided (address, MAC, role); libvirt is the truth
+about where a VM runs, so listing always asks every node.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import OrchestratorError, UserError
+from orchestrator.fog.domain_xml import DomainSpec, Nic, to_xml
+from orchestrator.fog.guest_agent import GuestAgent
+from orchestrator.fog.node import FogNode, validate_name
+from orchestrator.fog.probe import choose_domain_type
+from orchestrator.fog.session import FleetSession
+from orchestrator.images import GuestImage, guest_cmdline
+from orchestrator.store import Store, VmRecord
+
+MIN_MEMORY_MIB = 96
+MAX_VCPUS = 64
+
+
+def mac_for(vm_uuid: str) -> str:
+    """A stable locally administered MAC in QEMU's 52:54:00 range, derived from the UUID."""
+    tail = uuid.UUID(vm_uuid).bytes[-3:]
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
+
+
+def next_address(network: ipaddress.IPv4Network, used: set[str]) -> str:
+    for host in network.hosts():
+        if str(host) not in used:
+            return str(host)
+    raise OrchestratorError(f"no free VM address left in {network}")
+
+
+@dataclass
+class VmService:
+    session: FleetSession
+    store: Store
+
+    def create(self, name: str, node_name: str, memory_mib: int, vcpus: int = 1,
+               role: str = "proxy", wait_s: float | None = 30.0) -> VmRecord:
+        validate_name("VM", name)
+        if memory_mib < MIN_MEMORY_MIB:
+            raise UserError(f"--memory must be at least {MIN_MEMORY_MIB} MiB, got {memory_mib}")
+        if not 1 <= vcpus <= MAX_VCPUS:
+            raise UserError(f"--vcpus must be between 1 and {MAX_VCPUS}, got {vcpus}")
+        node = self.session.fleet.node(node_name)
+        if self.store.vm(name) is not None or self.session.locate(name):
+            raise UserError(f"VM {name!r} already exists")
+        record = self._plan(name, node, memory_mib, vcpus, role)
+        hv = self.session.hypervisor(node.name)
+        hv.define_and_start(to_xml(self._spec(record, node)))
+        self.store.add_vm(record)
+        if wait_s and record.address:
+            try:
+                GuestAgent(record.address, self.session.fleet.policy).wait_ready(wait_s)
+            except OrchestratorError:
+                self.destroy(name)
+                raise
+        return record
+
+    def _plan(self, name: str, node: FogNode, memory_mib: int, vcpus: int,
+              role: str) -> VmRecord:
+        vm_uuid = str(uuid.uuid4())
+        network = self.session.fleet.vm_network
+        address = next_address(network, self.store.used_addresses()) if network else None
+        return VmRecord(name=name, uuid=vm_uuid, node=node.name, memory_mib=memory_mib,
+                        vcpus=vcpus, address=address, mac=mac_for(vm_uuid), role=role,
+                        created_at=time.time())
+
+    def _spec(self, record: VmRecord, node: FogNode) -> DomainSpec:
+        fleet = self.session.fleet
+        image = GuestImage(Path(node.image_dir))
+        return DomainSpec(
+            name=record.name, uuid=record.uuid, memory_mib=record.memory_mib,
+            vcpus=record.vcpus, domain_type=self._domain_type(node, image),
+            kernel=str(image.kernel), initrd=str(image.initrd),
+            cmdline=guest_cmdline(record.name, record.address, fleet.prefix_len, fleet.gateway),
+            nics=(Nic(bridge=node.vm_bridge, mac=record.mac),),
+            metadata={"role": record.role},
+        )
+
+    def _domain_type(self, node: FogNode, image: GuestImage) -> str:
+        if node.domain_type:
+            return node.domain_type
+        return choose_domain_type(self.session.hypervisor(node.name), image)
+
+    def listing(self) -> list[dict[str, Any]]:
+        """One row per VM, from every node, joined with the records."""
+        records = {r.name: r for r in self.store.vms()}
+        rows: dict[str, dict[str, Any]] = {}
+        for node in sorted(self.session.fleet.nodes):
+            for guest in self.session.hypervisor(node).guests():
+                row = rows.setdefault(guest.name, {"name": guest.name, "nodes": [],
+                                                   "state": guest.state(),
+                                                   "memory_mib": guest.memory_bytes() >> 20})
+                row["nodes"].append(node)
+                if guest.is_active():
+                    row["state"] = "running"
+        for name, row in rows.items():
+            record = records.get(name)
+            row["node"] = ",".join(row.pop("nodes"))
+            row["address"] = record.address if record else None
+            row["role"] = record.role if record else "unmanaged"
+        return [rows[k] for k in sorted(rows)]
+
+    def destroy(self, name: str) -> list[str]:
+        validate_name("VM", name)
+        guests = self.session.locate(name)
+        if not guests and self.store.vm(name) is None:
+            raise UserError(f"unknown VM {name!r}")
+        for guest in guests:
+            guest.destroy()
+            guest.undefine()
+        self.store.remove_vm(name)
+        return [g.node for g in guests]
+
+    def address_of(self, name: str) -> str:
+        record = self.store.vm(name)
+        if record is None or not record.address:
+            raise UserError(f"VM {name!r} has no known address")
+        return record.address

@@ -1,0 +1,1 @@
+"""libvirt adapters: fog nodes, their hypervisor connections, domains and migrations."""

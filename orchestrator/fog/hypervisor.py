@@ -1,0 +1,211 @@
+"""The only module that talks to libvirt: one connection per fog node, one method per call.
+
+`Hypervisor` wraps a virConnect, `Guest` a virDomain. libvirt errors become
+`OrchestratorError`s with libvirt's own message; "no such domain" becomes `None` where a
+lookup may legitimately miss. Connections are opened only after `netguard` has checked the
+route to the node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import libvirt
+
+from orchestrator.errors import OrchestratorError, UnsafeDestination
+from orchestrator.fog.node import FogNode
+from orchestrator.netguard import NetworkPolicy, check_destination
+
+
+def _quiet(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; we report them ourselves."""
+
+
+libvirt.registerErrorHandler(_quiet, None)
+
+STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "nostate",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+}
+
+
+def _error(what: str, exc: libvirt.libvirtError) -> OrchestratorError:
+    return OrchestratorError(f"{what}: {exc.get_error_message()}")
+
+
+@dataclass
+class Guest:
+    """One domain on one node."""
+
+    dom: libvirt.virDomain
+    node: str
+
+    @property
+    def name(self) -> str:
+        return str(self.dom.name())
+
+    def state(self) -> str:
+        try:
+            state, _reason = self.dom.state()
+        except libvirt.libvirtError as exc:
+            raise _error(f"state of {self.name} on {self.node}", exc) from exc
+        return STATE_NAMES.get(state, str(state))
+
+    def is_active(self) -> bool:
+        try:
+            return bool(self.dom.isActive())
+        except libvirt.libvirtError:
+            return False
+
+    def memory_bytes(self) -> int:
+        return int(self.dom.maxMemory()) * 1024
+
+    def xml(self) -> str:
+        return str(self.dom.XMLDesc(0))
+
+    def job_stats(self, completed: bool = False) -> dict[str, Any]:
+        flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED if completed else 0
+        try:
+            return dict(self.dom.jobStats(flags))
+        except libvirt.libvirtError as exc:
+            raise _error(f"job stats of {self.name} on {self.node}", exc) from exc
+
+    def migrate(self, dest_uri: str, params: dict[str, Any], flags: int) -> None:
+        """Blocking peer-to-peer migration; returns when the job has ended."""
+        try:
+            self.dom.migrateToURI3(dest_uri, params, flags)
+        except libvirt.libvirtError as exc:
+            raise _error(f"migration of {self.name} from {self.node}", exc) from exc
+
+    def set_max_downtime(self, downtime_ms: int) -> None:
+        try:
+            self.dom.migrateSetMaxDowntime(downtime_ms, 0)
+        except libvirt.libvirtError as exc:
+            raise _error(f"set max downtime of {self.name}", exc) from exc
+
+    def abort_job(self) -> None:
+        try:
+            self.dom.abortJob()
+        except libvirt.libvirtError as exc:
+            raise _error(f"abort job of {self.name}", exc) from exc
+
+    def start_postcopy(self) -> None:
+        try:
+            self.dom.migrateStartPostCopy(0)
+        except libvirt.libvirtError as exc:
+            raise _error(f"switch {self.name} to post-copy", exc) from exc
+
+    def destroy(self) -> None:
+        try:
+            if self.dom.isActive():
+                self.dom.destroy()
+        except libvirt.libvirtError as exc:
+            raise _error(f"destroy {self.name} on {self.node}", exc) from exc
+
+    def undefine(self) -> None:
+        try:
+            if self.dom.isPersistent():
+                self.dom.undefine()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise _error(f"undefine {self.name} on {self.node}", exc) from exc
+
+
+class Hypervisor:
+    """libvirt connection to one fog node."""
+
+    def __init__(self, node: FogNode, conn: libvirt.virConnect) -> None:
+        self.node = node
+        self.conn = conn
+
+    @classmethod
+    def open(cls, node: FogNode, policy: NetworkPolicy) -> Hypervisor:
+        if node.host:
+            check_destination(node.host, policy)
+        try:
+            conn = libvirt.open(node.uri)
+        except libvirt.libvirtError as exc:
+            raise _error(f"cannot connect to fog node {node.name} ({node.uri})", exc) from exc
+        return cls(node, conn)
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    def lookup(self, name: str) -> Guest | None:
+        try:
+            return Guest(self.conn.lookupByName(name), self.node.name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise _error(f"look up {name} on {self.node.name}", exc) from exc
+
+    def guests(self) -> list[Guest]:
+        try:
+            return [Guest(d, self.node.name) for d in self.conn.listAllDomains(0)]
+        except libvirt.libvirtError as exc:
+            raise _error(f"list domains on {self.node.name}", exc) from exc
+
+    def define_and_start(self, xml: str) -> Guest:
+        """Define a persistent domain and start it; undefine again if the start fails."""
+        try:
+            dom = self.conn.defineXML(xml)
+        except libvirt.libvirtError as exc:
+            raise _error(f"define domain on {self.node.name}", exc) from exc
+        try:
+            dom.create()
+        except libvirt.libvirtError as exc:
+            dom.undefine()
+            raise _error(f"start {dom.name()} on {self.node.name}", exc) from exc
+        return Guest(dom, self.node.name)
+
+    def start_transient(self, xml: str) -> Guest:
+        try:
+            return Guest(self.conn.createXML(xml, 0), self.node.name)
+        except libvirt.libvirtError as exc:
+            raise _error(f"start transient domain on {self.node.name}", exc) from exc
+
+    def free_memory_bytes(self) -> int:
+        try:
+            return int(self.conn.getFreeMemory())
+        except libvirt.libvirtError as exc:
+            raise _error(f"free memory of {self.node.name}", exc) from exc
+
+    def hostname(self) -> str:
+        return str(self.conn.getHostname())
+
+
+@contextmanager
+def connect(node: FogNode, policy: NetworkPolicy) -> Iterator[Hypervisor]:
+    hv = Hypervisor.open(node, policy)
+    try:
+        yield hv
+    finally:
+        hv.close()
+
+
+def wait_until_reachable(node: FogNode, policy: NetworkPolicy, timeout_s: float = 20.0) -> None:
+    """Poll until the node's libvirtd accepts a connection (daemons start asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            Hypervisor.open(node, policy).close()
+            return
+        except UnsafeDestination:
+            raise
+        except OrchestratorError as exc:
+            if time.monotonic() > deadline:
+                raise OrchestratorError(f"fog node {node.name} not reachable: {exc}") from exc
+            time.sleep(0.1)

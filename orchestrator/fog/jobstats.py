@@ -1,0 +1,90 @@
+"""libvirt job statistics as plain data, and the final figures of a migration.
+
+Pure: takes the dict `virDomain.jobStats()` returns, gives back typed samples. Field names
+follow libvirt's typed parameters (VIR_DOMAIN_JOB_*). The dirty rate shows from the second
+pre-copy iteration on; before that it is 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+JOB_NONE = 0  # VIR_DOMAIN_JOB_NONE
+
+
+@dataclass(frozen=True)
+class JobSample:
+    t_s: float  # seconds since the orchestrator started the migration
+    elapsed_ms: int  # libvirt's own clock for the job
+    iteration: int
+    dirty_rate_pages_s: int
+    remaining_bytes: int
+    processed_bytes: int
+    total_bytes: int
+    bandwidth_bps: int  # memory_bps: what the stream achieves now
+    constant_pages: int
+    normal_pages: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _int(raw: dict[str, Any], key: str) -> int:
+    return int(raw.get(key, 0) or 0)
+
+
+def parse_sample(raw: dict[str, Any], t_s: float) -> JobSample | None:
+    """One sample of a running job, or None when libvirt reports no job."""
+    if _int(raw, "type") == JOB_NONE:
+        return None
+    return JobSample(
+        t_s=round(t_s, 4),
+        elapsed_ms=_int(raw, "time_elapsed"),
+        iteration=_int(raw, "memory_iteration"),
+        dirty_rate_pages_s=_int(raw, "memory_dirty_rate"),
+        remaining_bytes=_int(raw, "data_remaining") or _int(raw, "memory_remaining"),
+        processed_bytes=_int(raw, "data_processed") or _int(raw, "memory_processed"),
+        total_bytes=_int(raw, "data_total") or _int(raw, "memory_total"),
+        bandwidth_bps=_int(raw, "memory_bps"),
+        constant_pages=_int(raw, "memory_constant"),
+        normal_pages=_int(raw, "memory_normal"),
+    )
+
+
+@dataclass(frozen=True)
+class FinalStats:
+    total_time_ms: int
+    downtime_ms: int
+    setup_time_ms: int
+    iterations: int
+    transferred_bytes: int
+    memory_bytes: int
+    constant_pages: int
+    normal_pages: int
+    normal_bytes: int
+    bandwidth_bps: int
+    dirty_rate_pages_s: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_completed(raw: dict[str, Any], samples: list[JobSample]) -> FinalStats:
+    """Final figures from the completed job's stats (read on the destination).
+
+    The completed stats carry no dirty rate, so the highest rate seen live stands in.
+    """
+    return FinalStats(
+        total_time_ms=_int(raw, "time_elapsed"),
+        downtime_ms=_int(raw, "downtime"),
+        setup_time_ms=_int(raw, "setup_time"),
+        iterations=_int(raw, "memory_iteration"),
+        transferred_bytes=_int(raw, "data_processed") or _int(raw, "memory_processed"),
+        memory_bytes=_int(raw, "memory_total"),
+        constant_pages=_int(raw, "memory_constant"),
+        normal_pages=_int(raw, "memory_normal"),
+        normal_bytes=_int(raw, "memory_normal_bytes"),
+        bandwidth_bps=_int(raw, "memory_bps"),
+        dirty_rate_pages_s=max((s.dirty_rate_pages_s for s in samples), default=0),
+    )

@@ -1,0 +1,180 @@
+"""Pre-copy live migration of one domain between two fog nodes, watched while it runs.
+
+The blocking `migrateToURI3` call runs in a worker thread; the calling thread samples the
+job statistics every `interval_s` and applies the user's policy when the timeout passes.
+Policy decisions are small pure functions; the loop takes its clock, sleep and job-stats
+source as parameters so it is tested with a scripted job and a fake clock (libvirt's test
+driver cannot migrate).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import libvirt
+
+from orchestrator.errors import OrchestratorError, UserError
+from orchestrator.fog.hypervisor import Guest, Hypervisor
+from orchestrator.fog.jobstats import FinalStats, JobSample, parse_completed, parse_sample
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class MigrationRequest:
+    vm: str
+    destination: str
+    bandwidth_mib_s: int | None = None
+    downtime_ms: int | None = None
+    auto_converge: bool = False
+    postcopy: bool = False
+    timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.bandwidth_mib_s is not None and self.bandwidth_mib_s <= 0:
+            raise UserError(f"--bandwidth must be > 0 MiB/s, got {self.bandwidth_mib_s}")
+        if self.downtime_ms is not None and self.downtime_ms <= 0:
+            raise UserError(f"--downtime-ms must be > 0, got {self.downtime_ms}")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise UserError(f"--timeout must be > 0 s, got {self.timeout_s}")
+
+    @property
+    def policy(self) -> str:
+        """What happens at the timeout: abort, or switch to post-copy."""
+        return "postcopy" if self.postcopy else "abort"
+
+
+def migration_flags(request: MigrationRequest) -> int:
+    """Live, peer-to-peer (source libvirtd talks to the destination), persistent on the
+    destination and undefined on the source, so the VM exists exactly once afterwards."""
+    flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+             | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+    if request.auto_converge:
+        flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    if request.postcopy:
+        flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    return flags
+
+
+def migration_params(request: MigrationRequest) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if request.bandwidth_mib_s is not None:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(request.bandwidth_mib_s)
+    return params
+
+
+class TimeoutAction(enum.Enum):
+    NONE = "none"
+    ABORT = "abort"
+    POSTCOPY = "postcopy"
+
+
+def timeout_action(elapsed_s: float, timeout_s: float | None, postcopy: bool,
+                   already_acted: bool) -> TimeoutAction:
+    """What to do now about the timeout; acts at most once per migration."""
+    if timeout_s is None or already_acted or elapsed_s < timeout_s:
+        return TimeoutAction.NONE
+    return TimeoutAction.POSTCOPY if postcopy else TimeoutAction.ABORT
+
+
+@dataclass
+class Watch:
+    """Everything the monitor loop saw."""
+
+    samples: list[JobSample] = field(default_factory=list)
+    action: TimeoutAction = TimeoutAction.NONE
+    action_error: str | None = None
+
+
+def watch(job_stats: Callable[[], dict[str, Any]], finished: Callable[[], bool],
+          act: Callable[[TimeoutAction], None], *, timeout_s: float | None, postcopy: bool,
+          clock: Clock = time.monotonic, sleep: Sleep = time.sleep, interval_s: float = 0.2,
+          on_sample: Callable[[JobSample], None] | None = None) -> Watch:
+    """Sample the job until `finished()`; apply the timeout policy once when due."""
+    seen = Watch()
+    start = clock()
+    while not finished():
+        now = clock() - start
+        try:
+            sample = parse_sample(job_stats(), now)
+        except OrchestratorError:
+            sample = None  # the job ended between finished() and jobStats()
+        if sample is not None:
+            seen.samples.append(sample)
+            if on_sample:
+                on_sample(sample)
+        action = timeout_action(now, timeout_s, postcopy, seen.action is not TimeoutAction.NONE)
+        if action is not TimeoutAction.NONE:
+            seen.action = action
+            try:
+                act(action)
+            except OrchestratorError as exc:
+                seen.action_error = str(exc)
+        sleep(interval_s)
+    return seen
+
+
+@dataclass
+class MigrationOutcome:
+    status: str  # completed | failed | aborted
+    samples: list[JobSample]
+    final: FinalStats | None
+    wall_s: float
+    action: str
+    error: str | None = None
+
+
+def run_migration(guest: Guest, destination: Hypervisor, request: MigrationRequest, *,
+                  clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
+                  interval_s: float = 0.2,
+                  on_sample: Callable[[JobSample], None] | None = None) -> MigrationOutcome:
+    """Migrate `guest` to `destination`; never raises for a failed migration itself."""
+    if request.downtime_ms is not None:
+        guest.set_max_downtime(request.downtime_ms)
+    failure: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            guest.migrate(destination.node.uri, migration_params(request),
+                          migration_flags(request))
+        except BaseException as exc:  # handed to the monitoring thread
+            failure.append(exc)
+
+    def act(action: TimeoutAction) -> None:
+        if action is TimeoutAction.ABORT:
+            guest.abort_job()
+        elif action is TimeoutAction.POSTCOPY:
+            guest.start_postcopy()
+
+    started = clock()
+    worker = threading.Thread(target=migrate, name=f"migrate-{request.vm}", daemon=True)
+    worker.start()
+    seen = watch(guest.job_stats, lambda: not worker.is_alive(), act,
+                 timeout_s=request.timeout_s, postcopy=request.postcopy, clock=clock,
+                 sleep=sleep, interval_s=interval_s, on_sample=on_sample)
+    worker.join()
+    wall = clock() - started
+    if failure:
+        status = "aborted" if seen.action is TimeoutAction.ABORT else "failed"
+        return MigrationOutcome(status, seen.samples, None, wall, seen.action.value,
+                                str(failure[0]))
+    return MigrationOutcome("completed", seen.samples, _final_stats(destination, request.vm,
+                                                                    seen.samples),
+                            wall, seen.action.value, seen.action_error)
+
+
+def _final_stats(destination: Hypervisor, vm: str, samples: list[JobSample]) -> FinalStats | None:
+    """The completed job's figures, which libvirt keeps on the destination domain."""
+    arrived = destination.lookup(vm)
+    if arrived is None:
+        return None
+    try:
+        return parse_completed(arrived.job_stats(completed=True), samples)
+    except OrchestratorError:
+        return None

@@ -1,0 +1,60 @@
+"""Where the guest kernel and initramfs are, and what the guest's kernel command line says."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import OrchestratorError
+
+DEFAULT_IMAGE_DIR = Path(__file__).resolve().parents[1] / "images" / "out"
+AGENT_PORT = 7070
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    directory: Path
+
+    @property
+    def kernel(self) -> Path:
+        return self.directory / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.directory / "initrd.img"
+
+    def check(self) -> GuestImage:
+        for path in (self.kernel, self.initrd):
+            if not path.is_file():
+                raise OrchestratorError(f"guest image missing ({path}): run 'make image'")
+        return self
+
+    def manifest(self) -> dict[str, object]:
+        try:
+            data: dict[str, object] = json.loads((self.directory / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+
+def local_image() -> GuestImage:
+    return GuestImage(Path(os.environ.get("EDGEIOT_IMAGE_DIR", DEFAULT_IMAGE_DIR)))
+
+
+def guest_cmdline(name: str, address: str | None, prefix_len: int | None,
+                  gateway: str | None = None) -> str:
+    """Kernel command line of a proxy VM; the initramfs configures eth0 from it."""
+    parts = ["console=ttyS0", "quiet", "panic=-1", f"edgeiot.name={name}"]
+    if address and prefix_len:
+        parts.append(f"edgeiot.ip={address}/{prefix_len}")
+    if gateway:
+        parts.append(f"edgeiot.gw={gateway}")
+    return " ".join(parts)
+
+
+# NOTE: everything after "--" on the kernel command line goes to init as arguments, and
+# busybox run as /bin/busybox dispatches on its first argument: this guest powers off as
+# soon as the kernel has booted, which is all a hypervisor probe needs to see.
+PROBE_CMDLINE = "console=ttyS0 quiet panic=-1 rdinit=/bin/busybox -- poweroff -f"

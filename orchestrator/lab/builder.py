@@ -1,0 +1,200 @@
+"""Turns a lab topology into side effects, and takes them all away again.
+
+`Lab.up()` creates, in this order: the state file, the core bridge with the gateway address
+(the route that keeps lab traffic on this machine), each node's namespace, veth and VM
+bridge, the core shaping, then each node's daemons; it waits for every libvirtd and probes
+the domain type once. Any failure tears down whatever was made. `Lab.down()` is idempotent
+and also works from the prefix alone after a crash: it ends the processes inside the lab's
+namespaces (by pid: they are the lab's own), deletes the namespaces and links, and removes
+the runtime directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from orchestrator.errors import UserError
+from orchestrator.fog.hypervisor import Hypervisor, wait_until_reachable
+from orchestrator.fog.node import FogNode
+from orchestrator.fog.probe import choose_domain_type
+from orchestrator.images import GuestImage, local_image
+from orchestrator.lab import state
+from orchestrator.lab.daemons import NodeDirs, prepare_node_dirs, read_pid, start_daemons
+from orchestrator.lab.network import LabNetwork
+from orchestrator.lab.topology import VM_BRIDGE, LabSpec, Topology, plan
+from orchestrator.netguard import LabNetwork as GuardedSubnet
+from orchestrator.netguard import NetworkPolicy
+from orchestrator.runner import LocalRunner, Runner
+
+PROBE_CACHE = "domain-type-probe.json"
+
+
+class Lab:
+    def __init__(self, spec: LabSpec, state_dir: Path, runner: Runner | None = None,
+                 image: GuestImage | None = None) -> None:
+        self.spec = spec
+        self.topology: Topology = plan(spec)
+        self.paths = state.LabPaths(state_dir, spec.prefix)
+        self.runner = runner or LocalRunner()
+        self.network = LabNetwork(self.topology, self.runner)
+        self.image = image or local_image()
+
+    @property
+    def policy(self) -> NetworkPolicy:
+        t = self.topology
+        return NetworkPolicy(labs=(GuardedSubnet(t.spec.network, t.bridge),))
+
+    # --- up ------------------------------------------------------------------------
+
+    def up(self) -> dict[str, Any]:
+        self._refuse_if_present()
+        self.image.check()
+        started = time.monotonic()
+        record: dict[str, Any] = {"status": "starting", "spec": asdict(self.spec),
+                                  "bridge": self.topology.bridge, "pid": os.getpid(),
+                                  "gateway": self.topology.gateway, "nodes": []}
+        state.save(self.paths, record)
+        try:
+            self._build(record)
+        except BaseException:
+            self.down()
+            raise
+        record["status"] = "up"
+        record["up_seconds"] = round(time.monotonic() - started, 3)
+        state.save(self.paths, record)
+        return record
+
+    def _refuse_if_present(self) -> None:
+        if state.load(self.paths) is not None or self.network.lab_namespaces():
+            raise UserError(f"lab {self.spec.prefix!r} is already up (or left by a crash): "
+                            "run 'orchestrator lab down' first")
+
+    def _build(self, record: dict[str, Any]) -> None:
+        self.network.create_core()
+        for node in self.topology.nodes:
+            self.network.create_node(node)
+            self.network.shape(node, self.spec.core_mbit, self.spec.core_delay_ms)
+            record["nodes"].append({"name": node.name, "namespace": node.namespace,
+                                    "address": node.address})
+            state.save(self.paths, record)
+        for entry, node in zip(record["nodes"], self.topology.nodes, strict=True):
+            dirs = NodeDirs(self.paths.node_dir(node.name))
+            entry["host_uuid"] = prepare_node_dirs(dirs, node)
+            start_daemons(node, dirs, self.runner)
+            entry["libvirtd_pid"] = read_pid(dirs.libvirtd_pidfile)
+            entry["virtlogd_pid"] = read_pid(dirs.virtlogd_pidfile)
+            state.save(self.paths, record)
+        nodes = [self._fog_node(e["name"], None) for e in record["nodes"]]
+        for fog in nodes:
+            wait_until_reachable(fog, self.policy)
+        record["domain_type"] = self._domain_type(nodes[0])
+
+    def _domain_type(self, first: FogNode) -> str:
+        """Probe once per host boot: every lab node shares this machine's hypervisor."""
+        cache = self.paths.state_dir / PROBE_CACHE
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        try:
+            cached = json.loads(cache.read_text())
+            if cached.get("boot_id") == boot_id:
+                return str(cached["domain_type"])
+        except (OSError, ValueError, KeyError):
+            pass
+        hv = Hypervisor.open(first, self.policy)
+        try:
+            domain_type = choose_domain_type(hv, self.image)
+        finally:
+            hv.close()
+        cache.write_text(json.dumps({"boot_id": boot_id, "domain_type": domain_type}))
+        return domain_type
+
+    def _fog_node(self, name: str, domain_type: str | None) -> FogNode:
+        node = next(n for n in self.topology.nodes if n.name == name)
+        return FogNode(
+            name=node.name, uri=f"qemu+tcp://{node.address}/system", address=node.address,
+            vm_bridge=VM_BRIDGE, image_dir=str(self.image.directory), domain_type=domain_type,
+            facts={"lab": self.spec.prefix, "namespace": node.namespace,
+                   "subnet": self.spec.subnet, "gateway": self.topology.gateway,
+                   "vm_network": str(self.topology.vm_network)},
+        )
+
+    # --- using a running lab ----------------------------------------------------------
+
+    def fog_nodes(self) -> list[FogNode]:
+        record = self.require_up()
+        return [self._fog_node(e["name"], record.get("domain_type")) for e in record["nodes"]]
+
+    def require_up(self) -> dict[str, Any]:
+        record = state.load(self.paths)
+        if record is None or record.get("status") != "up":
+            raise UserError(f"lab {self.spec.prefix!r} is not up: run 'orchestrator lab up'")
+        return record
+
+    def status(self) -> dict[str, Any]:
+        record = state.load(self.paths) or {"status": "down", "nodes": []}
+        for entry in record.get("nodes", []):
+            pid = entry.get("libvirtd_pid")
+            entry["libvirtd_running"] = bool(pid and psutil.pid_exists(pid))
+        record["namespaces"] = self.network.lab_namespaces()
+        record["core_bytes"] = self.network.core_link_bytes() if record["namespaces"] else {}
+        return record
+
+    def enter_argv(self, node: str) -> list[str]:
+        """argv prefix that runs a command inside a node's network and mount namespaces."""
+        entry = next((e for e in self.require_up()["nodes"] if e["name"] == node), None)
+        if entry is None or not entry.get("libvirtd_pid"):
+            raise UserError(f"unknown fog node {node!r}")
+        return ["nsenter", "--target", str(entry["libvirtd_pid"]), "--mount", "--net", "--"]
+
+    # --- down ----------------------------------------------------------------------
+
+    def down(self) -> dict[str, int]:
+        """Remove everything carrying the lab's prefix; safe to run any number of times."""
+        record = state.load(self.paths) or {}
+        namespaces = sorted(set(self.network.lab_namespaces())
+                            | {e["namespace"] for e in record.get("nodes", [])})
+        pids = [p for ns in namespaces for p in self.network.namespace_pids(ns)]
+        killed = terminate(pids)
+        self.network.delete_namespaces(namespaces)
+        links = self.network.lab_links()
+        self.network.delete_links(links)
+        for node in self.topology.nodes:
+            node_dir = self.paths.node_dir(node.name)
+            for key in ("run", "lib", "etc", "cache"):
+                shutil.rmtree(node_dir / key, ignore_errors=True)
+        state.remove(self.paths)
+        return {"processes": killed, "namespaces": len(namespaces), "links": len(links)}
+
+
+def terminate(pids: list[int], grace_s: float = 5.0) -> int:
+    """SIGTERM the given processes, SIGKILL what is left after the grace period."""
+    procs = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            proc.send_signal(signal.SIGTERM)
+            procs.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+    return len(procs)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise UserError("the lab needs root (network namespaces, bridges, libvirtd)")
+

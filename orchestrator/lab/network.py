@@ -1,0 +1,110 @@
+"""Kernel network objects of the lab: core bridge, namespaces, veths, VM bridges, shaping.
+
+Thin adapter over iproute2 and tc through a `Runner`; the only logic here is the order
+(gateway on the core bridge first, so no lab address is ever routed out of the machine) and
+tolerance of objects that are already gone (teardown is idempotent).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from orchestrator.lab.topology import VM_BRIDGE, NodePlan, Topology
+from orchestrator.runner import LocalRunner, NamespaceRunner, Runner
+
+
+def parse_link_names(ip_json: str) -> list[str]:
+    """Interface names from `ip -j link show` output."""
+    return [str(link["ifname"]) for link in json.loads(ip_json or "[]")]
+
+
+def parse_netns_names(ip_json: str) -> list[str]:
+    """Namespace names from `ip -j netns list` output (empty output when there are none)."""
+    return [str(ns["name"]) for ns in json.loads(ip_json or "[]")]
+
+
+def netem_args(rate_mbit: float | None, delay_ms: float | None) -> list[str]:
+    """tc arguments shaping one direction of a core link; [] when nothing is asked."""
+    args: list[str] = []
+    if delay_ms:
+        args += ["delay", f"{delay_ms:g}ms"]
+    if rate_mbit:
+        args += ["rate", f"{rate_mbit:g}mbit"]
+    return ["netem", *args, "limit", "100000"] if args else []
+
+
+class LabNetwork:
+    def __init__(self, topology: Topology, runner: Runner | None = None) -> None:
+        self.topology = topology
+        self.runner = runner or LocalRunner()
+
+    def create_core(self) -> None:
+        """Core bridge with the gateway address: the lab subnet's route, before anything else."""
+        t = self.topology
+        self.runner.run(["ip", "link", "add", t.bridge, "type", "bridge"])
+        self.runner.run(["ip", "addr", "add", f"{t.gateway}/{t.prefix_len}", "dev", t.bridge])
+        self.runner.run(["ip", "link", "set", t.bridge, "up"])
+
+    def create_node(self, node: NodePlan) -> None:
+        """Namespace, veth to the core, and the node's VM bridge carrying its address."""
+        r, ns = self.runner, NamespaceRunner(node.namespace, self.runner)
+        r.run(["ip", "netns", "add", node.namespace])
+        ns.run(["ip", "link", "set", "lo", "up"])
+        r.run(["ip", "link", "add", node.core_veth, "type", "veth",
+               "peer", "name", node.node_veth, "netns", node.namespace])
+        r.run(["ip", "link", "set", node.core_veth, "master", self.topology.bridge, "up"])
+        ns.run(["ip", "link", "add", VM_BRIDGE, "type", "bridge"])
+        ns.run(["ip", "link", "set", node.node_veth, "master", VM_BRIDGE, "up"])
+        ns.run(["ip", "addr", "add", f"{node.address}/{self.topology.prefix_len}",
+                "dev", VM_BRIDGE])
+        ns.run(["ip", "link", "set", VM_BRIDGE, "up"])
+
+    def shape(self, node: NodePlan, rate_mbit: float | None, delay_ms: float | None) -> None:
+        """Shape both directions of the node's core link (each veth end's egress)."""
+        args = netem_args(rate_mbit, delay_ms)
+        if not args:
+            return
+        self.runner.run(["tc", "qdisc", "replace", "dev", node.core_veth, "root", *args])
+        NamespaceRunner(node.namespace, self.runner).run(
+            ["tc", "qdisc", "replace", "dev", node.node_veth, "root", *args])
+
+    # --- discovery and teardown -------------------------------------------------------
+
+    def lab_namespaces(self) -> list[str]:
+        out = self.runner.run(["ip", "-j", "netns", "list"], check=False).stdout
+        prefix = f"{self.topology.spec.prefix}-"
+        return [n for n in parse_netns_names(out) if n.startswith(prefix)]
+
+    def lab_links(self) -> list[str]:
+        out = self.runner.run(["ip", "-j", "link", "show"], check=False).stdout
+        prefix = f"{self.topology.spec.prefix}-"
+        return [n.split("@")[0] for n in parse_link_names(out) if n.startswith(prefix)]
+
+    def namespace_pids(self, namespace: str) -> list[int]:
+        out = self.runner.run(["ip", "netns", "pids", namespace], check=False).stdout
+        return [int(p) for p in out.split() if p.isdigit()]
+
+    def delete_namespaces(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.runner.run(["ip", "netns", "delete", name], check=False)
+
+    def delete_links(self, names: Iterable[str]) -> None:
+        """Veths first (deleting one end removes its peer), the core bridge last."""
+        bridge = self.topology.bridge
+        for name in sorted(names, key=lambda n: n == bridge):
+            self.runner.run(["ip", "link", "delete", name], check=False)
+
+    def core_link_bytes(self) -> dict[str, dict[str, int]]:
+        """Bytes each node sent into / received from the core, read off the root-side veths."""
+        counters: dict[str, dict[str, int]] = {}
+        for node in self.topology.nodes:
+            out = self.runner.run(["ip", "-j", "-s", "link", "show", node.core_veth],
+                                  check=False).stdout
+            links = json.loads(out or "[]")
+            if links:
+                stats = links[0]["stats64"]
+                # The root-side end receives what the node sends into the core.
+                counters[node.name] = {"to_core": int(stats["rx"]["bytes"]),
+                                       "from_core": int(stats["tx"]["bytes"])}
+        return counters

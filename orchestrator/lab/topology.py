@@ -1,0 +1,101 @@
+"""The lab's shape as pure data: names and addresses, derived from a few parameters.
+
+Like Mininet's Topo, this is computed before anything is created; the builder
+(`orchestrator.lab.builder`) turns it into namespaces, links and daemons. Every name carries
+the lab's prefix so teardown can find exactly what a crashed run left behind.
+
+Addresses (default subnet 10.77.0.0/16, all one L2 segment across the core bridge):
+    10.77.0.1          gateway, on the core bridge in the root namespace
+    10.77.0.10+i       fog node i's own address (libvirtd, migration stream)
+    10.77.1.0/24 ...   VM addresses, handed out by the orchestrator
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from orchestrator.errors import UserError
+
+PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9]{1,5}$")
+MAX_NODES = 9
+VM_BRIDGE = "br-vm"  # inside each node's namespace; the same name on every node
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """What the user asked for."""
+
+    prefix: str = "eiot"
+    nodes: int = 3
+    subnet: str = "10.77.0.0/16"
+    core_mbit: float | None = None
+    core_delay_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if not PREFIX_PATTERN.match(self.prefix):
+            raise UserError(f"invalid lab prefix {self.prefix!r}: 2-6 of [a-z0-9], letter first")
+        if not 1 <= self.nodes <= MAX_NODES:
+            raise UserError(f"--nodes must be between 1 and {MAX_NODES}, got {self.nodes}")
+        if self.core_mbit is not None and self.core_mbit <= 0:
+            raise UserError(f"--core-mbit must be > 0, got {self.core_mbit}")
+        if self.core_delay_ms is not None and self.core_delay_ms < 0:
+            raise UserError(f"--core-delay-ms must be >= 0, got {self.core_delay_ms}")
+        net = self.network
+        if net.prefixlen > 22 or not net.is_private:
+            raise UserError(f"lab subnet {self.subnet} must be a private /22 or larger")
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        try:
+            return ipaddress.IPv4Network(self.subnet)
+        except ValueError as exc:
+            raise UserError(f"invalid lab subnet {self.subnet!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """One fog node: its user-facing name and every kernel object named for it."""
+
+    name: str  # fog1
+    namespace: str  # eiot-fog1
+    core_veth: str  # eiot-fog1c: root-namespace end, enslaved to the core bridge
+    node_veth: str  # eiot-fog1n: node end, enslaved to the node's VM bridge
+    address: str
+
+
+@dataclass(frozen=True)
+class Topology:
+    spec: LabSpec
+    bridge: str
+    gateway: str
+    nodes: tuple[NodePlan, ...]
+    vm_network: ipaddress.IPv4Network
+
+    @property
+    def prefix_len(self) -> int:
+        return self.spec.network.prefixlen
+
+
+def plan(spec: LabSpec) -> Topology:
+    """Names and addresses for a lab; pure."""
+    net = spec.network
+    base = net.network_address
+    nodes = tuple(
+        NodePlan(
+            name=f"fog{i}",
+            namespace=f"{spec.prefix}-fog{i}",
+            core_veth=f"{spec.prefix}-fog{i}c",
+            node_veth=f"{spec.prefix}-fog{i}n",
+            address=str(base + 10 + i),
+        )
+        for i in range(1, spec.nodes + 1)
+    )
+    return Topology(
+        spec=spec,
+        bridge=f"{spec.prefix}-core",
+        gateway=str(base + 1),
+        nodes=nodes,
+        vm_network=ipaddress.IPv4Network(f"{base + 256}/24"),
+    )

@@ -1,0 +1,201 @@
+"""Records: VMs the orchestrator made, every migration with its samples, and events.
+
+SQLite from the standard library, one file under the state directory, schema versioned
+(`PRAGMA user_version`). Every migration — completed, failed or aborted — is a row here:
+the records are both the audit trail and the predictor's calibration data set.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import OrchestratorError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS vms (
+    name TEXT PRIMARY KEY,
+    uuid TEXT NOT NULL,
+    node TEXT NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    vcpus INTEGER NOT NULL,
+    address TEXT,
+    mac TEXT NOT NULL,
+    role TEXT NOT NULL DEFAULT 'proxy',
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS migrations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    vm TEXT NOT NULL,
+    source TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    status TEXT NOT NULL,               -- running | completed | failed | aborted
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    pid INTEGER,
+    params TEXT NOT NULL,               -- JSON: what was asked for
+    prediction TEXT,                    -- JSON: what the predictor said beforehand
+    result TEXT,                        -- JSON: final job stats and derived figures
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS samples (
+    migration_id INTEGER NOT NULL REFERENCES migrations(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    data TEXT NOT NULL,                 -- JSON: one job-stats sample
+    PRIMARY KEY (migration_id, seq)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class VmRecord:
+    name: str
+    uuid: str
+    node: str
+    memory_mib: int
+    vcpus: int
+    address: str | None
+    mac: str
+    role: str = "proxy"
+    created_at: float = 0.0
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise OrchestratorError(f"cannot open records {path}: {exc}") from exc
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate_schema()
+
+    def _migrate_schema(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise OrchestratorError(f"records {self.path} have schema {version}, newer than "
+                                    f"this orchestrator ({SCHEMA_VERSION})")
+        self.db.executescript(SCHEMA)
+        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- VMs -------------------------------------------------------------------------
+
+    def add_vm(self, vm: VmRecord) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO vms VALUES (?,?,?,?,?,?,?,?,?)",
+                       (vm.name, vm.uuid, vm.node, vm.memory_mib, vm.vcpus, vm.address,
+                        vm.mac, vm.role, vm.created_at or time.time()))
+
+    def vm(self, name: str) -> VmRecord | None:
+        row = self.db.execute("SELECT * FROM vms WHERE name=?", (name,)).fetchone()
+        return VmRecord(**dict(row)) if row else None
+
+    def vms(self) -> list[VmRecord]:
+        return [VmRecord(**dict(r)) for r in self.db.execute("SELECT * FROM vms ORDER BY name")]
+
+    def set_vm_node(self, name: str, node: str) -> None:
+        self.db.execute("UPDATE vms SET node=? WHERE name=?", (node, name))
+
+    def remove_vm(self, name: str) -> None:
+        self.db.execute("DELETE FROM vms WHERE name=?", (name,))
+
+    def used_addresses(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT address FROM vms WHERE address IS NOT NULL")}
+
+    # --- migrations ------------------------------------------------------------------
+
+    def start_migration(self, vm: str, source: str, destination: str,
+                        params: dict[str, Any], prediction: dict[str, Any] | None,
+                        pid: int) -> int:
+        cur = self.db.execute(
+            "INSERT INTO migrations (vm, source, destination, status, started_at, pid, params,"
+            " prediction) VALUES (?,?,?,?,?,?,?,?)",
+            (vm, source, destination, "running", time.time(), pid, json.dumps(params),
+             json.dumps(prediction) if prediction is not None else None))
+        return int(cur.lastrowid or 0)
+
+    def finish_migration(self, migration_id: int, status: str, result: dict[str, Any],
+                         samples: Iterable[dict[str, Any]], error: str | None = None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE migrations SET status=?, finished_at=?, result=?, error=? "
+                       "WHERE id=?", (status, time.time(), json.dumps(result), error,
+                                      migration_id))
+            db.executemany("INSERT OR REPLACE INTO samples VALUES (?,?,?)",
+                           [(migration_id, i, json.dumps(s)) for i, s in enumerate(samples)])
+
+    def migrations(self, vm: str | None = None, status: str | None = None,
+                   limit: int | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM migrations WHERE 1=1", []
+        if vm:
+            query, args = query + " AND vm=?", [*args, vm]
+        if status:
+            query, args = query + " AND status=?", [*args, status]
+        query += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        return [self._migration_row(r) for r in self.db.execute(query, args)]
+
+    def migration(self, migration_id: int, with_samples: bool = True) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM migrations WHERE id=?", (migration_id,)).fetchone()
+        if row is None:
+            return None
+        record = self._migration_row(row)
+        if with_samples:
+            record["samples"] = self.samples(migration_id)
+        return record
+
+    def samples(self, migration_id: int) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT data FROM samples WHERE migration_id=? ORDER BY seq",
+                               (migration_id,))
+        return [json.loads(r[0]) for r in rows]
+
+    @staticmethod
+    def _migration_row(row: sqlite3.Row) -> dict[str, Any]:
+        record = dict(row)
+        for key in ("params", "prediction", "result"):
+            record[key] = json.loads(record[key]) if record[key] else None
+        return record
+
+    # --- events ----------------------------------------------------------------------
+
+    def add_event(self, kind: str, subject: str, data: dict[str, Any]) -> None:
+        self.db.execute("INSERT INTO events (at, kind, subject, data) VALUES (?,?,?,?)",
+                        (time.time(), kind, subject, json.dumps(data)))
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT * FROM events" + (" WHERE kind=?" if kind else "") + " ORDER BY id"
+        rows = self.db.execute(query, (kind,) if kind else ())
+        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+
+
+def open_store(state_dir: Path) -> Store:
+    return Store(state_dir / "records.sqlite")

@@ -1,0 +1,47 @@
+import pytest
+
+from orchestrator.errors import UserError
+from orchestrator.fog.inventory import parse_inventory
+
+GOOD = """
+# a real lab
+[fog_nodes]
+fog-a ansible_host=192.0.2.11 libvirt_uri=qemu+tls://fog-a.lab.example/system memory_mib=65536
+fog-b ansible_host=192.0.2.12 vm_bridge=br0 energy=solar
+
+[fog_nodes:vars]
+image_dir=/srv/edgeiot/images
+
+[all:vars]
+vm_network=10.50.0.0/24
+
+[monitoring]
+mon ansible_host=192.0.2.20
+"""
+
+
+def test_parses_nodes_with_defaults_and_group_vars():
+    nodes, all_vars = parse_inventory(GOOD)
+    assert [n.name for n in nodes] == ["fog-a", "fog-b"]
+    a, b = nodes
+    assert a.uri == "qemu+tls://fog-a.lab.example/system"
+    assert a.host == "fog-a.lab.example"
+    assert a.facts["memory_mib"] == 65536
+    assert b.uri == "qemu+tls://192.0.2.12/system"  # TLS by default on real hosts
+    assert b.vm_bridge == "br0" and b.facts["energy"] == "solar"
+    assert a.image_dir == b.image_dir == "/srv/edgeiot/images"
+    assert all_vars["vm_network"] == "10.50.0.0/24"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[fog_nodes]\nfog1 libvirt_uri=http://x/", "inventory:2"),
+    ("[fog_nodes]\nFog1 ansible_host=1.2.3.4", "invalid node name"),
+    ("[fog_nodes]\nfog1 colour=blue", "unknown variable"),
+    ("[fog_nodes\nfog1", "malformed group header"),
+    ("fog1 ansible_host=x", "outside any group"),
+    ("[monitoring]\nmon", "no hosts in group"),
+    ("[fog_nodes]\nfog1 memory_mib=lots", "memory_mib must be an integer"),
+])
+def test_bad_inventories_name_the_problem(text, message):
+    with pytest.raises(UserError, match=message):
+        parse_inventory(text)

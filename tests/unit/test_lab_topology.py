@@ -1,0 +1,47 @@
+import pytest
+
+from orchestrator.errors import UserError
+from orchestrator.lab.network import netem_args, parse_link_names, parse_netns_names
+from orchestrator.lab.topology import LabSpec, plan
+
+
+def test_plan_names_everything_with_the_prefix_and_fits_ifnamsiz():
+    topo = plan(LabSpec(prefix="eiot", nodes=3))
+    assert topo.bridge == "eiot-core"
+    assert topo.gateway == "10.77.0.1"
+    assert [n.address for n in topo.nodes] == ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
+    for node in topo.nodes:
+        for name in (node.namespace, node.core_veth, node.node_veth):
+            assert name.startswith("eiot-")
+            assert len(name) <= 15  # IFNAMSIZ - 1
+    assert str(topo.vm_network) == "10.77.1.0/24"
+
+
+def test_plan_follows_the_subnet():
+    topo = plan(LabSpec(prefix="lab2", nodes=2, subnet="10.88.0.0/16"))
+    assert topo.gateway == "10.88.0.1"
+    assert topo.nodes[1].address == "10.88.0.12"
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"prefix": "EIOT"}, {"prefix": "e"}, {"prefix": "toolongname"}, {"prefix": "1ab"},
+    {"nodes": 0}, {"nodes": 10}, {"core_mbit": 0}, {"core_delay_ms": -1},
+    {"subnet": "8.8.8.0/22"}, {"subnet": "10.77.0.0/24"}, {"subnet": "nonsense"},
+])
+def test_bad_specs_are_refused(kwargs):
+    with pytest.raises(UserError):
+        LabSpec(**kwargs)
+
+
+def test_netem_args():
+    assert netem_args(None, None) == []
+    assert netem_args(100, None) == ["netem", "rate", "100mbit", "limit", "100000"]
+    assert netem_args(None, 2.5) == ["netem", "delay", "2.5ms", "limit", "100000"]
+    assert netem_args(20, 1) == ["netem", "delay", "1ms", "rate", "20mbit", "limit", "100000"]
+
+
+def test_parsers_of_ip_json_output():
+    assert parse_netns_names("") == []
+    assert parse_netns_names('[{"name":"eiot-fog2","id":1},{"name":"x"}]') == ["eiot-fog2", "x"]
+    assert parse_link_names('[{"ifindex":1,"ifname":"lo"},{"ifname":"eiot-core"}]') == [
+        "lo", "eiot-core"]

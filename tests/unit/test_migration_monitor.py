@@ -1,0 +1,150 @@
+"""The migration monitor, driven by a scripted job and an injected clock (no libvirt)."""
+
+import libvirt
+import pytest
+
+from orchestrator.errors import OrchestratorError, UserError
+from orchestrator.fog.jobstats import parse_completed, parse_sample
+from orchestrator.fog.migration import (
+    MigrationRequest,
+    TimeoutAction,
+    migration_flags,
+    migration_params,
+    timeout_action,
+    watch,
+)
+
+MiB = 2**20
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def job(iteration, remaining, processed, dirty=0, bps=20 * MiB, elapsed=0):
+    return {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "time_elapsed": elapsed,
+            "memory_iteration": iteration, "memory_dirty_rate": dirty,
+            "data_remaining": remaining, "data_processed": processed,
+            "data_total": remaining + processed, "memory_bps": bps}
+
+
+class ScriptedJob:
+    """Returns the scripted stats one per call, then reports the job finished."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.calls = 0
+
+    def stats(self):
+        self.calls += 1
+        item = self.script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def finished(self):
+        return not self.script
+
+
+def test_samples_every_interval_with_time_from_the_injected_clock():
+    clock = FakeClock()
+    scripted = ScriptedJob([job(1, 200 * MiB, 0), job(1, 100 * MiB, 100 * MiB),
+                            job(2, 10 * MiB, 210 * MiB, dirty=3000)])
+    seen_live = []
+    seen = watch(scripted.stats, scripted.finished, lambda a: None, timeout_s=None,
+                 postcopy=False, clock=clock, sleep=clock.sleep, interval_s=0.2,
+                 on_sample=seen_live.append)
+    assert [s.t_s for s in seen.samples] == [0.0, 0.2, 0.4]
+    assert [s.iteration for s in seen.samples] == [1, 1, 2]
+    assert seen.samples[-1].dirty_rate_pages_s == 3000
+    assert seen_live == seen.samples
+    assert seen.action is TimeoutAction.NONE
+
+
+def test_timeout_aborts_once():
+    clock = FakeClock()
+    scripted = ScriptedJob([job(i, 100 * MiB, i * MiB, dirty=50000) for i in range(1, 30)])
+    acted = []
+    seen = watch(scripted.stats, scripted.finished, acted.append, timeout_s=1.0,
+                 postcopy=False, clock=clock, sleep=clock.sleep, interval_s=0.2)
+    assert acted == [TimeoutAction.ABORT]
+    assert seen.action is TimeoutAction.ABORT
+    assert len(seen.samples) == 29
+
+
+def test_timeout_switches_to_postcopy_when_allowed():
+    clock = FakeClock()
+    scripted = ScriptedJob([job(i, 100 * MiB, 0) for i in range(10)])
+    acted = []
+    watch(scripted.stats, scripted.finished, acted.append, timeout_s=0.5, postcopy=True,
+          clock=clock, sleep=clock.sleep)
+    assert acted == [TimeoutAction.POSTCOPY]
+
+
+def test_a_failing_action_is_recorded_not_raised():
+    clock = FakeClock()
+    scripted = ScriptedJob([job(1, MiB, 0)] * 5)
+
+    def act(_action):
+        raise OrchestratorError("abort job of vm: no job")
+    seen = watch(scripted.stats, scripted.finished, act, timeout_s=0.1, postcopy=False,
+                 clock=clock, sleep=clock.sleep)
+    assert seen.action_error == "abort job of vm: no job"
+
+
+def test_job_gone_between_checks_is_not_a_sample():
+    clock = FakeClock()
+    scripted = ScriptedJob([job(1, MiB, 0), {"type": libvirt.VIR_DOMAIN_JOB_NONE},
+                            OrchestratorError("domain not found")])
+    seen = watch(scripted.stats, scripted.finished, lambda a: None, timeout_s=None,
+                 postcopy=False, clock=clock, sleep=clock.sleep)
+    assert len(seen.samples) == 1
+
+
+@pytest.mark.parametrize("elapsed, timeout, postcopy, acted, expected", [
+    (0.5, None, False, False, TimeoutAction.NONE),
+    (0.5, 1.0, False, False, TimeoutAction.NONE),
+    (1.0, 1.0, False, False, TimeoutAction.ABORT),
+    (5.0, 1.0, True, False, TimeoutAction.POSTCOPY),
+    (5.0, 1.0, True, True, TimeoutAction.NONE),
+])
+def test_timeout_action_table(elapsed, timeout, postcopy, acted, expected):
+    assert timeout_action(elapsed, timeout, postcopy, acted) is expected
+
+
+def test_completed_stats_and_max_dirty_rate():
+    samples = [parse_sample(job(1, 0, 0, dirty=10), 0), parse_sample(job(2, 0, 0, dirty=900), 1)]
+    final = parse_completed({"type": 3, "time_elapsed": 4030, "downtime": 176,
+                             "setup_time": 12, "memory_iteration": 3,
+                             "data_processed": 82_300_000, "memory_total": 268_435_456,
+                             "memory_constant": 40000, "memory_normal": 20000,
+                             "memory_normal_bytes": 81_920_000, "memory_bps": 21_000_000},
+                            samples)
+    assert (final.total_time_ms, final.downtime_ms, final.setup_time_ms) == (4030, 176, 12)
+    assert final.transferred_bytes == 82_300_000 and final.iterations == 3
+    assert final.dirty_rate_pages_s == 900
+
+
+def test_request_validation_and_flags():
+    with pytest.raises(UserError, match="--bandwidth"):
+        MigrationRequest("vm", "fog2", bandwidth_mib_s=0)
+    with pytest.raises(UserError, match="--downtime-ms"):
+        MigrationRequest("vm", "fog2", downtime_ms=-5)
+    with pytest.raises(UserError, match="--timeout"):
+        MigrationRequest("vm", "fog2", timeout_s=0)
+    request = MigrationRequest("vm", "fog2", bandwidth_mib_s=20, auto_converge=True)
+    flags = migration_flags(request)
+    for flag in (libvirt.VIR_MIGRATE_LIVE, libvirt.VIR_MIGRATE_PEER2PEER,
+                 libvirt.VIR_MIGRATE_PERSIST_DEST, libvirt.VIR_MIGRATE_UNDEFINE_SOURCE,
+                 libvirt.VIR_MIGRATE_AUTO_CONVERGE):
+        assert flags & flag
+    assert not flags & libvirt.VIR_MIGRATE_POSTCOPY
+    assert migration_params(request) == {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 20}
+    assert migration_params(MigrationRequest("vm", "fog2")) == {}
