@@ -8,9 +8,11 @@ init loads (in dependency order, computed here from each module's `depends=`), D
 minimal Python 3.11 with only the stdlib modules the agent imports (found by importing the
 agent with that very interpreter), and the agent (`agent/guest/edgeiot_agent`).
 
-Outputs `images/out/{vmlinuz,initrd.img,manifest.json}`. Rebuilt only when the inputs hash
-(resolved package versions, agent sources, init, this script) changes; resolving versions
-with apt-cache is skipped while apt's lists are unchanged, so a no-op run takes ~0.1 s.
+Outputs `images/out/{vmlinuz,vmlinux,initrd.img,manifest.json}` (`vmlinux` is the same
+kernel uncompressed, which boots ~2.5 s faster under TCG; the manifest's `boot_kernel`).
+Rebuilt only when the inputs hash (resolved package versions, agent sources, init, this
+script) changes; resolving versions with apt-cache is skipped while apt's lists are
+unchanged, so a no-op run takes ~0.05 s.
 `.deb`s and their unpacked trees are cached in `images/cache/`.
 
 Standalone on purpose (stdlib only, no project imports): `make image` runs it before the
@@ -24,6 +26,7 @@ import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import re
 import shutil
@@ -172,7 +175,8 @@ def outputs_intact(manifest: dict[str, object]) -> bool:
     sizes = manifest.get("sizes")
     if not isinstance(sizes, dict):
         return False
-    for name, key in (("vmlinuz", "vmlinuz_bytes"), ("initrd.img", "initrd_gz_bytes")):
+    for name, key in (("vmlinuz", "vmlinuz_bytes"), ("vmlinux", "vmlinux_bytes"),
+                      ("initrd.img", "initrd_gz_bytes")):
         path = OUT / name
         if not path.is_file() or path.stat().st_size != sizes.get(key):
             return False
@@ -298,6 +302,23 @@ def find_kernel(ktree: Path) -> tuple[str, Path]:
     if not kernels:
         raise BuildError("no /boot/vmlinuz-* in the kernel package")
     return kernels[0].name[len("vmlinuz-"):], kernels[0]
+
+
+def extract_vmlinux(bzimage: bytes) -> bytes | None:
+    """The uncompressed ELF kernel inside an xz bzImage, or None if it is not one.
+
+    NOTE: under TCG the bzImage's own xz decompression costs ~2.5 s of boot; QEMU boots the
+    ELF directly through its PVH entry point (the kernel has CONFIG_PVH=y), so `vmlinux`
+    reaches the agent that much sooner. `-kernel` and libvirt's <kernel> take either file.
+    """
+    start = bzimage.find(b"\xfd7zXZ\x00")
+    if start < 0:
+        return None
+    try:
+        elf = lzma.LZMADecompressor().decompress(bzimage[start:])
+    except lzma.LZMAError:
+        return None
+    return elf if elf[:4] == b"\x7fELF" else None
 
 
 def add_modules(image: Image, ktree: Path, kver: str) -> list[str]:
@@ -507,10 +528,16 @@ def build(versions: dict[str, str], digest: str, lists_stamp: str) -> dict[str, 
     log(f"initramfs: {len(image.entries)} entries, {raw_size / 1e6:.1f} MB uncompressed")
     gz = gzip.compress(raw.getvalue(), compresslevel=9, mtime=0)
     write_atomic(OUT / "initrd.img", gz)
-    write_atomic(OUT / "vmlinuz", vmlinuz.read_bytes())
+    bzimage = vmlinuz.read_bytes()
+    write_atomic(OUT / "vmlinuz", bzimage)
+    elf = extract_vmlinux(bzimage)
+    if elf is None:
+        raise BuildError("cannot extract an ELF vmlinux from the kernel's bzImage")
+    write_atomic(OUT / "vmlinux", elf)
     manifest: dict[str, object] = {
         "kernel_version": kver,
         "kernel_package": f"{kpkg}={versions[kpkg]}",
+        "boot_kernel": "vmlinux",
         "cmdline_base": CMDLINE_BASE,
         "cmdline_keys": CMDLINE_KEYS,
         "agent_port": AGENT_PORT,
@@ -518,7 +545,8 @@ def build(versions: dict[str, str], digest: str, lists_stamp: str) -> dict[str, 
         "modules": modules,
         "libraries": libs,
         "sizes": {
-            "vmlinuz_bytes": (OUT / "vmlinuz").stat().st_size,
+            "vmlinuz_bytes": len(bzimage),
+            "vmlinux_bytes": len(elf),
             "initrd_gz_bytes": len(gz),
             "initrd_uncompressed_bytes": raw_size,
         },

@@ -8,48 +8,65 @@ semantic-model runner join the same list without changes to the control server.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 from . import DEFAULT_PORT, __version__, sysinfo
-from .control import ControlServer, Dispatcher, Request, Response
+from .control import ControlServer, Dispatcher
 from .counter import Counter
 from .dirtier import Dirtier
+
+# NOTE: argparse, dataclasses and typing together cost ~0.5 s of imports under TCG, a good
+# part of the 10 s boot budget; the agent uses none of them at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, Protocol
+
+    from .control import Request, Response
+
+    class Service(Protocol):
+        name: str
+
+        def start(self) -> None: ...
+
+        def stop(self) -> None: ...
+
+        def status(self) -> dict[str, Any]: ...
+
+        def ops(self) -> dict[str, Callable[[Request], Response]]: ...
+
 
 # Memory the dirtier must leave free in the guest, so a too-large request fails cleanly
 # instead of inviting the OOM killer.
 DIRTIER_RESERVE_BYTES = 24 * 1024 * 1024
+USAGE = "usage: python3 -m edgeiot_agent [--host ADDR] [--port N] [--name NAME] [--boot-id-path P]"
 
 
-class Service(Protocol):
-    name: str
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-    def ops(self) -> dict[str, Callable[[Request], Response]]: ...
-
-
-@dataclass
 class AgentConfig:
-    host: str = "0.0.0.0"
-    port: int = DEFAULT_PORT
-    name: str = ""
-    boot_id_path: str = sysinfo.BOOT_ID_PATH
-    uptime_path: str = sysinfo.UPTIME_PATH
-    meminfo_path: str = sysinfo.MEMINFO_PATH
-    counter_interval_s: float = 0.01
+    """Where to listen and where to read the guest's facts (paths injectable for tests)."""
+
+    def __init__(
+        self,
+        host: str = "0.0.0.0",
+        port: int = DEFAULT_PORT,
+        name: str = "",
+        boot_id_path: str = sysinfo.BOOT_ID_PATH,
+        uptime_path: str = sysinfo.UPTIME_PATH,
+        meminfo_path: str = sysinfo.MEMINFO_PATH,
+        counter_interval_s: float = 0.01,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.name = name
+        self.boot_id_path = boot_id_path
+        self.uptime_path = uptime_path
+        self.meminfo_path = meminfo_path
+        self.counter_interval_s = counter_interval_s
 
 
 class Agent:
@@ -109,14 +126,26 @@ class Agent:
 
 
 def parse_args(argv: Sequence[str] | None) -> AgentConfig:
-    parser = argparse.ArgumentParser(prog="edgeiot_agent", description=__doc__)
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--name", default="")
-    parser.add_argument("--boot-id-path", default=sysinfo.BOOT_ID_PATH)
-    args = parser.parse_args(argv)
-    return AgentConfig(host=args.host, port=args.port, name=args.name,
-                       boot_id_path=args.boot_id_path)
+    """`--opt VALUE` pairs only; exits with status 2 and the usage line on anything else."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        raise SystemExit(0)
+    options = {"--host": "host", "--port": "port", "--name": "name",
+               "--boot-id-path": "boot_id_path"}
+    values: dict[str, Any] = {}
+    while args:
+        flag = args.pop(0)
+        if flag not in options or not args:
+            print(f"edgeiot_agent: bad argument {flag!r}\n{USAGE}", file=sys.stderr)
+            raise SystemExit(2)
+        values[options[flag]] = args.pop(0)
+    try:
+        values["port"] = int(values.get("port", DEFAULT_PORT))
+    except ValueError:
+        print(f"edgeiot_agent: --port must be an integer\n{USAGE}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return AgentConfig(**values)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     agent.start()
-    host, port = agent.server.address
+    _, port = agent.server.address
     print(f"edgeiot-agent: ready port={port} boot_id={agent.boot_id} name={agent.name} "
           f"uptime={agent.uptime():.2f} pid={os.getpid()}", flush=True)
     try:

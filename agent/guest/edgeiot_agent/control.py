@@ -14,12 +14,16 @@ import json
 import selectors
 import socket
 import threading
-from collections.abc import Callable
-from typing import Any
 
-Request = dict[str, Any]
-Response = dict[str, Any]
-Handler = Callable[[Request], Response]
+# NOTE: `typing` costs ~0.1 s to import under TCG, so it is imported for type checkers only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    Request = dict[str, Any]
+    Response = dict[str, Any]
+    Handler = Callable[[Request], Response]
 
 MAX_LINE_BYTES = 64 * 1024
 
@@ -43,7 +47,7 @@ class Dispatcher:
     def ops(self) -> list[str]:
         return sorted(self._handlers)
 
-    def dispatch(self, request: Any) -> Response:
+    def dispatch(self, request: object) -> Response:
         if not isinstance(request, dict):
             return error("request must be a JSON object")
         op = request.get("op")

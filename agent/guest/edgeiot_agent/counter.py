@@ -8,7 +8,10 @@ ticks rather than reading a clock keeps it monotonic even if guest time jumps.
 from __future__ import annotations
 
 import threading
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Counter:

@@ -19,10 +19,15 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
 
-from .control import Request, RequestError, Response
+from .control import RequestError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from .control import Request, Response
 
 PAGE_SIZE = 4096
 BATCH_PAGES = 512
