@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from orchestrator import calibration_store
 from orchestrator.commands._common import (
     app,
     console,
@@ -23,6 +24,15 @@ from orchestrator.edge.migrate import MigrationService
 from orchestrator.errors import ExitStatus
 from orchestrator.fog.jobstats import JobSample
 from orchestrator.fog.migration import MigrationRequest
+from orchestrator.model.precopy import (
+    Calibration,
+    EtaState,
+    MigrationInputs,
+    Prediction,
+    estimate_remaining,
+    monotone_eta,
+)
+from orchestrator.model.precopy import JobSample as ModelSample
 
 
 @click.command("migrate")
@@ -47,9 +57,10 @@ def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: in
                                auto_converge=auto_converge, postcopy=postcopy,
                                timeout_s=timeout_s)
     with fleet_session(ctx, inventory) as session, store(ctx) as records:
-        service = MigrationService(session, records, app(ctx).state_path)
-        with _progress(name, enabled=not as_json and console.is_terminal) as on_sample:
-            result = service.migrate(request, on_sample)
+        calibration = calibration_store.load(app(ctx).state_path)
+        service = MigrationService(session, records, app(ctx).state_path, calibration)
+        with _observer(name, not as_json and console.is_terminal, calibration) as observer:
+            result = service.migrate(request, observer)
     if as_json:
         print_json(result)
     else:
@@ -59,26 +70,58 @@ def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: in
     return ExitStatus.SUCCESS if result["status"] == "completed" else ExitStatus.ERROR
 
 
+class ProgressObserver:
+    """Progress bar with a time-remaining estimate that never runs backwards.
+
+    Seeded with the pre-migration prediction, re-estimated from every job-stats sample by the
+    pre-copy model (`estimate_remaining`) and smoothed by `monotone_eta`.
+    """
+
+    def __init__(self, progress: Progress, vm: str,
+                 calibration: Calibration | None = None) -> None:
+        self.progress = progress
+        self.calibration = calibration
+        self.inputs: MigrationInputs | None = None
+        self.eta: EtaState | None = None
+        self.task = progress.add_task(f"migrating {vm}", total=None, iteration=0,
+                                      remaining="-", dirty=0, rate="-", eta="?")
+
+    def started(self, inputs: MigrationInputs | None, prediction: Prediction | None) -> None:
+        self.inputs = inputs
+        if prediction and prediction.converges:
+            self.eta = monotone_eta(None, 0.0, prediction.total_time_s)
+
+    def sample(self, sample: JobSample) -> None:
+        if self.inputs is not None:
+            live = ModelSample(elapsed_s=sample.t_s, iteration=sample.iteration,
+                               remaining_bytes=sample.remaining_bytes,
+                               dirty_rate_pages_s=sample.dirty_rate_pages_s,
+                               bandwidth_bytes_s=sample.bandwidth_bps,
+                               processed_bytes=sample.processed_bytes)
+            estimate = estimate_remaining(live, self.inputs, self.calibration)
+            self.eta = monotone_eta(self.eta, sample.t_s, estimate.remaining_s,
+                                    estimate.uncertainty_s)
+        total = sample.processed_bytes + sample.remaining_bytes
+        self.progress.update(
+            self.task, total=total or None, completed=sample.processed_bytes,
+            iteration=sample.iteration, dirty=sample.dirty_rate_pages_s,
+            remaining=f"{sample.remaining_bytes / 2**20:.1f}",
+            rate=f"{sample.bandwidth_bps / 2**20:.1f}",
+            eta=f"{self.eta.remaining_s:.1f} s" if self.eta else "?")
+
+
 @contextmanager
-def _progress(vm: str, enabled: bool) -> Iterator[Callable[[JobSample], None] | None]:
+def _observer(vm: str, enabled: bool,
+              calibration: Calibration) -> Iterator[ProgressObserver | None]:
     if not enabled:
         yield None
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn(
-        "iter {task.fields[iteration]}  remaining {task.fields[remaining]} MiB  "
-        "dirty {task.fields[dirty]} pages/s  {task.fields[rate]} MiB/s"), TimeElapsedColumn())
+        "iter {task.fields[iteration]}  left {task.fields[remaining]} MiB  "
+        "dirty {task.fields[dirty]} pages/s  {task.fields[rate]} MiB/s  "
+        "ETA {task.fields[eta]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(f"migrating {vm}", total=None, iteration=0, remaining="-",
-                                 dirty=0, rate="-")
-
-        def on_sample(sample: JobSample) -> None:
-            total = sample.processed_bytes + sample.remaining_bytes
-            progress.update(task, total=total or None, completed=sample.processed_bytes,
-                            iteration=sample.iteration, dirty=sample.dirty_rate_pages_s,
-                            remaining=f"{sample.remaining_bytes / 2**20:.1f}",
-                            rate=f"{sample.bandwidth_bps / 2**20:.1f}")
-
-        yield on_sample
+        yield ProgressObserver(progress, vm, calibration)
 
 
 def render_migrations(results: list[dict[str, Any]]) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.guest_agent import GuestAgent
@@ -23,9 +23,31 @@ from orchestrator.fog.jobstats import JobSample
 from orchestrator.fog.migration import MigrationOutcome, MigrationRequest, run_migration
 from orchestrator.fog.node import validate_name
 from orchestrator.fog.session import FleetSession
+from orchestrator.model.precopy import Calibration, MigrationInputs, Prediction, predict
 from orchestrator.store import Store
 
-PAGE_SIZE = 4096
+DEFAULT_DOWNTIME_S = 0.3  # QEMU's default downtime limit
+
+
+class MigrationObserver(Protocol):
+    """Who watches a migration: told the prediction first, then every job-stats sample."""
+
+    def started(self, inputs: MigrationInputs | None, prediction: Prediction | None) -> None: ...
+
+    def sample(self, sample: JobSample) -> None: ...
+
+
+def predictor_inputs(request: MigrationRequest, guest: dict[str, Any],
+                     observed_bps: float | None) -> MigrationInputs | None:
+    """The predictor's inputs, or None when no bandwidth is known (uncapped, no history)."""
+    bandwidth = (request.bandwidth_mib_s * 2**20 if request.bandwidth_mib_s else observed_bps)
+    if not bandwidth:
+        return None
+    downtime_s = request.downtime_ms / 1000 if request.downtime_ms else DEFAULT_DOWNTIME_S
+    return MigrationInputs(memory_bytes=guest["memory_bytes"],
+                           dirty_rate_pages_s=float(guest["dirty_rate_pages_s"] or 0),
+                           bandwidth_bytes_s=float(bandwidth), downtime_limit_s=downtime_s,
+                           working_set_bytes=guest["working_set_bytes"] or None)
 
 
 @contextmanager
@@ -46,10 +68,10 @@ class MigrationService:
     session: FleetSession
     store: Store
     state_dir: Path
-    predictor: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+    calibration: Calibration | None = None
 
     def migrate(self, request: MigrationRequest,
-                on_sample: Callable[[JobSample], None] | None = None) -> dict[str, Any]:
+                observer: MigrationObserver | None = None) -> dict[str, Any]:
         validate_name("VM", request.vm)
         destination = self.session.fleet.node(request.destination)
         with vm_lock(self.state_dir, request.vm):
@@ -61,12 +83,15 @@ class MigrationService:
             if dest_hv.free_memory_bytes() < memory:
                 raise UserError(f"{destination.name} has not enough free memory for "
                                 f"{request.vm} ({memory >> 20} MiB): refused")
-            inputs = self._inputs(request, memory)
-            prediction = self.predictor(inputs) if self.predictor else None
-            record_id = self.store.start_migration(request.vm, guest.node, destination.name,
-                                                   {**asdict(request), **inputs}, prediction,
-                                                   os.getpid())
-            outcome = self._run(guest, request, on_sample)
+            guest_figures = self._guest_figures(request, memory)
+            inputs = predictor_inputs(request, guest_figures, self._observed_bandwidth())
+            prediction = self._predict(inputs)
+            if observer:
+                observer.started(inputs, prediction)
+            record_id = self.store.start_migration(
+                request.vm, guest.node, destination.name, {**asdict(request), **guest_figures},
+                prediction.as_dict() if prediction else None, os.getpid())
+            outcome = self._run(guest, request, observer.sample if observer else None)
             return self._finish(record_id, request, guest.node, memory, outcome)
 
     def _running_guest(self, vm: str) -> Guest:
@@ -78,8 +103,23 @@ class MigrationService:
             raise OrchestratorError(f"VM {vm!r} runs on several nodes ({nodes}): reconcile first")
         return running[0]
 
-    def _inputs(self, request: MigrationRequest, memory: int) -> dict[str, Any]:
-        """What the predictor needs, read before the migration starts."""
+    def _predict(self, inputs: MigrationInputs | None) -> Prediction | None:
+        if inputs is None:
+            return None
+        try:
+            return predict(inputs, self.calibration)
+        except ValueError:
+            return None  # e.g. a guest figure outside the model's domain: migrate unpredicted
+
+    def _observed_bandwidth(self) -> float | None:
+        """Median stream rate of recent completed migrations: the best guess when uncapped."""
+        rates = sorted(r["result"]["final"]["bandwidth_bps"]
+                       for r in self.store.migrations(status="completed", limit=10)
+                       if r["result"] and r["result"].get("final", {}).get("bandwidth_bps"))
+        return float(rates[len(rates) // 2]) if rates else None
+
+    def _guest_figures(self, request: MigrationRequest, memory: int) -> dict[str, Any]:
+        """What the guest says about itself before the migration starts."""
         inputs: dict[str, Any] = {"memory_bytes": memory, "dirty_rate_pages_s": None,
                                   "working_set_bytes": None}
         record = self.store.vm(request.vm)

@@ -196,6 +196,15 @@ def connect(node: FogNode, policy: NetworkPolicy) -> Iterator[Hypervisor]:
         hv.close()
 
 
+def warm_capabilities(node: FogNode, policy: NetworkPolicy) -> None:
+    """Make the node's libvirtd probe (and cache) its QEMU binary now rather than later."""
+    with connect(node, policy) as hv:
+        try:
+            hv.conn.getDomainCapabilities(None, "x86_64", None, "qemu", 0)
+        except libvirt.libvirtError as exc:
+            raise _error(f"domain capabilities of {node.name}", exc) from exc
+
+
 def wait_until_reachable(node: FogNode, policy: NetworkPolicy, timeout_s: float = 20.0) -> None:
     """Poll until the node's libvirtd accepts a connection (daemons start asynchronously)."""
     deadline = time.monotonic() + timeout_s

@@ -23,12 +23,18 @@ from typing import Any
 import psutil
 
 from orchestrator.errors import UserError
-from orchestrator.fog.hypervisor import Hypervisor, wait_until_reachable
+from orchestrator.fog.hypervisor import Hypervisor, wait_until_reachable, warm_capabilities
 from orchestrator.fog.node import FogNode
 from orchestrator.fog.probe import choose_domain_type
 from orchestrator.images import GuestImage, local_image
 from orchestrator.lab import state
-from orchestrator.lab.daemons import NodeDirs, prepare_node_dirs, read_pid, start_daemons
+from orchestrator.lab.daemons import (
+    NodeDirs,
+    prepare_node_dirs,
+    read_pid,
+    seed_capabilities,
+    start_daemons,
+)
 from orchestrator.lab.network import LabNetwork
 from orchestrator.lab.topology import VM_BRIDGE, LabSpec, Topology, plan
 from orchestrator.netguard import LabNetwork as GuardedSubnet
@@ -86,13 +92,20 @@ class Lab:
             record["nodes"].append({"name": node.name, "namespace": node.namespace,
                                     "address": node.address})
             state.save(self.paths, record)
+        first: FogNode | None = None
         for entry, node in zip(record["nodes"], self.topology.nodes, strict=True):
             dirs = NodeDirs(self.paths.node_dir(node.name))
             entry["host_uuid"] = prepare_node_dirs(dirs, node)
+            if first is not None:
+                seed_capabilities(self.paths.node_dir(first.name), dirs)
             start_daemons(node, dirs, self.runner)
             entry["libvirtd_pid"] = read_pid(dirs.libvirtd_pidfile)
             entry["virtlogd_pid"] = read_pid(dirs.virtlogd_pidfile)
             state.save(self.paths, record)
+            if first is None:
+                first = self._fog_node(node.name, None)
+                wait_until_reachable(first, self.policy)
+                warm_capabilities(first, self.policy)
         nodes = [self._fog_node(e["name"], None) for e in record["nodes"]]
         for fog in nodes:
             wait_until_reachable(fog, self.policy)

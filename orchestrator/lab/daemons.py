@@ -107,6 +107,19 @@ def start_daemons(node: NodePlan, dirs: NodeDirs, runner: Runner) -> None:
     NamespaceRunner(node.namespace, runner).run(argv, timeout=60)
 
 
+def seed_capabilities(first_node_dir: Path, dirs: NodeDirs) -> None:
+    """Copy the first node's QEMU capabilities cache into a node about to start.
+
+    NOTE: a fresh libvirtd probes the QEMU binary on first use (~4 s under TCG), which
+    would land inside the first migration to that node and distort its timing. All lab
+    nodes share one binary, kernel and libvirt, so one probe serves them all; libvirt
+    still revalidates the cached entry against the binary's ctime and its own version.
+    """
+    source = first_node_dir / "cache" / "qemu" / "capabilities"
+    if source.is_dir():
+        shutil.copytree(source, dirs.path("cache") / "qemu" / "capabilities", dirs_exist_ok=True)
+
+
 def read_pid(pidfile: Path) -> int | None:
     try:
         return int(pidfile.read_text().split()[0])
