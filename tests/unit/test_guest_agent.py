@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from agent.guest.edgeiot_agent import sysinfo
-from agent.guest.edgeiot_agent.app import Agent, AgentConfig
+from agent.guest.edgeiot_agent.app import Agent, AgentConfig, parse_args
 from agent.guest.edgeiot_agent.control import Dispatcher
 from agent.guest.edgeiot_agent.counter import Counter
 from agent.guest.edgeiot_agent.dirtier import MAX_LAG_S, PAGE_SIZE, Dirtier
@@ -223,3 +223,14 @@ def test_dispatcher_isolates_a_failing_handler() -> None:
 def test_meminfo_parser() -> None:
     table = sysinfo.parse_kib_table("MemTotal: 100 kB\nHugePages_Total: 0\nBad line\n")
     assert table == {"MemTotal": 100}
+
+
+def test_parse_args_reads_options_and_rejects_junk(capsys: pytest.CaptureFixture[str]) -> None:
+    config = parse_args(["--port", "7171", "--name", "fog1-proxy", "--host", "127.0.0.1"])
+    assert (config.port, config.name, config.host) == (7171, "fog1-proxy", "127.0.0.1")
+    assert parse_args([]).port == 7070
+    for bad in (["--port", "x"], ["--bogus", "1"], ["--name"]):
+        with pytest.raises(SystemExit) as exc:
+            parse_args(bad)
+        assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
