@@ -124,17 +124,20 @@ def _keys(visits: Visits, n_places: int, bins: int) -> tuple[IntArray, ...]:
     return (up * bins + hour, up, visits.place * bins + hour, visits.place, hour)
 
 
-def fit(history: Visits, n_places: int, bins_per_day: int = 24,
-        min_count: int = 2) -> DwellModel:
+def fit(history: Visits, n_places: int, bins_per_day: int = 24, min_count: int = 2,
+        personal: bool = True) -> DwellModel:
     """Fit dwell tables on history visits (same user numbering as the visits to predict).
 
     Visits cut by the end of the history trace are left out: their dwell is unknown.
+    `personal=False` keeps only the population levels (for history from other users).
     """
     complete = history.start_min + history.dur_min < history.n_minutes
     sub = Visits(history.user[complete], history.place[complete], history.start_min[complete],
                  history.dur_min[complete], history.n_users, history.n_minutes)
     dwell = sub.dwell_s
-    levels = tuple(_Table.fit(k, dwell) for k in _keys(sub, n_places, bins_per_day))
+    none = _Table.fit(np.zeros(0, dtype=np.int64), np.zeros(0))
+    levels = tuple(_Table.fit(k, dwell) if personal or level >= 2 else none
+                   for level, k in enumerate(_keys(sub, n_places, bins_per_day)))
     mean = float(dwell.mean()) if len(dwell) else 0.0
     return DwellModel(levels, mean, n_places, bins_per_day, min_count)
 

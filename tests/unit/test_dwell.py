@@ -83,3 +83,10 @@ def test_oracle_and_accuracy() -> None:
     assert (perfect.mae_s, perfect.decision_agreement) == (0.0, 1.0)
     with pytest.raises(ValueError):
         dw.accuracy(np.zeros(3), np.zeros(2))
+
+
+def test_population_only_model_ignores_own_history() -> None:
+    history = _visits([0, 0, 1], [3, 3, 4], [540, 600, 0], [60, 20, 10])
+    model = dw.fit(history, n_places=5, personal=False)
+    assert dw.predict(model, _visits([0], [3], [550], [1]))[0] == 40 * 60
+    assert dw.predict(model, _visits([1], [4], [0], [1]))[0] == 30 * 60  # 1 sample: global
