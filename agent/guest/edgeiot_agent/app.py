@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 # Memory the dirtier must leave free in the guest, so a too-large request fails cleanly
 # instead of inviting the OOM killer.
-DIRTIER_RESERVE_BYTES = 24 * 1024 * 1024
+DIRTIER_RESERVE_BYTES = 16 * 1024 * 1024
 USAGE = "usage: python3 -m edgeiot_agent [--host ADDR] [--port N] [--name NAME] [--boot-id-path P]"
 
 

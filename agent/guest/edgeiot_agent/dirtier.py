@@ -70,9 +70,10 @@ class Dirtier:
             raise ValueError("pages_per_s and working set must be >= 0")
         if pages_per_s > 0 and working_set_bytes < PAGE_SIZE:
             raise ValueError("a positive pages_per_s needs a working set of at least one page")
-        limit = self._max_working_set() if self._max_working_set else None
-        if limit is not None and working_set_bytes > max(limit, len(self._buf)):
-            raise ValueError(f"working set {working_set_bytes} B exceeds the limit {limit} B")
+        if self._max_working_set is not None and working_set_bytes != len(self._buf):
+            limit = self._max_working_set() + len(self._buf)  # the old buffer is freed
+            if working_set_bytes > limit:
+                raise ValueError(f"working set {working_set_bytes} B exceeds the limit {limit} B")
         with self._lock:
             if working_set_bytes != len(self._buf):
                 self._view.release()
