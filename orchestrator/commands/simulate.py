@@ -34,7 +34,7 @@ from orchestrator.model import dwell, mobility, simulation, traces
 from orchestrator.model.precopy import MigrationInputs, predict
 
 MIB = 2**20
-DEFAULT_R_DATA = "0.1,0.25,0.5,0.75,1,1.5,2,3,4,6"
+DEFAULT_R_DATA = "0.01,0.02,0.05,0.1,0.2,0.3,0.5,0.75,1,1.5"
 
 
 # ----------------------------------------------------------------------------- inputs
