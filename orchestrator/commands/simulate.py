@@ -40,7 +40,7 @@ DEFAULT_R_DATA = "0.01,0.02,0.05,0.1,0.2,0.3,0.5,0.75,1,1.5"
 # ----------------------------------------------------------------------------- inputs
 
 
-class NumberList(click.ParamType):
+class NumberList(click.ParamType):  # type: ignore[type-arg]  # generic since click 8.2
     """A comma-separated list of non-negative numbers: `256,512,1024`."""
 
     name = "LIST"
