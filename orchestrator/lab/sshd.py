@@ -14,6 +14,7 @@ generated host keys, so clients verify hosts strictly from the first connection.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +227,8 @@ def lab_inventory(lab: Lab, extra_vars: dict[str, str] | None = None) -> str:
         "ansible_ssh_private_key_file": str(paths.client_key),
         "ansible_ssh_common_args": f"'{ssh_args}'",
         "edgeiot_lab_mode": "true",
+        # NOTE: lab nodes share this machine's /usr: the agent runs on this venv's Python
+        "host_agent_python": sys.executable,
         **(extra_vars or {}),
     }
     local = "localhost ansible_connection=local"
