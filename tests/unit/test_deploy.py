@@ -1,0 +1,108 @@
+"""Deploy logic on captured ansible-runner events: progress lines, per-host summary, failures
+named by host and task, inventory checks. No Ansible run here (see the lab tier)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.deploy import (
+    check_groups,
+    failure_of,
+    network_hosts,
+    progress_line,
+    required_groups,
+    summarize,
+)
+from orchestrator.errors import UserError
+
+
+def ev(kind: str, **data):
+    return {"event": kind, "event_data": data}
+
+
+EVENTS = [
+    ev("playbook_on_play_start", play="fog nodes"),
+    ev("playbook_on_task_start", task="libvirtd listens on the node's address only"),
+    ev("runner_on_ok", host="fog1", task="libvirtd listens", res={"changed": True}),
+    ev("runner_on_ok", host="fog2", task="libvirtd listens", res={"changed": False}),
+    ev("runner_on_skipped", host="fog1", task="agent as a systemd service"),
+    ev("runner_on_failed", host="fog2", task="refuse to go on without packages",
+       res={"msg": "missing packages qemu-utils and edgeiot_install_packages is off"}),
+    ev("runner_on_failed", host="fog1", task="probe", ignore_errors=True, res={"msg": "x"}),
+    ev("runner_on_unreachable", host="fog3", task="which packages are installed",
+       res={"msg": "Failed to connect to the host via ssh: Host key verification failed.",
+            "unreachable": True}),
+    ev("playbook_on_stats", ok={"fog1": 3, "fog2": 1}, changed={"fog1": 1},
+       failures={"fog2": 1}, dark={"fog3": 1}, skipped={"fog1": 1}, ignored={"fog1": 1}),
+]
+
+
+def test_summary_counts_per_host_from_stats():
+    summary = summarize(EVENTS)
+    assert summary.hosts["fog1"].ok == 3 and summary.hosts["fog1"].changed == 1
+    assert summary.hosts["fog2"].failed == 1
+    assert summary.hosts["fog3"].unreachable == 1
+    assert summary.changed == 1
+    assert not summary.ok
+
+
+def test_failures_name_host_and_task_and_ignore_ignored_errors():
+    failures = [str(f) for f in summarize(EVENTS).failures]
+    assert failures == [
+        "fog2: task 'refuse to go on without packages' failed: missing packages qemu-utils "
+        "and edgeiot_install_packages is off",
+        "fog3: unreachable: Failed to connect to the host via ssh: Host key verification "
+        "failed.",
+    ]
+
+
+def test_second_run_without_changes_is_ok():
+    stats = ev("playbook_on_stats", ok={"fog1": 9, "localhost": 7}, changed={}, failures={},
+               dark={}, skipped={"fog1": 13})
+    summary = summarize([stats])
+    assert summary.ok and summary.changed == 0
+    assert summary.as_dict()["hosts"]["fog1"]["skipped"] == 13
+
+
+def test_failure_message_from_a_loop_and_from_stderr():
+    loop = ev("runner_on_failed", host="h", task="t",
+              res={"results": [{"failed": False}, {"failed": True, "msg": "item broke"}]})
+    assert failure_of(loop).message == "item broke"
+    cmd = ev("runner_on_failed", host="h", task="t", res={"rc": 2, "stderr": "a\nlast line"})
+    assert failure_of(cmd).message == "last line"
+    assert failure_of(ev("runner_on_ok", host="h")) is None
+
+
+def test_progress_lines():
+    lines = [progress_line(e) for e in EVENTS]
+    assert lines[0] == "PLAY fog nodes"
+    assert lines[1].strip().startswith("TASK libvirtd")
+    assert lines[2].strip() == "changed: fog1" and lines[3].strip() == "ok: fog2"
+    assert lines[5].strip().startswith("FAILED: fog2: missing packages")
+    assert lines[6].strip() == "failed (ignored): fog1"
+    assert lines[7].strip().startswith("UNREACHABLE: fog3")
+    assert lines[8] is None
+
+
+INVENTORY = {
+    "_meta": {"hostvars": {"fog1": {"ansible_host": "10.79.0.11"},
+                           "localhost": {"ansible_connection": "local"}}},
+    "all": {"children": ["ungrouped", "fog_nodes", "monitoring", "cloud"]},
+    "fog_nodes": {"hosts": ["fog1"]},
+    "monitoring": {"hosts": ["localhost"]},
+    "cloud": {},
+}
+
+
+def test_missing_or_empty_group_is_refused_by_name():
+    check_groups(INVENTORY, ["fog_nodes", "monitoring"], "inv.ini")
+    with pytest.raises(UserError, match=r"inv.ini: missing group \[orchestrator\]"):
+        check_groups(INVENTORY, required_groups("site"), "inv.ini")
+    with pytest.raises(UserError, match=r"group \[cloud\] has no hosts"):
+        check_groups(INVENTORY, ["cloud"], "inv.ini")
+    with pytest.raises(UserError, match="unknown playbook"):
+        required_groups("nope")
+
+
+def test_network_hosts_skip_local_connections():
+    assert network_hosts(INVENTORY) == {"fog1": "10.79.0.11"}

@@ -1,0 +1,115 @@
+"""Orchestrator exporter: figures from a real store on disk, injected lab counters, failing
+sources as `edgeiot_exporter_source_up 0`, and a real scrape over loopback."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+
+from orchestrator.commands.metrics import parse_listen
+from orchestrator.errors import UserError
+from orchestrator.metrics import OrchestratorCollector, histogram
+from orchestrator.store import Store, VmRecord
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    path = tmp_path / "records.sqlite"
+    store = Store(path)
+    for status, total_ms, down_ms, err in (("completed", 4030, 176, 12.5),
+                                           ("completed", 900, 20, None),
+                                           ("failed", None, None, None)):
+        mid = store.start_migration("proxy-1", "fog1", "fog2", {}, None, 1)
+        store.finish_migration(mid, status, {"total_time_ms": total_ms, "downtime_ms": down_ms,
+                                             "prediction_error_pct": err,
+                                             "transferred_bytes": 1000}, [])
+    running = store.start_migration("proxy-2", "fog2", "fog3", {}, None, 1)
+    store.db.execute("INSERT INTO samples VALUES (?,?,?)",
+                     (running, 0, '{"dirty_rate_pages_s": 100, "bandwidth_bps": 5000000,'
+                                  ' "remaining_bytes": 42}'))
+    store.add_vm(VmRecord("proxy-1", "u1", "fog2", 128, 1, None, "52:54:00:00:00:01"))
+    store.add_vm(VmRecord("app-1", "u2", "fog2", 128, 1, None, "52:54:00:00:00:02",
+                          role="application"))
+    store.add_event("decision", "proxy-1", {"verdict": "migrate"})
+    store.add_event("decision", "proxy-2", {"verdict": "stay"})
+    store.add_event("decision", "proxy-3", {"verdict": "stay"})
+    store.add_event("energy", "fog1", {"green_joules": 10.0, "grid_joules": 5.0})
+    store.add_event("energy", "fog1", {"green_wh": 1.0, "grid_joules": 7.0})
+    store.close()
+    return path
+
+
+def collect(collector):
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in registry.collect() for s in f.samples}
+
+
+def test_figures_from_the_records(store_path):
+    core = {"fog1": {"to_core": 10, "from_core": 20}}
+    got = collect(OrchestratorCollector(lambda: Store(store_path), lambda: core))
+    assert got[("edgeiot_migrations_total", (("status", "completed"),))] == 2
+    assert got[("edgeiot_migrations_total", (("status", "failed"),))] == 1
+    assert got[("edgeiot_migrations_total", (("status", "aborted"),))] == 0
+    assert got[("edgeiot_migrations_running", ())] == 1
+    assert got[("edgeiot_migration_duration_seconds_count", ())] == 2
+    assert got[("edgeiot_migration_duration_seconds_sum", ())] == pytest.approx(4.93)
+    assert got[("edgeiot_migration_duration_seconds_bucket", (("le", "1.0"),))] == 1
+    assert got[("edgeiot_migration_downtime_seconds_bucket", (("le", "0.025"),))] == 1
+    assert got[("edgeiot_migration_prediction_error_ratio_sum", ())] == pytest.approx(0.125)
+    assert got[("edgeiot_migration_transferred_bytes_total", ())] == 2000
+    run = (("destination", "fog3"), ("source", "fog2"), ("vm", "proxy-2"))
+    assert got[("edgeiot_migration_dirty_rate_bytes_per_second", run)] == 100 * 4096
+    assert got[("edgeiot_migration_bandwidth_bytes_per_second", run)] == 5e6
+    assert got[("edgeiot_decisions_total", (("verdict", "stay"),))] == 2
+    assert got[("edgeiot_vms", (("node", "fog2"), ("role", "application")))] == 1
+    assert got[("edgeiot_energy_joules", (("node", "fog1"), ("source", "green")))] == 3600
+    assert got[("edgeiot_energy_joules", (("node", "fog1"), ("source", "grid")))] == 7
+    assert got[("edgeiot_core_link_bytes_total", (("direction", "from_core"), ("node", "fog1")))] \
+        == 20
+    assert got[("edgeiot_exporter_source_up", (("source", "store"),))] == 1
+
+
+def test_failing_sources_never_fail_the_scrape(tmp_path):
+    def broken_store():
+        raise OSError("disk gone")
+
+    def broken_lab():
+        raise RuntimeError("ip failed")
+
+    got = collect(OrchestratorCollector(broken_store, broken_lab))
+    assert got[("edgeiot_exporter_source_up", (("source", "store"),))] == 0
+    assert got[("edgeiot_exporter_source_up", (("source", "lab"),))] == 0
+
+
+def test_histogram_is_cumulative():
+    family = histogram("x_seconds", "x", [0.5, 1.5, 3.0], (1.0, 2.0))
+    values = {s.labels.get("le"): s.value for s in family.samples if s.name == "x_seconds_bucket"}
+    assert values == {"1.0": 1, "2.0": 2, "+Inf": 3}
+
+
+def test_parse_listen_refuses_bad_input():
+    assert parse_listen("127.0.0.1:9177") == ("127.0.0.1", 9177)
+    for bad in ("localhost:9177", "127.0.0.1", "127.0.0.1:99999"):
+        with pytest.raises(UserError):
+            parse_listen(bad)
+
+
+def test_real_scrape_over_loopback(store_path):
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OrchestratorCollector(lambda: Store(store_path)))
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:  # the HTTP server scrapes from its own thread: the store opens per scrape
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    finally:
+        server.shutdown()
+        thread.join(5)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["edgeiot_migrations"].type == "counter"
+    assert families["edgeiot_migration_downtime_seconds"].type == "histogram"
+    assert "edgeiot_migrations_total" in text
