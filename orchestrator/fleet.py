@@ -6,6 +6,7 @@ Commands ask for a `Fleet` and never learn which of the two it came from.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,11 +15,15 @@ from orchestrator.fog.inventory import load_inventory
 from orchestrator.fog.node import FogNode
 from orchestrator.lab import state
 from orchestrator.lab.builder import Lab
-from orchestrator.lab.topology import LabSpec
 from orchestrator.netguard import LabNetwork as GuardedSubnet
 from orchestrator.netguard import NetworkPolicy
 
 DEFAULT_LAB = "eiot"
+
+
+def default_lab_prefix() -> str:
+    """The lab commands work on: $EDGEIOT_LAB, else "eiot"."""
+    return os.environ.get("EDGEIOT_LAB", DEFAULT_LAB)
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,8 @@ class Fleet:
             raise UserError(f"unknown fog node {name!r} (known: {known})") from None
 
 
-def lab_fleet(state_dir: Path, prefix: str = DEFAULT_LAB) -> Fleet:
-    lab = Lab(LabSpec(prefix=prefix), state_dir)
+def lab_fleet(state_dir: Path, prefix: str | None = None) -> Fleet:
+    lab = Lab.recorded(state_dir, prefix or default_lab_prefix())
     nodes = lab.fog_nodes()
     # NOTE: lab guests get no default gateway: they reach the lab subnet and nothing else.
     return Fleet(nodes={n.name: n for n in nodes}, policy=lab.policy,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,9 @@ class GuestImage:
 
     @property
     def kernel(self) -> Path:
-        return self.directory / "vmlinuz"
+        """The kernel to boot: the manifest's `boot_kernel` (an uncompressed PVH vmlinux boots
+        seconds faster under TCG), else the packaged vmlinuz."""
+        return self.directory / str(self.manifest().get("boot_kernel", "vmlinuz"))
 
     @property
     def initrd(self) -> Path:
@@ -30,6 +33,14 @@ class GuestImage:
             if not path.is_file():
                 raise OrchestratorError(f"guest image missing ({path}): run 'make image'")
         return self
+
+    def copy_to(self, directory: Path) -> GuestImage:
+        """A frozen copy (kernel, initramfs, manifest) that later builds cannot change."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for path in (self.directory / "manifest.json", self.kernel, self.initrd):
+            if path.exists():
+                shutil.copy2(path, directory / path.name)
+        return GuestImage(directory).check()
 
     def manifest(self) -> dict[str, object]:
         try:

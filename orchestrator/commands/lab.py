@@ -7,12 +7,12 @@ from typing import Any
 import click
 
 from orchestrator.commands._common import app, json_option, print_json, print_table
-from orchestrator.fleet import DEFAULT_LAB
+from orchestrator.fleet import default_lab_prefix
 from orchestrator.lab.builder import Lab, require_root
-from orchestrator.lab.state import LabPaths, load
-from orchestrator.lab.topology import MAX_NODES, LabSpec
+from orchestrator.lab.topology import LabSpec
 
-prefix_option = click.option("--prefix", default=DEFAULT_LAB, show_default=True,
+prefix_option = click.option("--prefix", default=default_lab_prefix,
+                             show_default="$EDGEIOT_LAB or eiot",
                              help="Name prefix of every namespace, link and process of the lab.")
 
 
@@ -73,11 +73,7 @@ def down(ctx: click.Context, prefix: str, as_json: bool) -> None:
 
 
 def _lab(ctx: click.Context, prefix: str) -> Lab:
-    """The lab as recorded in its state file, or the widest lab of that prefix to clean."""
-    paths = LabPaths(app(ctx).state_path, LabSpec(prefix=prefix).prefix)
-    record = load(paths)
-    spec = LabSpec(**record["spec"]) if record else LabSpec(prefix=prefix, nodes=MAX_NODES)
-    return Lab(spec, app(ctx).state_path)
+    return Lab.recorded(app(ctx).state_path, prefix)
 
 
 def _render(record: dict[str, Any]) -> None:

@@ -50,6 +50,17 @@ def predictor_inputs(request: MigrationRequest, guest: dict[str, Any],
                            working_set_bytes=guest["working_set_bytes"] or None)
 
 
+def prediction_figures(prediction: Prediction | None,
+                       measured_ms: int | None) -> dict[str, float | None]:
+    """The prediction next to the measurement, so accuracy is tracked on every migration."""
+    predicted_ms = (prediction.total_time_s * 1000
+                    if prediction and prediction.converges else None)
+    error = (abs(predicted_ms - measured_ms) / measured_ms * 100
+             if predicted_ms is not None and measured_ms else None)
+    return {"predicted_total_time_ms": None if predicted_ms is None else round(predicted_ms),
+            "prediction_error_pct": None if error is None else round(error, 2)}
+
+
 @contextmanager
 def vm_lock(state_dir: Path, vm: str) -> Iterator[None]:
     """One migration per VM at a time, across processes; released if the process dies."""
@@ -92,7 +103,7 @@ class MigrationService:
                 request.vm, guest.node, destination.name, {**asdict(request), **guest_figures},
                 prediction.as_dict() if prediction else None, os.getpid())
             outcome = self._run(guest, request, observer.sample if observer else None)
-            return self._finish(record_id, request, guest.node, memory, outcome)
+            return self._finish(record_id, request, guest.node, memory, outcome, prediction)
 
     def _running_guest(self, vm: str) -> Guest:
         running = [g for g in self.session.locate(vm) if g.is_active()]
@@ -141,7 +152,7 @@ class MigrationService:
             return MigrationOutcome("failed", [], None, 0.0, "none", str(exc))
 
     def _finish(self, record_id: int, request: MigrationRequest, source: str, memory: int,
-                outcome: MigrationOutcome) -> dict[str, Any]:
+                outcome: MigrationOutcome, prediction: Prediction | None) -> dict[str, Any]:
         placement = self.session.running_on(request.vm)
         final = outcome.final.as_dict() if outcome.final else {}
         status, error = outcome.status, outcome.error
@@ -166,6 +177,7 @@ class MigrationService:
                                             max((s.dirty_rate_pages_s for s in outcome.samples),
                                                 default=0)),
             "final": final, "placement": placement, "error": error,
+            **prediction_figures(prediction, final.get("total_time_ms")),
         }
         samples = [s.as_dict() for s in outcome.samples]
         self.store.finish_migration(record_id, status, result, samples, error)

@@ -26,9 +26,16 @@ MIN_MEMORY_MIB = 96
 MAX_VCPUS = 64
 
 
-def mac_for(vm_uuid: str) -> str:
-    """A stable locally administered MAC in QEMU's 52:54:00 range, derived from the UUID."""
-    tail = uuid.UUID(vm_uuid).bytes[-3:]
+def mac_for(vm_uuid: str, address: str | None) -> str:
+    """A MAC in QEMU's 52:54:00 range: from the address's low 24 bits when there is one.
+
+    NOTE: an address handed out again keeps its MAC, so peers' ARP caches stay right; a
+    fresh MAC behind a reused address is unreachable until their entries expire.
+    """
+    if address:
+        tail = ipaddress.IPv4Address(address).packed[-3:]
+    else:
+        tail = uuid.UUID(vm_uuid).bytes[-3:]
     return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
 
 
@@ -72,7 +79,7 @@ class VmService:
         network = self.session.fleet.vm_network
         address = next_address(network, self.store.used_addresses()) if network else None
         return VmRecord(name=name, uuid=vm_uuid, node=node.name, memory_mib=memory_mib,
-                        vcpus=vcpus, address=address, mac=mac_for(vm_uuid), role=role,
+                        vcpus=vcpus, address=address, mac=mac_for(vm_uuid, address), role=role,
                         created_at=time.time())
 
     def _spec(self, record: VmRecord, node: FogNode) -> DomainSpec:

@@ -36,7 +36,7 @@ from orchestrator.lab.daemons import (
     start_daemons,
 )
 from orchestrator.lab.network import LabNetwork
-from orchestrator.lab.topology import VM_BRIDGE, LabSpec, Topology, plan
+from orchestrator.lab.topology import MAX_NODES, VM_BRIDGE, LabSpec, Topology, plan
 from orchestrator.netguard import LabNetwork as GuardedSubnet
 from orchestrator.netguard import NetworkPolicy
 from orchestrator.runner import LocalRunner, Runner
@@ -52,7 +52,25 @@ class Lab:
         self.paths = state.LabPaths(state_dir, spec.prefix)
         self.runner = runner or LocalRunner()
         self.network = LabNetwork(self.topology, self.runner)
-        self.image = image or local_image()
+        self.source_image = image or local_image()
+
+    @property
+    def image(self) -> GuestImage:
+        """The lab's own copy of the guest image, frozen at `lab up`.
+
+        NOTE: QEMU reads -kernel/-initrd again when a migration's destination starts; if the
+        build replaced them meanwhile, source and destination disagree on the ROM blobs. The
+        copy keeps every VM of the lab on the bytes it booted from, as a real host would.
+        """
+        return GuestImage(self.paths.root / "image")
+
+    @classmethod
+    def recorded(cls, state_dir: Path, prefix: str) -> Lab:
+        """The lab as its state file records it; without one, the widest lab of that prefix,
+        which is what teardown after a crash must scan for."""
+        record = state.load(state.LabPaths(state_dir, LabSpec(prefix=prefix).prefix))
+        spec = LabSpec(**record["spec"]) if record else LabSpec(prefix=prefix, nodes=MAX_NODES)
+        return cls(spec, state_dir)
 
     @property
     def policy(self) -> NetworkPolicy:
@@ -63,13 +81,14 @@ class Lab:
 
     def up(self) -> dict[str, Any]:
         self._refuse_if_present()
-        self.image.check()
+        self.source_image.check()
         started = time.monotonic()
         record: dict[str, Any] = {"status": "starting", "spec": asdict(self.spec),
                                   "bridge": self.topology.bridge, "pid": os.getpid(),
                                   "gateway": self.topology.gateway, "nodes": []}
         state.save(self.paths, record)
         try:
+            self.source_image.copy_to(self.image.directory)
             self._build(record)
         except BaseException:
             self.down()
@@ -183,6 +202,7 @@ class Lab:
             node_dir = self.paths.node_dir(node.name)
             for key in ("run", "lib", "etc", "cache"):
                 shutil.rmtree(node_dir / key, ignore_errors=True)
+        shutil.rmtree(self.image.directory, ignore_errors=True)
         state.remove(self.paths)
         return {"processes": killed, "namespaces": len(namespaces), "links": len(links)}
 

@@ -1,0 +1,52 @@
+"""The real lab tier: one lab-in-a-box per test module, torn down even when tests fail.
+
+Each module's lab has its own prefix, subnet and state directory, so a developer's own lab
+(prefix eiot, 10.77.0.0/16) is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.errors import ExitStatus
+from orchestrator.images import local_image
+
+
+@dataclass(frozen=True)
+class LabHandle:
+    prefix: str
+    subnet: str
+    state_dir: Path
+    nodes: int
+
+
+def lab_fixture(prefix: str, subnet: str, nodes: int = 3, *extra: str):
+    """A module-scoped fixture bringing up one lab for the whole module."""
+
+    @pytest.fixture(scope="module")
+    def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHandle]:
+        if os.geteuid() != 0:
+            pytest.skip("the lab needs root")
+        local_image().check()
+        state_dir = tmp_path_factory.mktemp(f"state-{prefix}")
+        saved = {k: os.environ.get(k) for k in ("EDGEIOT_STATE_DIR", "EDGEIOT_LAB")}
+        os.environ.update(EDGEIOT_STATE_DIR=str(state_dir), EDGEIOT_LAB=prefix)
+        try:
+            status = main(["lab", "up", "--nodes", str(nodes), "--subnet", subnet, *extra])
+            assert status == ExitStatus.SUCCESS, "lab up failed"
+            yield LabHandle(prefix, subnet, state_dir, nodes)
+        finally:
+            main(["lab", "down"])
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    return lab
