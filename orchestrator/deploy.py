@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,15 +85,15 @@ class DeploySummary:
 # --- pure: events → meaning ---------------------------------------------------------------
 
 def _message(res: dict[str, Any]) -> str:
+    items = [r for r in res.get("results") or []
+             if isinstance(r, dict) and (r.get("failed") or r.get("unreachable"))]
+    if items:  # a loop: its own msg is only "All items completed"
+        return _message(items[0])
     for key in ("msg", "stderr", "reason"):
         text = res.get(key)
         if text:
             lines = str(text).strip().splitlines()
             return lines[-1] if key == "stderr" else " ".join(str(text).split())[:300]
-    if res.get("results"):  # a loop: the first failed item's message
-        failed = [r for r in res["results"] if isinstance(r, dict) and r.get("failed")]
-        if failed:
-            return _message(failed[0])
     return f"rc={res['rc']}" if "rc" in res else "failed"
 
 
@@ -243,19 +245,13 @@ def run_playbook(request: DeployRequest, private_dir: Path,
         on_event(event)
         return True
 
-    result = ansible_runner.run(
-        private_data_dir=str(private_dir),
-        playbook=str(ANSIBLE_DIR / f"{request.playbook}.yml"),
-        inventory=str(Path(request.inventory).resolve()),
-        limit=request.limit,
-        cmdline="--check --diff" if request.check else None,
-        envvars={k: env[k] for k in ("PATH", "ANSIBLE_PYTHON_INTERPRETER", "ANSIBLE_NOCOLOR",
-                                     "ANSIBLE_RETRY_FILES_ENABLED")},
-        extravars={"ansible_python_interpreter": PYTHON},
-        event_handler=handler,
-        quiet=True,
-        rotate_artifacts=10,
-    )
+    # NOTE: a fresh SSH control-socket directory per run: a master connection left by an
+    # earlier run (ControlPersist) would otherwise skip host key verification entirely.
+    control_dir = tempfile.mkdtemp(prefix="eiot-cp-")  # short: unix socket paths are ≤107
+    try:
+        result = _run(ansible_runner, request, private_dir, env, control_dir, handler)
+    finally:
+        shutil.rmtree(control_dir, ignore_errors=True)
     summary = summarize(events)
     if result.status != "successful" and summary.ok:
         # e.g. a syntax error: no task ran, so no host is to blame
@@ -263,3 +259,22 @@ def run_playbook(request: DeployRequest, private_dir: Path,
         summary.failures.append(Failure("-", "-", f"ansible-runner {result.status} "
                                         f"(rc {result.rc}): {' '.join(tail)[:300]}"))
     return summary, str(result.status)
+
+
+def _run(ansible_runner: Any, request: DeployRequest, private_dir: Path, env: dict[str, str],
+         control_dir: str, handler: Callable[[Event], bool]) -> Any:
+    keys = ("PATH", "ANSIBLE_PYTHON_INTERPRETER", "ANSIBLE_NOCOLOR", "ANSIBLE_RETRY_FILES_ENABLED")
+    return ansible_runner.run(
+        private_data_dir=str(private_dir),
+        playbook=str(ANSIBLE_DIR / f"{request.playbook}.yml"),
+        inventory=str(Path(request.inventory).resolve()),
+        limit=request.limit,
+        cmdline="--check --diff" if request.check else None,
+        # NOTE: ansible-runner turns host key checking *off* unless told otherwise.
+        envvars={**{k: env[k] for k in keys}, "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
+                 "ANSIBLE_HOST_KEY_CHECKING": "True"},
+        extravars={"ansible_python_interpreter": PYTHON},
+        event_handler=handler,
+        quiet=True,
+        rotate_artifacts=10,
+    )

@@ -1,0 +1,209 @@
+"""Issue 7 on a real lab: sshd in each fog node's namespaces, `orchestrator deploy` through
+ansible-runner over SSH (twice: the second run changes nothing), bad inventories refused
+naming the host, and a real Prometheus (Debian's, started here by pid) scraping the host
+agents the playbook started and the orchestrator exporter; every PromQL expression of the
+Grafana dashboard returns data from it.
+
+The records are seeded (a finished and a running migration, a decision, a VM, energy) so
+every panel has something to show without booting guests on this 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from orchestrator.lab.builder import Lab
+from orchestrator.lab.topology import LabSpec
+from orchestrator.netguard import check_destination
+from orchestrator.store import Store, VmRecord
+
+pytestmark = pytest.mark.lab
+
+PREFIX, SUBNET, NODES = "hdep", "10.79.0.0/16", 2
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "orchestrator"]
+DASHBOARD = ROOT / "monitoring" / "grafana" / "dashboards" / "edgeiot.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    tmp = tmp_path_factory.mktemp("deploy-lab")
+    env = {**os.environ, "EDGEIOT_STATE_DIR": str(tmp / "state"), "EDGEIOT_LAB": PREFIX}
+    exporter = None
+    try:
+        up = cli(env, "lab", "up", "--prefix", PREFIX, "--subnet", SUBNET, "--nodes", str(NODES))
+        assert up.returncode == 0, up.stderr
+        ssh = cli(env, "lab-ssh", "up", "--prefix", PREFIX, "--json")
+        assert ssh.returncode == 0, ssh.stderr
+        seed_records(tmp / "state")
+        port = free_port()
+        exporter = subprocess.Popen([*CLI, "metrics", "serve", "--listen", f"127.0.0.1:{port}",
+                                     "--lab", PREFIX], env=env, cwd=ROOT,
+                                    stderr=subprocess.DEVNULL)
+        mon = tmp / "mon"
+        inventory = tmp / "inventory.ini"
+        made = cli(env, "lab-ssh", "inventory", "--prefix", PREFIX, "-o", str(inventory),
+                   "--var", f"prometheus_config_dir={mon}/prometheus",
+                   "--var", f"grafana_provisioning_dir={mon}/grafana/provisioning",
+                   "--var", f"grafana_dashboards_dir={mon}/grafana/dashboards",
+                   "--var", f"orchestrator_state_dir={tmp}/state",
+                   "--var", f"orchestrator_bin={Path(sys.executable).parent / 'orchestrator'}",
+                   "--var", f"orchestrator_metrics_target=127.0.0.1:{port}",
+                   "--var", "prometheus_scrape_interval=1s")
+        assert made.returncode == 0, made.stderr
+        yield {"env": env, "tmp": tmp, "inventory": inventory, "mon": mon,
+               "ssh": json.loads(ssh.stdout)}
+    finally:
+        if exporter is not None:
+            exporter.terminate()
+            exporter.wait(10)
+        cli(env, "lab", "down", "--prefix", PREFIX)
+
+
+def seed_records(state_dir: Path) -> None:
+    store = Store(state_dir / "records.sqlite")
+    try:
+        done = store.start_migration("proxy-s1", "fog1", "fog2", {}, None, os.getpid())
+        store.finish_migration(done, "completed", {"total_time_ms": 4030, "downtime_ms": 176,
+                                                   "prediction_error_pct": 12.0,
+                                                   "transferred_bytes": 82_000_000}, [])
+        running = store.start_migration("proxy-s2", "fog2", "fog1", {}, None, os.getpid())
+        store.db.execute("INSERT INTO samples VALUES (?,?,?)", (running, 0, json.dumps(
+            {"dirty_rate_pages_s": 2000, "bandwidth_bps": 50 << 20, "remaining_bytes": 1 << 20})))
+        store.add_vm(VmRecord("proxy-s1", "u1", "fog2", 128, 1, None, "52:54:00:00:00:01"))
+        store.add_event("decision", "proxy-s1", {"verdict": "migrate"})
+        store.add_event("energy", "fog1", {"green_joules": 120.0, "grid_joules": 30.0})
+    finally:
+        store.close()
+
+
+def deploy(lab, *args: str) -> tuple[int, dict, str]:
+    done = cli(lab["env"], "deploy", "--inventory", str(lab["inventory"]), "--json", *args)
+    try:
+        data = json.loads(done.stdout)
+    except ValueError:
+        data = {}
+    return done.returncode, data, done.stderr
+
+
+def test_sshd_runs_in_each_node_with_strict_known_hosts(lab):
+    assert set(lab["ssh"]["pids"]) == {"fog1", "fog2"}
+    known = Path(lab["ssh"]["known_hosts"]).read_text().splitlines()
+    assert [line.split()[0] for line in known] == ["10.79.0.11", "10.79.0.12"]
+
+
+def test_deploy_then_second_run_changes_nothing(lab):
+    started = time.monotonic()
+    rc, first, err = deploy(lab)
+    first_s = time.monotonic() - started
+    assert rc == 0, err
+    assert first["ok"] and set(first["hosts"]) == {"fog1", "fog2", "localhost"}
+    started = time.monotonic()
+    rc, second, err = deploy(lab)
+    assert rc == 0, err
+    print(f"deploy: first {first_s:.1f} s ({first['changed']} changed), "
+          f"second {time.monotonic() - started:.1f} s ({second['changed']} changed)")
+    assert second["changed"] == 0, second["hosts"]
+    assert (lab["mon"] / "prometheus" / "prometheus.yml").is_file()
+    assert (lab["mon"] / "grafana" / "dashboards" / "edgeiot.json").is_file()
+
+
+def test_the_playbook_edited_each_nodes_private_libvirt_config(lab):
+    spec = LabSpec(prefix=PREFIX, nodes=NODES, subnet=SUBNET)
+    state_dir = lab["tmp"] / "state"
+    for node, address in (("fog1", "10.79.0.11"), ("fog2", "10.79.0.12")):
+        qemu_conf = (state_dir / "labs" / PREFIX / node / "etc" / "qemu.conf").read_text()
+        assert f'migration_address = "{address}"' in qemu_conf
+        assert "migration_port_min = 49152" in qemu_conf
+    assert Lab(spec, state_dir).status()["status"] == "up"
+
+
+def test_missing_group_is_refused(lab):
+    bad = lab["tmp"] / "no-monitoring.ini"
+    text = lab["inventory"].read_text().replace("[monitoring]\nlocalhost ansible_connection=local",
+                                                "")
+    bad.write_text(text.replace("monitoring\n", ""))
+    done = cli(lab["env"], "deploy", "--inventory", str(bad))
+    assert done.returncode == 2
+    assert "missing group [monitoring]" in done.stderr
+
+
+def test_unknown_host_key_and_unreachable_host_are_named(lab):
+    bad = lab["tmp"] / "bad-hosts.ini"
+    empty = lab["tmp"] / "empty_known_hosts"
+    empty.write_text("")
+    text = lab["inventory"].read_text().replace(lab["ssh"]["known_hosts"], str(empty))
+    text = text.replace("[cloud]\n", "[cloud]\nghost ansible_host=10.79.0.19\n")
+    bad.write_text(text)
+    done = cli(lab["env"], "deploy", "--inventory", str(bad), "--playbook", "fog_node",
+               "--limit", "fog1,ghost", "--json")
+    assert done.returncode == 1
+    assert "fog1: unreachable" in done.stderr and "Host key verification failed" in done.stderr
+    assert "ghost: unreachable" in done.stderr
+
+
+def query(base: str, expr: str) -> list:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    data = json.loads(urllib.request.urlopen(url, timeout=10).read())
+    assert data["status"] == "success", data
+    return data["data"]["result"]
+
+
+def test_prometheus_scrapes_agents_and_exporter_and_dashboard_has_data(lab, tmp_path):
+    config = lab["mon"] / "prometheus" / "prometheus.yml"
+    if not config.is_file():
+        pytest.skip("deploy did not run")
+    for target in ("10.79.0.11", "10.79.0.12"):
+        check_destination(target, Lab(LabSpec(prefix=PREFIX, nodes=NODES, subnet=SUBNET),
+                                      lab["tmp"] / "state").policy)
+    port = free_port()
+    prom = subprocess.Popen(["prometheus", f"--config.file={config}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                up = query(base, "up == 1")
+                if len(up) == 3 and query(base, "rate(edgeiot_core_link_bytes_total[1m])"):
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "Prometheus did not scrape all three targets"
+            time.sleep(1)
+        assert {r["metric"]["job"] for r in up} == {"edgeiot-host", "edgeiot-orchestrator"}
+        libvirt = query(base, "edgeiot_host_libvirt_up")
+        assert {r["metric"]["node"]: r["value"][1] for r in libvirt} == {"fog1": "1",
+                                                                          "fog2": "1"}
+        dashboard = json.loads(DASHBOARD.read_text())
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+        empty = [e for e in exprs if not query(base, e)]
+        assert not empty, f"dashboard expressions without data: {empty}"
+    finally:
+        prom.terminate()
+        prom.wait(15)
