@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from orchestrator.errors import UserError
 from orchestrator.lab.topology import VM_BRIDGE, NodePlan, Topology
 from orchestrator.runner import LocalRunner, NamespaceRunner, Runner
 
@@ -24,14 +25,19 @@ def parse_netns_names(ip_json: str) -> list[str]:
     return [str(ns["name"]) for ns in json.loads(ip_json or "[]")]
 
 
-def netem_args(rate_mbit: float | None, delay_ms: float | None) -> list[str]:
-    """tc arguments shaping one direction of a core link; [] when nothing is asked."""
-    args: list[str] = []
+def shaping_args(rate_mbit: float | None, delay_ms: float | None) -> list[str]:
+    """tc qdisc shaping one direction of a core link; [] when nothing is asked.
+
+    A rate alone uses tbf (always built in); a delay needs netem, which carries the rate too.
+    tbf's bucket holds 4 ms of traffic (at least 32 KiB) so the rate holds at any HZ.
+    """
     if delay_ms:
-        args += ["delay", f"{delay_ms:g}ms"]
+        rate = ["rate", f"{rate_mbit:g}mbit"] if rate_mbit else []
+        return ["netem", "delay", f"{delay_ms:g}ms", *rate, "limit", "100000"]
     if rate_mbit:
-        args += ["rate", f"{rate_mbit:g}mbit"]
-    return ["netem", *args, "limit", "100000"] if args else []
+        burst = max(32 * 1024, int(rate_mbit * 1e6 / 8 * 0.004))
+        return ["tbf", "rate", f"{rate_mbit:g}mbit", "burst", str(burst), "latency", "100ms"]
+    return []
 
 
 class LabNetwork:
@@ -62,10 +68,15 @@ class LabNetwork:
 
     def shape(self, node: NodePlan, rate_mbit: float | None, delay_ms: float | None) -> None:
         """Shape both directions of the node's core link (each veth end's egress)."""
-        args = netem_args(rate_mbit, delay_ms)
+        args = shaping_args(rate_mbit, delay_ms)
         if not args:
             return
-        self.runner.run(["tc", "qdisc", "replace", "dev", node.core_veth, "root", *args])
+        result = self.runner.run(["tc", "qdisc", "replace", "dev", node.core_veth, "root", *args],
+                                 check=False)
+        if not result.ok and "unknown" in result.stderr and args[0] == "netem":
+            raise UserError("--core-delay-ms needs the kernel's netem qdisc, which this kernel "
+                            "lacks; shape the rate alone with --core-mbit")
+        result.check()
         NamespaceRunner(node.namespace, self.runner).run(
             ["tc", "qdisc", "replace", "dev", node.node_veth, "root", *args])
 

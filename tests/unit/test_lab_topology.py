@@ -1,7 +1,7 @@
 import pytest
 
 from orchestrator.errors import UserError
-from orchestrator.lab.network import netem_args, parse_link_names, parse_netns_names
+from orchestrator.lab.network import parse_link_names, parse_netns_names, shaping_args
 from orchestrator.lab.topology import LabSpec, plan
 
 
@@ -33,11 +33,13 @@ def test_bad_specs_are_refused(kwargs):
         LabSpec(**kwargs)
 
 
-def test_netem_args():
-    assert netem_args(None, None) == []
-    assert netem_args(100, None) == ["netem", "rate", "100mbit", "limit", "100000"]
-    assert netem_args(None, 2.5) == ["netem", "delay", "2.5ms", "limit", "100000"]
-    assert netem_args(20, 1) == ["netem", "delay", "1ms", "rate", "20mbit", "limit", "100000"]
+def test_shaping_args():
+    assert shaping_args(None, None) == []
+    assert shaping_args(240, None) == ["tbf", "rate", "240mbit", "burst", "120000",
+                                       "latency", "100ms"]
+    assert shaping_args(1, None)[4] == str(32 * 1024)  # never a bucket below 32 KiB
+    assert shaping_args(None, 2.5) == ["netem", "delay", "2.5ms", "limit", "100000"]
+    assert shaping_args(20, 1) == ["netem", "delay", "1ms", "rate", "20mbit", "limit", "100000"]
 
 
 def test_parsers_of_ip_json_output():
