@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -18,8 +19,8 @@ from orchestrator.store import Store, open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console()
-error_console = Console(stderr=True)
+# Wide tables in pipes and logs too; a terminal keeps its own width.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def inventory_option(func: F) -> F:

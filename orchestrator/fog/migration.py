@@ -131,7 +131,7 @@ class MigrationOutcome:
 
 
 def run_migration(guest: Guest, destination: Hypervisor, request: MigrationRequest, *,
-                  clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
+                  clock: Clock = time.monotonic, sleep: Sleep | None = None,
                   interval_s: float = 0.2,
                   on_sample: Callable[[JobSample], None] | None = None) -> MigrationOutcome:
     """Migrate `guest` to `destination`; never raises for a failed migration itself."""
@@ -155,9 +155,11 @@ def run_migration(guest: Guest, destination: Hypervisor, request: MigrationReque
     started = clock()
     worker = threading.Thread(target=migrate, name=f"migrate-{request.vm}", daemon=True)
     worker.start()
+    # By default the pause between samples is a join on the worker, so the monitor wakes the
+    # moment libvirt returns instead of finishing its sleep.
     seen = watch(guest.job_stats, lambda: not worker.is_alive(), act,
                  timeout_s=request.timeout_s, postcopy=request.postcopy, clock=clock,
-                 sleep=sleep, interval_s=interval_s, on_sample=on_sample)
+                 sleep=sleep or worker.join, interval_s=interval_s, on_sample=on_sample)
     worker.join()
     wall = clock() - started
     if failure:

@@ -1,0 +1,112 @@
+"""Benchmark: `orchestrator migrate` against a bare libvirt migrateToURI3, paired runs.
+
+Brings up its own 3-node lab (timed: target ≤ 20 s), boots one VM, then migrates it back
+and forth between fog1 and fog2 at a fixed bandwidth cap, alternating the orchestrator's
+full path (checks, prediction, job-stats sampling every 200 ms, records) with a bare libvirt
+call using the same flags. Prints one JSON object; targets: orchestrator wall ≤ 1.05 × bare
+wall, and total time ≤ 1.15 × transferred bytes ÷ bandwidth.
+
+    .venv/bin/python bench/migrate.py [--pairs 4] [--bandwidth 40] [--memory 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from orchestrator.edge.migrate import MigrationService
+from orchestrator.edge.vms import VmService
+from orchestrator.fleet import lab_fleet
+from orchestrator.fog.migration import MigrationRequest, migration_flags, migration_params
+from orchestrator.fog.session import FleetSession
+from orchestrator.lab.builder import Lab
+from orchestrator.lab.topology import LabSpec
+from orchestrator.store import open_store
+
+VM = "bench-vm"
+
+
+def bare_migration(session: FleetSession, source: str, dest: str, bandwidth: int) -> dict[str, Any]:
+    """libvirt alone: the same flags and parameters, no sampling, no records."""
+    request = MigrationRequest(vm=VM, destination=dest, bandwidth_mib_s=bandwidth)
+    guest = session.hypervisor(source).lookup(VM)
+    assert guest is not None
+    dest_node = session.fleet.node(dest)
+    started = time.monotonic()
+    guest.dom.migrateToURI3(dest_node.uri, migration_params(request), migration_flags(request))
+    wall = time.monotonic() - started
+    arrived = session.hypervisor(dest).lookup(VM)
+    assert arrived is not None
+    stats = arrived.dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    return {"wall_s": wall, "total_time_ms": stats.get("time_elapsed"),
+            "transferred_bytes": stats.get("data_processed") or stats.get("memory_processed")}
+
+
+def orchestrated_migration(service: MigrationService, dest: str, bandwidth: int) -> dict[str, Any]:
+    started = time.monotonic()
+    result = service.migrate(MigrationRequest(vm=VM, destination=dest, bandwidth_mib_s=bandwidth))
+    wall = time.monotonic() - started
+    assert result["status"] == "completed", result["error"]
+    return {"wall_s": wall, "total_time_ms": result["total_time_ms"],
+            "transferred_bytes": result["transferred_bytes"]}
+
+
+def summary(runs: list[dict[str, Any]], bandwidth: int) -> dict[str, Any]:
+    walls = [r["wall_s"] for r in runs]
+    efficiency = [r["total_time_ms"] / 1000 / (r["transferred_bytes"] / (bandwidth * 2**20))
+                  for r in runs]
+    return {"wall_s_median": round(statistics.median(walls), 3),
+            "wall_s": [round(w, 3) for w in walls],
+            "total_time_over_bytes_per_bandwidth_median": round(statistics.median(efficiency), 3),
+            "wall_over_bytes_per_bandwidth_median": round(statistics.median(
+                [r["wall_s"] / (r["transferred_bytes"] / (bandwidth * 2**20)) for r in runs]), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--bandwidth", type=int, default=40, help="MiB/s")
+    parser.add_argument("--memory", type=int, default=256, help="MiB")
+    args = parser.parse_args()
+    state_dir = Path(tempfile.mkdtemp(prefix="edgeiot-bench-"))
+    lab = Lab(LabSpec(prefix="ebench", nodes=3, subnet="10.75.0.0/16"), state_dir)
+    started = time.monotonic()
+    lab.up()
+    lab_up_s = time.monotonic() - started
+    try:
+        store = open_store(state_dir)
+        with FleetSession(lab_fleet(state_dir, "ebench")) as session:
+            VmService(session, store).create(VM, "fog1", args.memory)
+            service = MigrationService(session, store, state_dir)
+            ours, bare = [], []
+            here = "fog1"
+            for i in range(2 * args.pairs):
+                there = "fog2" if here == "fog1" else "fog1"
+                if i % 2 == 0:
+                    ours.append(orchestrated_migration(service, there, args.bandwidth))
+                else:
+                    bare.append(bare_migration(session, here, there, args.bandwidth))
+                here = there
+        ours_s, bare_s = summary(ours, args.bandwidth), summary(bare, args.bandwidth)
+        print(json.dumps({
+            "benchmark": "migrate", "pairs": args.pairs, "bandwidth_mib_s": args.bandwidth,
+            "memory_mib": args.memory, "lab_up_s": round(lab_up_s, 3),
+            "orchestrator": ours_s, "bare_libvirt": bare_s,
+            "wall_ratio_orchestrator_over_bare": round(
+                ours_s["wall_s_median"] / bare_s["wall_s_median"], 3),
+            "targets": {"wall_ratio_max": 1.05, "total_time_over_bytes_per_bandwidth_max": 1.15,
+                        "lab_up_s_max": 20},
+        }, indent=2))
+    finally:
+        lab.down()
+
+
+if __name__ == "__main__":
+    main()
