@@ -55,9 +55,11 @@ def local_image() -> GuestImage:
 
 
 def guest_cmdline(name: str, address: str | None, prefix_len: int | None,
-                  gateway: str | None = None) -> str:
-    """Kernel command line of a proxy VM; the initramfs configures eth0 from it."""
-    parts = ["console=ttyS0", "quiet", "panic=-1", f"edgeiot.name={name}"]
+                  gateway: str | None = None, role: str = "proxy") -> str:
+    """Kernel command line of a VM; the initramfs configures eth0 from it and the agent
+    takes its role (proxy or app) from it."""
+    parts = ["console=ttyS0", "quiet", "panic=-1", f"edgeiot.name={name}",
+             f"edgeiot.role={role}"]
     if address and prefix_len:
         parts.append(f"edgeiot.ip={address}/{prefix_len}")
     if gateway:

@@ -25,15 +25,20 @@ def command() -> None:
 @click.option("--nodes", type=int, default=3, show_default=True, help="Number of fog nodes.")
 @click.option("--core-mbit", type=float, default=None, help="Shape each core link to R Mbit/s.")
 @click.option("--core-delay-ms", type=float, default=None, help="One-way delay per core link.")
+@click.option("--cloud", is_flag=True, help="Add a cloud node behind a slower core link.")
+@click.option("--cloud-mbit", type=float, default=100.0, show_default=True)
+@click.option("--cloud-delay-ms", type=float, default=None)
 @click.option("--subnet", default="10.77.0.0/16", show_default=True)
 @prefix_option
 @json_option
 @click.pass_context
 def up(ctx: click.Context, nodes: int, core_mbit: float | None, core_delay_ms: float | None,
-       subnet: str, prefix: str, as_json: bool) -> None:
+       cloud: bool, cloud_mbit: float, cloud_delay_ms: float | None, subnet: str, prefix: str,
+       as_json: bool) -> None:
     """Bring up the lab."""
     spec = LabSpec(prefix=prefix, nodes=nodes, subnet=subnet, core_mbit=core_mbit,
-                   core_delay_ms=core_delay_ms)
+                   core_delay_ms=core_delay_ms, cloud=cloud, cloud_mbit=cloud_mbit,
+                   cloud_delay_ms=cloud_delay_ms)
     require_root()
     record = Lab(spec, app(ctx).state_path).up()
     if as_json:
@@ -78,9 +83,10 @@ def _lab(ctx: click.Context, prefix: str) -> Lab:
 
 def _render(record: dict[str, Any]) -> None:
     core = record.get("core_bytes", {})
-    rows = [(n["name"], n.get("address"), n.get("namespace"), n.get("libvirtd_pid"),
+    rows = [(n["name"], n.get("kind", "fog"), n.get("address"), n.get("namespace"),
+             n.get("libvirtd_pid"),
              core.get(n["name"], {}).get("to_core"), core.get(n["name"], {}).get("from_core"))
             for n in record.get("nodes", [])]
     print_table(f"lab: {record.get('status')}",
-                ["node", "address", "namespace", "libvirtd pid", "bytes to core",
+                ["node", "kind", "address", "namespace", "libvirtd pid", "bytes to core",
                  "bytes from core"], rows)

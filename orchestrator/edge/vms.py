@@ -89,7 +89,8 @@ class VmService:
             name=record.name, uuid=record.uuid, memory_mib=record.memory_mib,
             vcpus=record.vcpus, domain_type=self._domain_type(node, image),
             kernel=str(image.kernel), initrd=str(image.initrd),
-            cmdline=guest_cmdline(record.name, record.address, fleet.prefix_len, fleet.gateway),
+            cmdline=guest_cmdline(record.name, record.address, fleet.prefix_len, fleet.gateway,
+                                  record.role),
             nics=(Nic(bridge=node.vm_bridge, mac=record.mac),),
             metadata={"role": record.role},
         )

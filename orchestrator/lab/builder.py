@@ -69,7 +69,8 @@ class Lab:
         """The lab as its state file records it; without one, the widest lab of that prefix,
         which is what teardown after a crash must scan for."""
         record = state.load(state.LabPaths(state_dir, LabSpec(prefix=prefix).prefix))
-        spec = LabSpec(**record["spec"]) if record else LabSpec(prefix=prefix, nodes=MAX_NODES)
+        spec = (LabSpec(**record["spec"]) if record
+                else LabSpec(prefix=prefix, nodes=MAX_NODES, cloud=True))
         return cls(spec, state_dir)
 
     @property
@@ -107,9 +108,9 @@ class Lab:
         self.network.create_core()
         for node in self.topology.nodes:
             self.network.create_node(node)
-            self.network.shape(node, self.spec.core_mbit, self.spec.core_delay_ms)
+            self.network.shape(node, node.rate_mbit, node.delay_ms)
             record["nodes"].append({"name": node.name, "namespace": node.namespace,
-                                    "address": node.address})
+                                    "address": node.address, "kind": node.kind})
             state.save(self.paths, record)
         first: FogNode | None = None
         for entry, node in zip(record["nodes"], self.topology.nodes, strict=True):
@@ -153,7 +154,8 @@ class Lab:
         return FogNode(
             name=node.name, uri=f"qemu+tcp://{node.address}/system", address=node.address,
             vm_bridge=VM_BRIDGE, image_dir=str(self.image.directory), domain_type=domain_type,
-            facts={"lab": self.spec.prefix, "namespace": node.namespace,
+            facts={"lab": self.spec.prefix, "namespace": node.namespace, "kind": node.kind,
+                   "core_mbit": node.rate_mbit,
                    "subnet": self.spec.subnet, "gateway": self.topology.gateway,
                    "vm_network": str(self.topology.vm_network)},
         )

@@ -7,6 +7,7 @@ the lab's prefix so teardown can find exactly what a crashed run left behind.
 Addresses (default subnet 10.77.0.0/16, all one L2 segment across the core bridge):
     10.77.0.1          gateway, on the core bridge in the root namespace
     10.77.0.10+i       fog node i's own address (libvirtd, migration stream)
+    10.77.0.100        the cloud node (with --cloud): a host behind a slower core link
     10.77.1.0/24 ...   VM addresses, handed out by the orchestrator
 """
 
@@ -32,6 +33,9 @@ class LabSpec:
     subnet: str = "10.77.0.0/16"
     core_mbit: float | None = None
     core_delay_ms: float | None = None
+    cloud: bool = False
+    cloud_mbit: float = 100.0  # the cloud sits behind a slower link than the fog nodes
+    cloud_delay_ms: float | None = None
 
     def __post_init__(self) -> None:
         if not PREFIX_PATTERN.match(self.prefix):
@@ -42,6 +46,10 @@ class LabSpec:
             raise UserError(f"--core-mbit must be > 0, got {self.core_mbit}")
         if self.core_delay_ms is not None and self.core_delay_ms < 0:
             raise UserError(f"--core-delay-ms must be >= 0, got {self.core_delay_ms}")
+        if self.cloud_mbit <= 0:
+            raise UserError(f"--cloud-mbit must be > 0, got {self.cloud_mbit}")
+        if self.cloud_delay_ms is not None and self.cloud_delay_ms < 0:
+            raise UserError(f"--cloud-delay-ms must be >= 0, got {self.cloud_delay_ms}")
         net = self.network
         if net.prefixlen > 22 or not net.is_private:
             raise UserError(f"lab subnet {self.subnet} must be a private /22 or larger")
@@ -63,6 +71,9 @@ class NodePlan:
     core_veth: str  # eiot-fog1c: root-namespace end, enslaved to the core bridge
     node_veth: str  # eiot-fog1n: node end, enslaved to the node's VM bridge
     address: str
+    kind: str = "fog"  # or "cloud"
+    rate_mbit: float | None = None  # shaping of this node's core link, each direction
+    delay_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -78,20 +89,25 @@ class Topology:
         return self.spec.network.prefixlen
 
 
+def _node(prefix: str, name: str, address: str, kind: str, rate_mbit: float | None,
+          delay_ms: float | None) -> NodePlan:
+    return NodePlan(name=name, namespace=f"{prefix}-{name}", core_veth=f"{prefix}-{name}c",
+                    node_veth=f"{prefix}-{name}n", address=address, kind=kind,
+                    rate_mbit=rate_mbit, delay_ms=delay_ms)
+
+
 def plan(spec: LabSpec) -> Topology:
     """Names and addresses for a lab; pure."""
     net = spec.network
     base = net.network_address
     nodes = tuple(
-        NodePlan(
-            name=f"fog{i}",
-            namespace=f"{spec.prefix}-fog{i}",
-            core_veth=f"{spec.prefix}-fog{i}c",
-            node_veth=f"{spec.prefix}-fog{i}n",
-            address=str(base + 10 + i),
-        )
+        _node(spec.prefix, f"fog{i}", str(base + 10 + i), "fog", spec.core_mbit,
+              spec.core_delay_ms)
         for i in range(1, spec.nodes + 1)
     )
+    if spec.cloud:
+        nodes += (_node(spec.prefix, "cloud", str(base + 100), "cloud", spec.cloud_mbit,
+                        spec.cloud_delay_ms),)
     return Topology(
         spec=spec,
         bridge=f"{spec.prefix}-core",

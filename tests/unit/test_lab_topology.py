@@ -47,3 +47,12 @@ def test_parsers_of_ip_json_output():
     assert parse_netns_names('[{"name":"eiot-fog2","id":1},{"name":"x"}]') == ["eiot-fog2", "x"]
     assert parse_link_names('[{"ifindex":1,"ifname":"lo"},{"ifname":"eiot-core"}]') == [
         "lo", "eiot-core"]
+
+
+def test_cloud_node_sits_behind_its_own_slower_link():
+    topo = plan(LabSpec(prefix="eiot", nodes=2, core_mbit=1000, cloud=True, cloud_mbit=50))
+    fog, cloud = topo.nodes[0], topo.nodes[-1]
+    assert [n.name for n in topo.nodes] == ["fog1", "fog2", "cloud"]
+    assert (cloud.kind, cloud.address, cloud.namespace) == ("cloud", "10.77.0.100", "eiot-cloud")
+    assert len(cloud.core_veth) <= 15
+    assert (fog.rate_mbit, cloud.rate_mbit) == (1000, 50)
