@@ -24,6 +24,7 @@ from orchestrator.edge.migrate import MigrationService
 from orchestrator.errors import ExitStatus
 from orchestrator.fog.jobstats import JobSample
 from orchestrator.fog.migration import MigrationRequest
+from orchestrator.fog.node import validate_name
 from orchestrator.model.precopy import (
     Calibration,
     EtaState,
@@ -52,6 +53,7 @@ def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: in
             downtime_ms: int | None, auto_converge: bool, postcopy: bool,
             timeout_s: float | None, inventory: str | None, as_json: bool) -> ExitStatus:
     """Live-migrate a VM (pre-copy) to another fog node."""
+    validate_name("VM", name)
     request = MigrationRequest(vm=name, destination=destination,
                                bandwidth_mib_s=bandwidth_mib_s, downtime_ms=downtime_ms,
                                auto_converge=auto_converge, postcopy=postcopy,

@@ -1,0 +1,91 @@
+"""The CLI in-process: exit codes, one-line errors, and the VM lifecycle on libvirt's test
+driver through an inventory (fast, no lab)."""
+
+import libvirt
+import pytest
+
+from orchestrator.errors import ExitStatus
+
+
+@pytest.fixture(autouse=True)
+def isolated_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEIOT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("EDGEIOT_LAB", "eunit")
+    monkeypatch.delenv("EDGEIOT_INVENTORY", raising=False)
+
+
+@pytest.fixture
+def test_inventory(tmp_path):
+    # NOTE: test:///default keeps its state only while some connection holds it open.
+    keeper = libvirt.open("test:///default")
+    path = tmp_path / "hosts.ini"
+    path.write_text("[fog_nodes]\n"
+                    "fogt libvirt_uri=test:///default domain_type=qemu image_dir=/srv/img\n")
+    yield str(path)
+    keeper.close()
+
+
+def one_line_error(result, status=ExitStatus.BAD_INPUT):
+    assert result.status == status, (result.out, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("orchestrator: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["vm", "list"], "lab 'eunit' is not up"),
+    (["migrate", "vm1", "--to", "fog2"], "lab 'eunit' is not up"),
+    (["migrate", "vm1", "--to", "fog2", "--bandwidth", "0"], "--bandwidth must be > 0"),
+    (["migrate", "vm1", "--to", "fog2", "--timeout", "-1"], "--timeout must be > 0"),
+    (["migrate", "Bad_Name", "--to", "fog2"], "invalid VM name"),
+    (["vm", "create", "UPPER", "--node", "fog1"], "invalid VM name"),
+    (["lab", "up", "--nodes", "0"], "--nodes must be between 1 and 9"),
+    (["lab", "up", "--prefix", "X"], "invalid lab prefix"),
+    (["lab", "up", "--subnet", "8.8.0.0/16"], "must be a private /22 or larger"),
+    (["vm", "list", "--inventory", "/nonexistent.ini"], "cannot read inventory"),
+    (["migrate", "vm1"], "Missing option '--to'"),
+    (["no-such-command"], "No such command"),
+])
+def test_bad_input_exits_2_with_one_line(cli, args, message):
+    assert message in one_line_error(cli(*args))
+
+
+def test_help_and_version(cli):
+    assert cli("--help").status == ExitStatus.SUCCESS
+    result = cli("--version")
+    assert result.status == ExitStatus.SUCCESS and "orchestrator" in result.out
+
+
+def test_lab_status_when_down(cli):
+    result = cli("lab", "status", "--json")
+    assert result.status == ExitStatus.SUCCESS
+    assert result.json()["status"] == "down"
+
+
+def test_vm_lifecycle_on_the_test_driver(cli, test_inventory):
+    created = cli("vm", "create", "unit-vm", "--node", "fogt", "--memory", "128",
+                  "--inventory", test_inventory, "--json")
+    assert created.status == ExitStatus.SUCCESS, created.err
+    assert created.json()["node"] == "fogt"
+    try:
+        rows = {r["name"]: r for r in cli("vm", "list", "--inventory", test_inventory,
+                                          "--json").json()}
+        assert rows["unit-vm"]["state"] == "running" and rows["unit-vm"]["node"] == "fogt"
+        assert rows["unit-vm"]["memory_mib"] == 128 and rows["unit-vm"]["role"] == "proxy"
+        again = cli("vm", "create", "unit-vm", "--node", "fogt", "--inventory", test_inventory)
+        assert "already exists" in one_line_error(again)
+        unknown = cli("migrate", "unit-vm", "--to", "nowhere", "--inventory", test_inventory)
+        assert "unknown fog node 'nowhere'" in one_line_error(unknown)
+        same = cli("migrate", "unit-vm", "--to", "fogt", "--inventory", test_inventory)
+        assert "already runs on fogt" in one_line_error(same)
+    finally:
+        destroyed = cli("vm", "destroy", "unit-vm", "--inventory", test_inventory)
+    assert destroyed.status == ExitStatus.SUCCESS
+    names = [r["name"] for r in cli("vm", "list", "--inventory", test_inventory,
+                                    "--json").json()]
+    assert "unit-vm" not in names
+
+
+def test_migrations_listing_is_empty_at_first(cli):
+    result = cli("migrations", "--json")
+    assert result.status == ExitStatus.SUCCESS and result.json() == []
