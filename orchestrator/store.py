@@ -145,6 +145,11 @@ class Store:
              json.dumps(prediction) if prediction is not None else None))
         return int(cur.lastrowid or 0)
 
+    def add_sample(self, migration_id: int, seq: int, sample: dict[str, Any]) -> None:
+        """One live job-stats sample, written as it arrives (the exporter shows it)."""
+        self.db.execute("INSERT OR REPLACE INTO samples VALUES (?,?,?)",
+                        (migration_id, seq, json.dumps(sample)))
+
     def finish_migration(self, migration_id: int, status: str, result: dict[str, Any],
                          samples: Iterable[dict[str, Any]], error: str | None = None) -> None:
         with self.transaction() as db:

@@ -102,8 +102,19 @@ class MigrationService:
             record_id = self.store.start_migration(
                 request.vm, guest.node, destination.name, {**asdict(request), **guest_figures},
                 prediction.as_dict() if prediction else None, os.getpid())
-            outcome = self._run(guest, request, observer.sample if observer else None)
+            outcome = self._run(guest, request, self._sample_sink(record_id, observer))
             return self._finish(record_id, request, guest.node, memory, outcome, prediction)
+
+    def _sample_sink(self, record_id: int,
+                     observer: MigrationObserver | None) -> Callable[[JobSample], None]:
+        """Every live sample goes to the record at once, then to the observer."""
+        seq = iter(range(1 << 62))
+
+        def sink(sample: JobSample) -> None:
+            self.store.add_sample(record_id, next(seq), sample.as_dict())
+            if observer:
+                observer.sample(sample)
+        return sink
 
     def _running_guest(self, vm: str) -> Guest:
         running = [g for g in self.session.locate(vm) if g.is_active()]
@@ -168,7 +179,8 @@ class MigrationService:
             "destination": request.destination, "status": status,
             "memory_bytes": memory, "bandwidth_mib_s": request.bandwidth_mib_s,
             "downtime_limit_ms": request.downtime_ms, "policy": request.policy,
-            "timeout_action": outcome.action, "wall_time_ms": round(outcome.wall_s * 1000),
+            "timeout_action": outcome.action, "stalled": outcome.stall,
+            "wall_time_ms": round(outcome.wall_s * 1000),
             "total_time_ms": final.get("total_time_ms"),
             "downtime_ms": final.get("downtime_ms"), "setup_time_ms": final.get("setup_time_ms"),
             "iterations": final.get("iterations"),

@@ -21,6 +21,7 @@ import libvirt
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.hypervisor import Guest, Hypervisor
 from orchestrator.fog.jobstats import FinalStats, JobSample, parse_completed, parse_sample
+from orchestrator.model.precopy import detect_stall
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -83,6 +84,19 @@ def timeout_action(elapsed_s: float, timeout_s: float | None, postcopy: bool,
     return TimeoutAction.POSTCOPY if postcopy else TimeoutAction.ABORT
 
 
+def stall_action(stalled: bool, postcopy: bool, auto_converge: bool,
+                 already_acted: bool) -> TimeoutAction:
+    """What to do about a pre-copy that stopped converging; at most once per migration.
+
+    With auto-converge QEMU's own vCPU throttling is the remedy the user chose, so the stall
+    is recorded but not acted upon; otherwise the user's policy applies at once rather than
+    letting a hopeless pre-copy run until a timeout (or forever, without one).
+    """
+    if not stalled or already_acted or auto_converge:
+        return TimeoutAction.NONE
+    return TimeoutAction.POSTCOPY if postcopy else TimeoutAction.ABORT
+
+
 @dataclass
 class Watch:
     """Everything the monitor loop saw."""
@@ -90,13 +104,16 @@ class Watch:
     samples: list[JobSample] = field(default_factory=list)
     action: TimeoutAction = TimeoutAction.NONE
     action_error: str | None = None
+    stall: str | None = None  # why the pre-copy was judged stalled, if it was
 
 
 def watch(job_stats: Callable[[], dict[str, Any]], finished: Callable[[], bool],
           act: Callable[[TimeoutAction], None], *, timeout_s: float | None, postcopy: bool,
-          clock: Clock = time.monotonic, sleep: Sleep = time.sleep, interval_s: float = 0.2,
+          auto_converge: bool = False, clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
+          interval_s: float = 0.2,
           on_sample: Callable[[JobSample], None] | None = None) -> Watch:
-    """Sample the job until `finished()`; apply the timeout policy once when due."""
+    """Sample the job until `finished()`; apply the policy once, at the timeout or as soon as
+    the pre-copy stalls (remaining data no longer shrinking from round to round)."""
     seen = Watch()
     start = clock()
     while not finished():
@@ -105,11 +122,17 @@ def watch(job_stats: Callable[[], dict[str, Any]], finished: Callable[[], bool],
             sample = parse_sample(job_stats(), now)
         except OrchestratorError:
             sample = None  # the job ended between finished() and jobStats()
+        acted = seen.action is not TimeoutAction.NONE
+        action = timeout_action(now, timeout_s, postcopy, acted)
         if sample is not None:
             seen.samples.append(sample)
             if on_sample:
                 on_sample(sample)
-        action = timeout_action(now, timeout_s, postcopy, seen.action is not TimeoutAction.NONE)
+            if seen.stall is None:
+                verdict = detect_stall(seen.samples)
+                seen.stall = verdict.reason if verdict.stalled else None
+                if action is TimeoutAction.NONE:
+                    action = stall_action(verdict.stalled, postcopy, auto_converge, acted)
         if action is not TimeoutAction.NONE:
             seen.action = action
             try:
@@ -128,6 +151,7 @@ class MigrationOutcome:
     wall_s: float
     action: str
     error: str | None = None
+    stall: str | None = None
 
 
 def run_migration(guest: Guest, destination: Hypervisor, request: MigrationRequest, *,
@@ -158,17 +182,18 @@ def run_migration(guest: Guest, destination: Hypervisor, request: MigrationReque
     # By default the pause between samples is a join on the worker, so the monitor wakes the
     # moment libvirt returns instead of finishing its sleep.
     seen = watch(guest.job_stats, lambda: not worker.is_alive(), act,
-                 timeout_s=request.timeout_s, postcopy=request.postcopy, clock=clock,
+                 timeout_s=request.timeout_s, postcopy=request.postcopy,
+                 auto_converge=request.auto_converge, clock=clock,
                  sleep=sleep or worker.join, interval_s=interval_s, on_sample=on_sample)
     worker.join()
     wall = clock() - started
     if failure:
         status = "aborted" if seen.action is TimeoutAction.ABORT else "failed"
         return MigrationOutcome(status, seen.samples, None, wall, seen.action.value,
-                                str(failure[0]))
+                                str(failure[0]), seen.stall)
     return MigrationOutcome("completed", seen.samples, _final_stats(destination, request.vm,
                                                                     seen.samples),
-                            wall, seen.action.value, seen.action_error)
+                            wall, seen.action.value, seen.action_error, seen.stall)
 
 
 def _final_stats(destination: Hypervisor, vm: str, samples: list[JobSample]) -> FinalStats | None:

@@ -148,3 +148,45 @@ def test_request_validation_and_flags():
     assert not flags & libvirt.VIR_MIGRATE_POSTCOPY
     assert migration_params(request) == {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 20}
     assert migration_params(MigrationRequest("vm", "fog2")) == {}
+
+
+def rounds(starts, per_round=3):
+    """Scripted job whose dirty set at the start of each iteration ≥ 2 is `starts[i]`."""
+    script = [job(1, 200 * MiB, 0)] * per_round
+    for i, start in enumerate(starts, start=2):
+        script += [job(i, start - k * MiB, 0, dirty=90000) for k in range(per_round)]
+    return script
+
+
+def test_a_stalled_precopy_is_aborted_without_waiting_for_a_timeout():
+    clock = FakeClock()
+    scripted = ScriptedJob(rounds([60 * MiB] * 8))
+    acted = []
+    seen = watch(scripted.stats, scripted.finished, acted.append, timeout_s=None,
+                 postcopy=False, clock=clock, sleep=clock.sleep)
+    assert acted == [TimeoutAction.ABORT]
+    assert "has not shrunk" in seen.stall
+
+
+def test_a_converging_precopy_is_left_alone():
+    clock = FakeClock()
+    scripted = ScriptedJob(rounds([80 * MiB, 40 * MiB, 20 * MiB, 10 * MiB, 5 * MiB]))
+    acted = []
+    seen = watch(scripted.stats, scripted.finished, acted.append, timeout_s=None,
+                 postcopy=False, clock=clock, sleep=clock.sleep)
+    assert acted == [] and seen.stall is None
+
+
+@pytest.mark.parametrize("postcopy, auto_converge, expected", [
+    (False, False, [TimeoutAction.ABORT]),
+    (True, False, [TimeoutAction.POSTCOPY]),
+    (False, True, []),  # auto-converge is the chosen remedy: recorded, not acted on
+])
+def test_stall_policy(postcopy, auto_converge, expected):
+    clock = FakeClock()
+    scripted = ScriptedJob(rounds([60 * MiB] * 8))
+    acted = []
+    seen = watch(scripted.stats, scripted.finished, acted.append, timeout_s=None,
+                 postcopy=postcopy, auto_converge=auto_converge, clock=clock,
+                 sleep=clock.sleep)
+    assert acted == expected and seen.stall

@@ -53,3 +53,12 @@ def test_schema_is_versioned_and_a_newer_schema_is_refused(tmp_path):
     db.close()
     with pytest.raises(OrchestratorError, match="newer"):
         Store(path)
+
+
+def test_live_samples_are_visible_before_the_migration_ends(store):
+    mid = store.start_migration("vm", "fog1", "fog2", {}, None, pid=1)
+    store.add_sample(mid, 0, {"iteration": 1})
+    store.add_sample(mid, 1, {"iteration": 2})
+    assert [s["iteration"] for s in store.samples(mid)] == [1, 2]
+    store.finish_migration(mid, "completed", {}, [{"iteration": 1}, {"iteration": 2}])
+    assert len(store.samples(mid)) == 2
