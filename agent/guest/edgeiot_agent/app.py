@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from . import DEFAULT_PORT, __version__, sysinfo
+from . import DEFAULT_PORT, __version__, dataplane, sysinfo
 from .control import ControlServer, Dispatcher
 from .counter import Counter
 from .dirtier import Dirtier
@@ -150,13 +150,15 @@ def parse_args(argv: Sequence[str] | None) -> AgentConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
-    agent = Agent(config)
+    # Issue 3: the proxy's stream service or the application VM's metadata service.
+    role = dataplane.read_role()
+    agent = Agent(config, dataplane.services_for(role, config.name or socket.gethostname()))
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     agent.start()
     _, port = agent.server.address
-    print(f"edgeiot-agent: ready port={port} boot_id={agent.boot_id} name={agent.name} "
+    print(f"edgeiot-agent: ready role={role} port={port} boot_id={agent.boot_id} name={agent.name} "
           f"uptime={agent.uptime():.2f} pid={os.getpid()}", flush=True)
     try:
         while not done.wait(1.0):
