@@ -21,6 +21,7 @@ from orchestrator.commands._common import (
     store,
 )
 from orchestrator.edge.migrate import MigrationService
+from orchestrator.edge.reconcile import Reconciler
 from orchestrator.errors import ExitStatus
 from orchestrator.fog.jobstats import JobSample
 from orchestrator.fog.migration import MigrationRequest
@@ -59,6 +60,7 @@ def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: in
                                auto_converge=auto_converge, postcopy=postcopy,
                                timeout_s=timeout_s)
     with fleet_session(ctx, inventory) as session, store(ctx) as records:
+        _reconcile_orphans(Reconciler(session, records))
         calibration = calibration_store.load(app(ctx).state_path)
         service = MigrationService(session, records, app(ctx).state_path, calibration)
         with _observer(name, not as_json and console.is_terminal, calibration) as observer:
@@ -70,6 +72,14 @@ def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: in
         if result["error"]:
             click.echo(f"migration {result['status']}: {result['error']}", err=True)
     return ExitStatus.SUCCESS if result["status"] == "completed" else ExitStatus.ERROR
+
+
+def _reconcile_orphans(reconciler: Reconciler) -> None:
+    """A migration left by a dead orchestrator is settled before a new one starts."""
+    if reconciler.orphans():
+        report = reconciler.run()
+        for record_id, status, why in report["closed_records"]:
+            click.echo(f"reconciled migration #{record_id} as {status}: {why}", err=True)
 
 
 class ProgressObserver:

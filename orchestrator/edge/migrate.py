@@ -117,7 +117,7 @@ class MigrationService:
         return sink
 
     def _running_guest(self, vm: str) -> Guest:
-        running = [g for g in self.session.locate(vm) if g.is_active()]
+        running = [g for g in self.session.locate(vm) if g.is_running()]
         if not running:
             raise UserError(f"unknown VM {vm!r}: it runs on no fog node")
         if len(running) > 1:

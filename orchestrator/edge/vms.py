@@ -110,7 +110,7 @@ class VmService:
                                                    "state": guest.state(),
                                                    "memory_mib": guest.memory_bytes() >> 20})
                 row["nodes"].append(node)
-                if guest.is_active():
+                if guest.is_running():
                     row["state"] = "running"
         for name, row in rows.items():
             record = records.get(name)

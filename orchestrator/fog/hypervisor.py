@@ -61,6 +61,14 @@ class Guest:
             raise _error(f"state of {self.name} on {self.node}", exc) from exc
         return STATE_NAMES.get(state, str(state))
 
+    def is_running(self) -> bool:
+        """Running as a VM should: not paused (an incoming migration's destination domain is
+        active but paused until the switch-over), not shut off."""
+        try:
+            return self.state() == "running"
+        except OrchestratorError:
+            return False
+
     def is_active(self) -> bool:
         try:
             return bool(self.dom.isActive())

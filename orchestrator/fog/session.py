@@ -35,7 +35,7 @@ class FleetSession:
         return found
 
     def running_on(self, vm: str) -> list[str]:
-        return [g.node for g in self.locate(vm) if g.is_active()]
+        return [g.node for g in self.locate(vm) if g.is_running()]
 
     def close(self) -> None:
         for hv in self._open.values():
