@@ -1,0 +1,6 @@
+"""Device emulators: processes attached to a base station (a fog node's namespace).
+
+They produce realistic streams at a configurable rate and speak the proxy's stream protocol
+(agent/guest/edgeiot_agent/codec.py): register with `hello`, learn the proxy's address from
+the orchestrator's directory file, resend what was not acknowledged after a reconnect.
+"""
