@@ -38,15 +38,16 @@ ROLES = ("sensor", "actuator")
 class DeviceState:
     """What the proxy knows of one device: its profile and its stream's progress."""
 
-    def __init__(self, dev: str, dtype: str, user: str, role: str) -> None:
+    def __init__(self, dev: str, dtype: str, user: str, role: str, group: str = "") -> None:
         self.dev, self.dtype, self.user, self.role = dev, dtype, user, role
+        self.group = group or user
         self.next = 1
         self.accepted = self.duplicates = self.invalid = self.raw_bytes = 0
         self.chain = ""
         self.conn: _Conn | None = None
 
     def stats(self) -> dict[str, Any]:
-        return {"type": self.dtype, "user": self.user, "role": self.role,
+        return {"type": self.dtype, "user": self.user, "role": self.role, "group": self.group,
                 "next": self.next, "accepted": self.accepted,
                 "duplicates": self.duplicates, "invalid": self.invalid,
                 "raw_bytes": self.raw_bytes, "chain": self.chain,
@@ -90,7 +91,8 @@ class ProxyCore:
 
     # --- registration and models -------------------------------------------------------
 
-    def register(self, dev: str, dtype: str, user: str, role: str = "sensor") -> None:
+    def register(self, dev: str, dtype: str, user: str, role: str = "sensor",
+                 group: str = "") -> None:
         if dtype not in DATA_TYPES:
             raise RequestError(f"unknown data type {dtype!r}")
         if role not in ROLES:
@@ -102,7 +104,7 @@ class ProxyCore:
             if known is not None and (known.dtype, known.user) != (dtype, user):
                 raise RequestError(f"device {dev!r} is registered with another profile")
             if known is None:
-                self.devices[dev] = DeviceState(dev, dtype, user, role)
+                self.devices[dev] = DeviceState(dev, dtype, user, role, group)
 
     def install(self, app: str, model: str, grants: list[str], params: dict[str, Any],
                 sink: MetadataSink) -> dict[str, Any]:
@@ -154,8 +156,9 @@ class ProxyCore:
             state.raw_bytes += len(line)
             state.chain = hashlib.sha256((state.chain + line.decode()).encode()).hexdigest()[:32]
             self.buffer.append(line)
-            self._run_models(Record(state.dev, state.user, state.dtype, seq, frame["ts"], value),
-                             len(line))
+            record = Record(state.dev, state.user, state.dtype, seq, frame["ts"], value,
+                            state.group)
+            self._run_models(record, len(line))
             return {"t": "ack", "seq": seq}
 
     def _run_models(self, record: Record, size: int) -> None:
@@ -324,12 +327,13 @@ class StreamService:
     def _op_register(self, req: dict[str, Any]) -> dict[str, Any]:
         devices = req.get("devices")
         if not isinstance(devices, list):
-            raise RequestError("devices must be a list of {id, type, user, role}")
+            raise RequestError("devices must be a list of {id, type, user, role, group}")
         for d in devices:
             if not isinstance(d, dict):
                 raise RequestError("each device must be an object")
             self.core.register(str(d.get("id", "")), str(d.get("type", "")),
-                               str(d.get("user", "")), str(d.get("role", "sensor")))
+                               str(d.get("user", "")), str(d.get("role", "sensor")),
+                               str(d.get("group") or ""))
         return {"registered": len(devices), "stream_port": self.port}
 
     def _op_stats(self, _req: dict[str, Any]) -> dict[str, Any]:

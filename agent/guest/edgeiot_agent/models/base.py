@@ -16,12 +16,13 @@ if TYPE_CHECKING:
 class Record:
     """One classified device record."""
 
-    __slots__ = ("device", "user", "dtype", "seq", "ts", "value")
+    __slots__ = ("device", "user", "dtype", "seq", "ts", "value", "group")
 
     def __init__(self, device: str, user: str, dtype: str, seq: int, ts: float,
-                 value: dict[str, Any]) -> None:
+                 value: dict[str, Any], group: str = "") -> None:
         self.device = device
         self.user = user
+        self.group = group or user  # devices mounted together (one car); joins stay inside
         self.dtype = dtype
         self.seq = seq
         self.ts = ts
@@ -29,7 +30,10 @@ class Record:
 
 
 class FixJoin:
-    """Pairs a user's sensor readings with the GPS fix nearest in time.
+    """Pairs a group's sensor readings with the group's GPS fix nearest in time.
+
+    A group is the set of devices mounted together (one car's GPS, ultrasonic sensor and
+    speedometer); the device profile names it, by default the user.
 
     A reading is resolved only once a fix at or after its timestamp has arrived (the GPS
     and the sensor reach the proxy over separate connections, in either order), so the
@@ -42,29 +46,29 @@ class FixJoin:
         self._fixes: dict[str, list[tuple[float, float, float]]] = {}
         self._pending: dict[str, list[Record]] = {}
 
-    def add_fix(self, user: str, ts: float, lat: float,
+    def add_fix(self, group: str, ts: float, lat: float,
                 lon: float) -> list[tuple[Record, float, float]]:
-        fixes = self._fixes.setdefault(user, [])
+        fixes = self._fixes.setdefault(group, [])
         fixes.append((ts, lat, lon))
         fixes.sort()
         del fixes[:-self.keep]
-        waiting = self._pending.get(user, [])
+        waiting = self._pending.get(group, [])
         done = [r for r in waiting if r.ts <= ts]
-        self._pending[user] = [r for r in waiting if r.ts > ts]
+        self._pending[group] = [r for r in waiting if r.ts > ts]
         return [j for r in done if (j := self._resolve(r)) is not None]
 
     def add_reading(self, record: Record) -> list[tuple[Record, float, float]]:
-        fixes = self._fixes.get(record.user, [])
+        fixes = self._fixes.get(record.group, [])
         if fixes and fixes[-1][0] >= record.ts:
             joined = self._resolve(record)
             return [joined] if joined is not None else []
-        pending = self._pending.setdefault(record.user, [])
+        pending = self._pending.setdefault(record.group, [])
         pending.append(record)
         del pending[:-self.keep]
         return []
 
     def _resolve(self, record: Record) -> tuple[Record, float, float] | None:
-        fixes = self._fixes.get(record.user, [])
+        fixes = self._fixes.get(record.group, [])
         if not fixes:
             return None
         ts, lat, lon = min(fixes, key=lambda f: abs(f[0] - record.ts))

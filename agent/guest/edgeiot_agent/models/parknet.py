@@ -37,7 +37,7 @@ class ParkNet:
 
     def feed(self, record: Record) -> list[dict[str, Any]]:
         if record.dtype == "gps":
-            joined = self.join.add_fix(record.user, record.ts, record.value["lat"],
+            joined = self.join.add_fix(record.group, record.ts, record.value["lat"],
                                        record.value["lon"])
         else:
             joined = self.join.add_reading(record)
