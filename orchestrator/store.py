@@ -18,7 +18,7 @@ from typing import Any
 
 from orchestrator.errors import OrchestratorError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
@@ -58,6 +58,43 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     subject TEXT NOT NULL,
     data TEXT NOT NULL
+);
+-- v2 (issue 3): users, their devices, applications and the models they installed.
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    proxy_vm TEXT,                      -- shared by users who trust each other
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,                -- EPC URN, EPC-96 hex or IPv6
+    user TEXT NOT NULL REFERENCES users(name),
+    type TEXT NOT NULL,
+    mobility TEXT NOT NULL,             -- static | mobile
+    role TEXT NOT NULL,                 -- sensor | actuator
+    bs TEXT,                            -- base station (fog node) it attaches to
+    grp TEXT,                           -- devices mounted together (one car)
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS applications (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,                 -- parknet | traffic | facefind
+    deployment TEXT NOT NULL,           -- local | remote | addon
+    types TEXT NOT NULL,                -- JSON: data types granted
+    params TEXT NOT NULL,               -- JSON: model parameters
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS app_vms (
+    app TEXT NOT NULL REFERENCES applications(name) ON DELETE CASCADE,
+    vm TEXT NOT NULL,
+    node TEXT NOT NULL,
+    offloaded INTEGER NOT NULL DEFAULT 0,  -- placed in the cloud for lack of fog capacity
+    PRIMARY KEY (app, vm)
+);
+CREATE TABLE IF NOT EXISTS app_models (
+    app TEXT NOT NULL REFERENCES applications(name) ON DELETE CASCADE,
+    proxy_vm TEXT NOT NULL,
+    sink_vm TEXT NOT NULL,
+    PRIMARY KEY (app, proxy_vm)
 );
 """
 
@@ -200,6 +237,65 @@ class Store:
         query = "SELECT * FROM events" + (" WHERE kind=?" if kind else "") + " ORDER BY id"
         rows = self.db.execute(query, (kind,) if kind else ())
         return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+
+
+    # --- users, devices, applications (v2) ----------------------------------------------
+
+    def add_user(self, name: str, proxy_vm: str | None) -> None:
+        self.db.execute("INSERT INTO users VALUES (?,?,?)", (name, proxy_vm, time.time()))
+
+    def users(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM users ORDER BY name")]
+
+    def user(self, name: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM users WHERE name=?", (name,)).fetchone()
+        return dict(row) if row else None
+
+    def set_user_proxy(self, name: str, proxy_vm: str | None) -> None:
+        self.db.execute("UPDATE users SET proxy_vm=? WHERE name=?", (proxy_vm, name))
+
+    def add_device(self, device: dict[str, Any]) -> None:
+        self.db.execute("INSERT INTO devices VALUES (?,?,?,?,?,?,?,?)",
+                        (device["id"], device["user"], device["type"], device["mobility"],
+                         device["role"], device.get("bs"), device.get("grp"), time.time()))
+
+    def devices(self, user: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT * FROM devices" + (" WHERE user=?" if user else "") + " ORDER BY id"
+        return [dict(r) for r in self.db.execute(query, (user,) if user else ())]
+
+    def add_application(self, name: str, kind: str, deployment: str, types: list[str],
+                        params: dict[str, Any]) -> None:
+        self.db.execute("INSERT INTO applications VALUES (?,?,?,?,?,?)",
+                        (name, kind, deployment, json.dumps(types), json.dumps(params),
+                         time.time()))
+
+    def applications(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM applications ORDER BY name")
+        return [self._app_row(r) for r in rows]
+
+    def application(self, name: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM applications WHERE name=?", (name,)).fetchone()
+        return self._app_row(row) if row else None
+
+    def _app_row(self, row: sqlite3.Row) -> dict[str, Any]:
+        app = dict(row)
+        app["types"], app["params"] = json.loads(app["types"]), json.loads(app["params"])
+        app["vms"] = [dict(r) for r in self.db.execute(
+            "SELECT vm, node, offloaded FROM app_vms WHERE app=? ORDER BY vm", (app["name"],))]
+        app["models"] = [dict(r) for r in self.db.execute(
+            "SELECT proxy_vm, sink_vm FROM app_models WHERE app=? ORDER BY proxy_vm",
+            (app["name"],))]
+        return app
+
+    def add_app_vm(self, app: str, vm: str, node: str, offloaded: bool) -> None:
+        self.db.execute("INSERT INTO app_vms VALUES (?,?,?,?)", (app, vm, node, int(offloaded)))
+
+    def add_app_model(self, app: str, proxy_vm: str, sink_vm: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO app_models VALUES (?,?,?)",
+                        (app, proxy_vm, sink_vm))
+
+    def remove_application(self, name: str) -> None:
+        self.db.execute("DELETE FROM applications WHERE name=?", (name,))
 
 
 def open_store(state_dir: Path) -> Store:

@@ -1,0 +1,72 @@
+"""`orchestrator user add|list|stats`: users and their proxy VMs."""
+
+from __future__ import annotations
+
+import click
+
+from orchestrator.commands._common import (
+    app,
+    fleet_session,
+    inventory_option,
+    json_option,
+    print_json,
+    print_table,
+    store,
+)
+from orchestrator.edge.proxies import ProxyService
+from orchestrator.edge.users import UserRegistry, validate_user
+
+
+@click.group("user")
+def command() -> None:
+    """Users; each has a proxy VM that its devices stream to."""
+
+
+@command.command("add")
+@click.argument("name")
+@click.option("--node", default=None, help="Fog node for the user's proxy VM (now).")
+@click.option("--share-with", default=None, help="Share this trusted user's proxy VM.")
+@inventory_option
+@json_option
+@click.pass_context
+def add(ctx: click.Context, name: str, node: str | None, share_with: str | None,
+        inventory: str | None, as_json: bool) -> None:
+    """Add a user (and, with --node, start its proxy VM there)."""
+    validate_user(name)
+    with store(ctx) as records:
+        if node is not None:
+            with fleet_session(ctx, inventory) as session:
+                session.fleet.node(node)
+                user = UserRegistry(records).add(name, share_with)
+                user["proxy_vm"] = ProxyService(session, records, app(ctx).state_path).ensure(
+                    name, node)
+        else:
+            user = UserRegistry(records).add(name, share_with)
+    if as_json:
+        print_json(user)
+    else:
+        click.echo(f"user {name} added" + (f", proxy VM {user['proxy_vm']}"
+                                           if user["proxy_vm"] else ""))
+
+
+@command.command("list")
+@json_option
+@click.pass_context
+def list_(ctx: click.Context, as_json: bool) -> None:
+    """List users and their proxy VMs."""
+    with store(ctx) as records:
+        rows = records.users()
+    if as_json:
+        print_json(rows)
+    else:
+        print_table("users", ["name", "proxy VM"], [(r["name"], r["proxy_vm"]) for r in rows])
+
+
+@command.command("stats")
+@click.argument("name")
+@inventory_option
+@click.pass_context
+def stats(ctx: click.Context, name: str, inventory: str | None) -> None:
+    """Stream statistics of the user's proxy VM (JSON)."""
+    with store(ctx) as records, fleet_session(ctx, inventory) as session:
+        print_json(ProxyService(session, records, app(ctx).state_path).stats(name))
