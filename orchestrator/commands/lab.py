@@ -25,6 +25,8 @@ def command() -> None:
 @click.option("--nodes", type=int, default=3, show_default=True, help="Number of fog nodes.")
 @click.option("--core-mbit", type=float, default=None, help="Shape each core link to R Mbit/s.")
 @click.option("--core-delay-ms", type=float, default=None, help="One-way delay per core link.")
+@click.option("--node-memory", "node_memory_mib", type=int, default=None,
+              help="VM memory (MiB) each fog node offers; default: what the host has.")
 @click.option("--cloud", is_flag=True, help="Add a cloud node behind a slower core link.")
 @click.option("--cloud-mbit", type=float, default=100.0, show_default=True)
 @click.option("--cloud-delay-ms", type=float, default=None)
@@ -33,12 +35,12 @@ def command() -> None:
 @json_option
 @click.pass_context
 def up(ctx: click.Context, nodes: int, core_mbit: float | None, core_delay_ms: float | None,
-       cloud: bool, cloud_mbit: float, cloud_delay_ms: float | None, subnet: str, prefix: str,
-       as_json: bool) -> None:
+       node_memory_mib: int | None, cloud: bool, cloud_mbit: float,
+       cloud_delay_ms: float | None, subnet: str, prefix: str, as_json: bool) -> None:
     """Bring up the lab."""
     spec = LabSpec(prefix=prefix, nodes=nodes, subnet=subnet, core_mbit=core_mbit,
-                   core_delay_ms=core_delay_ms, cloud=cloud, cloud_mbit=cloud_mbit,
-                   cloud_delay_ms=cloud_delay_ms)
+                   core_delay_ms=core_delay_ms, node_memory_mib=node_memory_mib, cloud=cloud,
+                   cloud_mbit=cloud_mbit, cloud_delay_ms=cloud_delay_ms)
     require_root()
     record = Lab(spec, app(ctx).state_path).up()
     if as_json:
@@ -60,6 +62,17 @@ def status(ctx: click.Context, prefix: str, as_json: bool) -> None:
         print_json(record)
     else:
         _render(record)
+
+
+@command.command("restart-libvirtd")
+@click.argument("node")
+@prefix_option
+@click.pass_context
+def restart_libvirtd(ctx: click.Context, node: str, prefix: str) -> None:
+    """Restart one node's libvirtd (running VMs survive)."""
+    require_root()
+    pid = _lab(ctx, prefix).restart_libvirtd(node)
+    click.echo(f"{node}: libvirtd restarted (pid {pid})")
 
 
 @command.command("down")

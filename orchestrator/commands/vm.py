@@ -53,6 +53,8 @@ def list_(ctx: click.Context, inventory: str | None, as_json: bool) -> None:
     """List VMs on every fog node."""
     with fleet_session(ctx, inventory) as session, store(ctx) as records:
         rows = VmService(session, records).listing()
+        for node, why in sorted(session.unreachable.items()):
+            click.echo(f"orchestrator: warning: fog node {node} unreachable: {why}", err=True)
     if as_json:
         print_json(rows)
     else:

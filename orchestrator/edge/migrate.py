@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from orchestrator.edge.capacity import require_room
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.fog.hypervisor import Guest
@@ -89,11 +90,8 @@ class MigrationService:
             guest = self._running_guest(request.vm)
             if guest.node == destination.name:
                 raise UserError(f"VM {request.vm!r} already runs on {destination.name}")
-            dest_hv = self.session.hypervisor(destination.name)
             memory = guest.memory_bytes()
-            if dest_hv.free_memory_bytes() < memory:
-                raise UserError(f"{destination.name} has not enough free memory for "
-                                f"{request.vm} ({memory >> 20} MiB): refused")
+            require_room(self.session, destination.name, request.vm, memory)
             guest_figures = self._guest_figures(request, memory)
             inputs = predictor_inputs(request, guest_figures, self._observed_bandwidth())
             prediction = self._predict(inputs)

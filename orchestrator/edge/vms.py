@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.edge.capacity import require_room
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.domain_xml import DomainSpec, Nic, to_xml
 from orchestrator.fog.guest_agent import GuestAgent
@@ -61,6 +62,7 @@ class VmService:
         node = self.session.fleet.node(node_name)
         if self.store.vm(name) is not None or self.session.locate(name):
             raise UserError(f"VM {name!r} already exists")
+        require_room(self.session, node.name, name, memory_mib * 2**20)
         record = self._plan(name, node, memory_mib, vcpus, role)
         hv = self.session.hypervisor(node.name)
         hv.define_and_start(to_xml(self._spec(record, node)))
@@ -104,8 +106,14 @@ class VmService:
         """One row per VM, from every node, joined with the records."""
         records = {r.name: r for r in self.store.vms()}
         rows: dict[str, dict[str, Any]] = {}
-        for node in sorted(self.session.fleet.nodes):
-            for guest in self.session.hypervisor(node).guests():
+        for hv in self.session.reachable():
+            node = hv.node.name
+            try:
+                guests = hv.guests()
+            except OrchestratorError as exc:
+                self.session.unreachable[node] = str(exc)
+                continue
+            for guest in guests:
                 row = rows.setdefault(guest.name, {"name": guest.name, "nodes": [],
                                                    "state": guest.state(),
                                                    "memory_mib": guest.memory_bytes() >> 20})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from orchestrator.errors import OrchestratorError, UnsafeDestination
 from orchestrator.fleet import Fleet
 from orchestrator.fog.hypervisor import Guest, Hypervisor
 
@@ -12,6 +13,7 @@ class FleetSession:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
         self._open: dict[str, Hypervisor] = {}
+        self.unreachable: dict[str, str] = {}  # node → why, for nodes skipped by scans
 
     def __enter__(self) -> FleetSession:
         return self
@@ -25,11 +27,30 @@ class FleetSession:
             self._open[node] = Hypervisor.open(self.fleet.node(node), self.fleet.policy)
         return self._open[node]
 
-    def locate(self, vm: str) -> list[Guest]:
-        """Every node's domain of that name, running or not (normally zero or one)."""
+    def reachable(self) -> list[Hypervisor]:
+        """Connections to every node that answers; the others are noted in `unreachable`.
+
+        A fog node that disappeared must not stop the orchestrator from working with the
+        rest of the fleet."""
         found = []
         for name in sorted(self.fleet.nodes):
-            guest = self.hypervisor(name).lookup(vm)
+            try:
+                found.append(self.hypervisor(name))
+            except UnsafeDestination:
+                raise
+            except OrchestratorError as exc:
+                self.unreachable[name] = str(exc)
+        return found
+
+    def locate(self, vm: str) -> list[Guest]:
+        """Every reachable node's domain of that name, running or not (normally one)."""
+        found = []
+        for hv in self.reachable():
+            try:
+                guest = hv.lookup(vm)
+            except OrchestratorError as exc:
+                self.unreachable[hv.node.name] = str(exc)
+                continue
             if guest is not None:
                 found.append(guest)
         return found

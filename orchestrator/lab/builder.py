@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from orchestrator.errors import UserError
+from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.hypervisor import Hypervisor, wait_until_reachable, warm_capabilities
 from orchestrator.fog.node import FogNode
 from orchestrator.fog.probe import choose_domain_type
@@ -156,6 +156,7 @@ class Lab:
             vm_bridge=VM_BRIDGE, image_dir=str(self.image.directory), domain_type=domain_type,
             facts={"lab": self.spec.prefix, "namespace": node.namespace, "kind": node.kind,
                    "core_mbit": node.rate_mbit,
+                   "memory_mib": self.spec.node_memory_mib if node.kind == "fog" else None,
                    "subnet": self.spec.subnet, "gateway": self.topology.gateway,
                    "vm_network": str(self.topology.vm_network)},
         )
@@ -181,12 +182,39 @@ class Lab:
         record["core_bytes"] = self.network.core_link_bytes() if record["namespaces"] else {}
         return record
 
-    def enter_argv(self, node: str) -> list[str]:
-        """argv prefix that runs a command inside a node's network and mount namespaces."""
-        entry = next((e for e in self.require_up()["nodes"] if e["name"] == node), None)
-        if entry is None or not entry.get("libvirtd_pid"):
+    def _entry(self, record: dict[str, Any], node: str) -> dict[str, Any]:
+        entry = next((e for e in record["nodes"] if e["name"] == node), None)
+        if entry is None:
             raise UserError(f"unknown fog node {node!r}")
-        return ["nsenter", "--target", str(entry["libvirtd_pid"]), "--mount", "--net", "--"]
+        return entry
+
+    def enter_argv(self, node: str) -> list[str]:
+        """argv prefix that runs a command inside a node's network and mount namespaces.
+
+        virtlogd anchors the namespaces: it outlives a libvirtd restart."""
+        entry = self._entry(self.require_up(), node)
+        anchor = entry.get("virtlogd_pid") or entry.get("libvirtd_pid")
+        if not anchor or not psutil.pid_exists(anchor):
+            raise UserError(f"fog node {node!r} has no running daemons")
+        return ["nsenter", "--target", str(anchor), "--mount", "--net", "--"]
+
+    def restart_libvirtd(self, node: str) -> int:
+        """(Re)start a node's libvirtd in its namespaces, as after a daemon crash or upgrade.
+
+        Running domains survive: libvirtd reconnects to their QEMU processes on start."""
+        record = self.require_up()
+        entry = self._entry(record, node)
+        dirs = NodeDirs(self.paths.node_dir(node))
+        old = entry.get("libvirtd_pid")
+        if old and psutil.pid_exists(old):
+            terminate([old])
+        dirs.libvirtd_pidfile.unlink(missing_ok=True)
+        self.runner.run([*self.enter_argv(node), "libvirtd", "-d", "--listen", "-p",
+                         str(dirs.libvirtd_pidfile)])
+        entry["libvirtd_pid"] = wait_for_pid(dirs.libvirtd_pidfile)
+        state.save(self.paths, record)
+        wait_until_reachable(self._fog_node(node, None), self.policy)
+        return int(entry["libvirtd_pid"])
 
     # --- down ----------------------------------------------------------------------
 
@@ -227,6 +255,15 @@ def terminate(pids: list[int], grace_s: float = 5.0) -> int:
             pass
     psutil.wait_procs(alive, timeout=grace_s)
     return len(procs)
+
+
+def wait_for_pid(pidfile: Path, timeout_s: float = 15.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while (pid := read_pid(pidfile)) is None:
+        if time.monotonic() > deadline:
+            raise OrchestratorError(f"{pidfile} did not appear within {timeout_s:g} s")
+        time.sleep(0.05)
+    return pid
 
 
 def require_root() -> None:

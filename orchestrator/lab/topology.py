@@ -33,6 +33,7 @@ class LabSpec:
     subnet: str = "10.77.0.0/16"
     core_mbit: float | None = None
     core_delay_ms: float | None = None
+    node_memory_mib: int | None = None  # VM memory each fog node offers (None: unlimited)
     cloud: bool = False
     cloud_mbit: float = 100.0  # the cloud sits behind a slower link than the fog nodes
     cloud_delay_ms: float | None = None
@@ -46,6 +47,8 @@ class LabSpec:
             raise UserError(f"--core-mbit must be > 0, got {self.core_mbit}")
         if self.core_delay_ms is not None and self.core_delay_ms < 0:
             raise UserError(f"--core-delay-ms must be >= 0, got {self.core_delay_ms}")
+        if self.node_memory_mib is not None and self.node_memory_mib <= 0:
+            raise UserError(f"--node-memory must be > 0 MiB, got {self.node_memory_mib}")
         if self.cloud_mbit <= 0:
             raise UserError(f"--cloud-mbit must be > 0, got {self.cloud_mbit}")
         if self.cloud_delay_ms is not None and self.cloud_delay_ms < 0:

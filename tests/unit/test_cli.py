@@ -20,7 +20,8 @@ def test_inventory(tmp_path):
     keeper = libvirt.open("test:///default")
     path = tmp_path / "hosts.ini"
     path.write_text("[fog_nodes]\n"
-                    "fogt libvirt_uri=test:///default domain_type=qemu image_dir=/srv/img\n")
+                    "fogt libvirt_uri=test:///default domain_type=qemu image_dir=/srv/img "
+                    "memory_mib=10240\n")  # the driver's own "test" domain holds 8 GiB
     yield str(path)
     keeper.close()
 
@@ -89,3 +90,12 @@ def test_vm_lifecycle_on_the_test_driver(cli, test_inventory):
 def test_migrations_listing_is_empty_at_first(cli):
     result = cli("migrations", "--json")
     assert result.status == ExitStatus.SUCCESS and result.json() == []
+
+
+def test_a_vm_that_does_not_fit_is_refused_before_anything_is_defined(cli, test_inventory):
+    big = cli("vm", "create", "big-vm", "--node", "fogt", "--memory", "4096",
+              "--inventory", test_inventory)
+    assert "not enough free memory for big-vm" in one_line_error(big)
+    names = [r["name"] for r in cli("vm", "list", "--inventory", test_inventory,
+                                    "--json").json()]
+    assert "big-vm" not in names
