@@ -1,0 +1,124 @@
+"""Issue 3, orchestrator side without a lab: device IDs, placement with cloud offload, the
+target image, the directory, the v1→v2 store upgrade, and CLI bad input in-process."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+
+import pytest
+
+from agent.devices import world
+from orchestrator.cli import main
+from orchestrator.edge.apps import choose_node, parse_pgm, validate_grants
+from orchestrator.edge.devices import validate_device_id
+from orchestrator.edge.proxies import directory
+from orchestrator.errors import ExitStatus, OrchestratorError, UserError
+from orchestrator.store import SCHEMA_VERSION, Store
+
+
+def test_device_ids():
+    assert validate_device_id("urn:epc:id:sgtin:0614141.107346.2017") .startswith("urn:epc")
+    assert validate_device_id("3074257bf7194e4000001a85") == "3074257BF7194E4000001A85"
+    assert validate_device_id("FD00:0:0::1") == "fd00::1"
+    for bad in ("", "abc", "urn:epc:id:bogus:1", "10.0.0.1", "12345"):
+        with pytest.raises(UserError, match="invalid device ID"):
+            validate_device_id(bad)
+
+
+def test_placement_offloads_to_the_cloud_only_when_the_fog_node_is_full():
+    caps = {"fog1": 256.0, "cloud": math.inf}
+    assert choose_node("fog1", 128, {"fog1": 128}, caps, "cloud") == ("fog1", False)
+    assert choose_node("fog1", 128, {"fog1": 256}, caps, "cloud") == ("cloud", True)
+    with pytest.raises(OrchestratorError, match="no cloud node"):
+        choose_node("fog1", 128, {"fog1": 256}, caps, None)
+
+
+def test_target_image_and_grants():
+    px = world.face_image(1, 0)
+    assert parse_pgm(world.to_pgm(px)) == (32, 32, px)
+    for bad in (b"P6\n1 1\n255\nx", b"P5\n32 32\n255\n" + bytes(10), b"junk"):
+        with pytest.raises(UserError):
+            parse_pgm(bad)
+    assert validate_grants("parknet", None) == ["gps", "ultrasonic"]
+    with pytest.raises(UserError, match="permission denied"):
+        validate_grants("traffic", ["gps"])
+    with pytest.raises(UserError, match="unknown data type"):
+        validate_grants("traffic", ["gps", "speed", "smell"])
+    with pytest.raises(UserError, match="unknown application kind"):
+        validate_grants("chess", None)
+
+
+def test_directory_lists_users_with_a_known_proxy_address():
+    users = [{"name": "a", "proxy_vm": "px-a"}, {"name": "b", "proxy_vm": "px-a"},
+             {"name": "c", "proxy_vm": None}]
+    out = directory(users, {"px-a": "10.77.1.1"})
+    assert out == {"users": {n: {"proxy": "10.77.1.1", "port": 7071, "vm": "px-a"}
+                             for n in ("a", "b")}}
+
+
+def test_v1_records_upgrade_cleanly(tmp_path):
+    path = tmp_path / "records.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE vms (name TEXT PRIMARY KEY, uuid TEXT NOT NULL, node TEXT "
+                     "NOT NULL, memory_mib INTEGER NOT NULL, vcpus INTEGER NOT NULL, address "
+                     "TEXT, mac TEXT NOT NULL, role TEXT NOT NULL DEFAULT 'proxy', created_at "
+                     "REAL NOT NULL); INSERT INTO vms VALUES ('v','u','fog1',128,1,NULL,'m',"
+                     "'proxy',1.0); PRAGMA user_version=1;")
+    db.close()
+    store = Store(path)
+    try:
+        assert SCHEMA_VERSION == 2
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert store.vm("v").node == "fog1"
+        store.add_user("alice", None)
+        store.add_application("park", "parknet", "local", ["gps"], {})
+        store.add_app_vm("park", "app-park", "fog1", False)
+        assert store.application("park")["vms"] == [{"vm": "app-park", "node": "fog1",
+                                                     "offloaded": 0}]
+        store.remove_application("park")
+        assert store.applications() == []
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEIOT_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("EDGEIOT_LAB", "nolab")
+    return tmp_path
+
+
+def test_cli_users_and_devices_without_a_lab(state, cli):
+    assert cli("user", "add", "alice").status == ExitStatus.SUCCESS
+    ok = cli("device", "add", "fd00::1", "--user", "alice", "--type", "gps", "--group",
+             "car-1", "--json")
+    assert ok.status == ExitStatus.SUCCESS and ok.json()["grp"] == "car-1"
+    cases = [
+        (["user", "add", "alice"], "already exists"),
+        (["user", "add", "Bad_Name"], "invalid user name"),
+        (["user", "add", "bob", "--share-with", "nobody"], "unknown user"),
+        (["device", "add", "fd00::2", "--user", "nobody", "--type", "gps"], "unknown user"),
+        (["device", "add", "fd00::2", "--user", "alice", "--type", "smell"],
+         "unknown data type"),
+        (["device", "add", "FD00::1", "--user", "alice", "--type", "gps"],
+         "already registered"),
+        (["device", "add", "x", "--user", "alice", "--type", "gps"], "invalid device ID"),
+        (["device", "add", "fd00::2", "--user", "alice", "--type", "gps", "--role", "boss"],
+         "--role"),
+        (["app", "install", "p", "--kind", "parknet", "--types", "gps,ultrasonic,smell"],
+         "unknown data type"),
+        (["app", "install", "p", "--kind", "parknet", "--types", "gps"], "permission denied"),
+        (["app", "install", "p", "--kind", "chess"], "unknown application kind"),
+        (["app", "install", "p", "--kind", "parknet", "--deploy", "moon"], "--deploy"),
+        (["app", "remove", "nothing"], "unknown application"),
+        (["app", "query", "nothing", "spots"], "unknown application"),
+        (["app", "event", "e", "--area", "fog1"], "--target-image"),
+    ]
+    for args, message in cases:
+        result = cli(*args)
+        assert result.status == ExitStatus.BAD_INPUT, (args, result.err)
+        assert message in result.err and len(result.err.strip().splitlines()) == 1, result.err
+    assert [d["id"] for d in cli("device", "list", "--json").json()] == ["fd00::1"]
+    assert [u["name"] for u in cli("user", "list", "--json").json()] == ["alice"]
+    assert main(["app", "list", "--json"]) == ExitStatus.SUCCESS
