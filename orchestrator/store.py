@@ -18,7 +18,7 @@ from typing import Any
 
 from orchestrator.errors import OrchestratorError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
@@ -96,6 +96,21 @@ CREATE TABLE IF NOT EXISTS app_models (
     sink_vm TEXT NOT NULL,
     PRIMARY KEY (app, proxy_vm)
 );
+-- v3 (issue 5): base stations and the fog nodes serving them, location history.
+CREATE TABLE IF NOT EXISTS base_stations (
+    bs_id TEXT PRIMARY KEY,
+    node TEXT NOT NULL,                 -- primary fog node
+    alternates TEXT NOT NULL DEFAULT '[]',  -- JSON: co-located nodes, same core cost
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS locations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    device TEXT NOT NULL,
+    bs_id TEXT NOT NULL,
+    reporter TEXT                       -- cluster head that reported it, if not the device
+);
+CREATE INDEX IF NOT EXISTS locations_device ON locations(device, at);
 """
 
 
@@ -296,6 +311,26 @@ class Store:
 
     def remove_application(self, name: str) -> None:
         self.db.execute("DELETE FROM applications WHERE name=?", (name,))
+
+    # --- base stations and locations (issue 5) ------------------------------------------
+
+    def add_base_station(self, bs_id: str, node: str, alternates: Iterable[str] = ()) -> None:
+        self.db.execute("INSERT OR REPLACE INTO base_stations VALUES (?,?,?,?)",
+                        (bs_id, node, json.dumps(list(alternates)), time.time()))
+
+    def base_stations(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM base_stations ORDER BY bs_id")
+        return [{**dict(r), "alternates": json.loads(r["alternates"])} for r in rows]
+
+    def add_location(self, device: str, bs_id: str, at: float,
+                     reporter: str | None = None) -> None:
+        self.db.execute("INSERT INTO locations (at, device, bs_id, reporter) VALUES (?,?,?,?)",
+                        (at, device, bs_id, reporter))
+
+    def locations(self, device: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT * FROM locations" + (" WHERE device=?" if device else "")
+        rows = self.db.execute(query + " ORDER BY at, id", (device,) if device else ())
+        return [dict(r) for r in rows]
 
 
 def open_store(state_dir: Path) -> Store:
