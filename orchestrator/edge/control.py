@@ -1,0 +1,257 @@
+"""The control plane's adapter: location updates → MME → decision engine → real actions.
+
+Why an adapter around a pure engine: `model.controller` decides, this module does —
+through `VmService`, `MigrationService` and issue 3's `ProxyService` — and logs every
+decision as a store event (kind "decision", with the inputs, the threshold and the
+verdict, which `orchestrator decisions` and the Prometheus exporter read). An `Applier`
+is whatever turns actions into side effects: the fleet one here, the scenario replay's
+own (VMs with replica disks, storage migrations), or a recorder in tests.
+
+Location updates arrive from the CLI (`orchestrator locate`) or from device emulators over
+a tiny line-JSON TCP endpoint (`LocationServer`) that only listens on loopback or on the
+lab's gateway address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from orchestrator.errors import OrchestratorError, UserError
+from orchestrator.fog.migration import MigrationRequest
+from orchestrator.fog.session import FleetSession
+from orchestrator.model.controller import (
+    Action,
+    ConstantDwell,
+    Controller,
+    ControlParams,
+    DwellEstimator,
+    Proxy,
+    TmigCache,
+)
+from orchestrator.model.mme import BaseStation, LocationUpdate, Mme, MmeError
+from orchestrator.model.precopy import Calibration
+from orchestrator.store import Store
+
+
+class Applier(Protocol):
+    """Turns one action into side effects; returns what happened (for the log)."""
+
+    def apply(self, action: Action) -> dict[str, Any]: ...
+
+
+def mme_from_store(store: Store) -> Mme:
+    """Base stations and device ownership as recorded; last known locations replayed."""
+    mme = Mme()
+    for bs in store.base_stations():
+        mme.add_bs(BaseStation(bs["bs_id"], bs["node"], tuple(bs["alternates"])))
+    for device in store.devices():
+        mme.register(device["id"], device["user"])
+    for loc in store.locations():
+        if loc["bs_id"] in mme.stations and loc["device"] in mme.owners:
+            mme.update(LocationUpdate(loc["device"], loc["bs_id"], loc["at"]))
+    return mme
+
+
+def log_decision(store: Store, action: Action, result: dict[str, Any] | None = None) -> None:
+    store.add_event("decision", action.user, {**action.as_event(), "result": result or {}})
+
+
+@dataclass
+class FleetApplier:
+    """Actions on the real fleet through the existing services."""
+
+    session: FleetSession
+    store: Store
+    state_dir: Path
+
+    def apply(self, action: Action) -> dict[str, Any]:
+        handler: Callable[[Action], dict[str, Any]] = {
+            "place": self._place, "migrate": self._migrate, "decompose": self._decompose,
+            "compose": self._compose, "reassign": self._reassign,
+        }.get(action.kind, lambda _a: {"status": "nothing to do"})
+        return handler(action)
+
+    def _proxies(self) -> Any:
+        from orchestrator.edge.proxies import ProxyService  # issue 3's module
+        return ProxyService(self.session, self.store, self.state_dir)
+
+    def _place(self, action: Action) -> dict[str, Any]:
+        assert action.destination is not None
+        vm = self._proxies().ensure(action.user, action.destination)
+        return {"status": "placed", "vm": vm}
+
+    def _migrate(self, action: Action) -> dict[str, Any]:
+        from orchestrator.edge.migrate import MigrationService
+        assert action.destination is not None
+        # NOTE: uncapped on purpose: a bandwidth-capped multi-round pre-copy of a guest that
+        # dirties memory can corrupt the guest under TCG on this QEMU (LAB-NOTES).
+        result = MigrationService(self.session, self.store, self.state_dir).migrate(
+            MigrationRequest(vm=action.proxy, destination=action.destination))
+        return {"status": result["status"], "migration_id": result["id"],
+                "transferred_bytes": result.get("transferred_bytes")}
+
+    def _register(self, vm: str, devices: tuple[str, ...]) -> None:
+        from orchestrator.edge.devices import profile
+        known = {d["id"]: d for d in self.store.devices()}
+        profiles = [profile(known[d]) for d in devices if d in known]
+        if profiles:
+            self._proxies().agent(vm).request("device_register", devices=profiles)
+
+    def _decompose(self, action: Action) -> dict[str, Any]:
+        from orchestrator.edge.vms import VmService
+        assert action.destination is not None and action.into is not None
+        VmService(self.session, self.store).create(action.into, action.destination, 128)
+        self._register(action.into, action.devices)
+        return {"status": "decomposed", "vm": action.into}
+
+    def _compose(self, action: Action) -> dict[str, Any]:
+        from orchestrator.edge.vms import VmService
+        assert action.into is not None
+        self._register(action.into, action.devices)
+        VmService(self.session, self.store).destroy(action.proxy)
+        return {"status": "composed", "vm": action.into}
+
+    def _reassign(self, action: Action) -> dict[str, Any]:
+        assert action.into is not None
+        self._register(action.into, action.devices)
+        return {"status": "reassigned", "vm": action.into}
+
+
+@dataclass
+class ControlPlane:
+    """One MME and one engine behind a lock; every update is recorded, every action logged."""
+
+    controller: Controller
+    applier: Applier
+    store: Store | None = None
+    clock: Callable[[], float] = time.time
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def handle(self, update: LocationUpdate) -> list[dict[str, Any]]:
+        with self._lock:
+            try:
+                roams = self.controller.mme.update(update)
+            except MmeError as exc:
+                raise UserError(str(exc)) from None
+            if self.store is not None:
+                for device in (update.device, *update.members):
+                    reporter = update.device if device != update.device else None
+                    self.store.add_location(device, update.bs_id, update.at_s, reporter)
+            return [self._apply(a) for a in self.controller.on_roams(roams)]
+
+    def _apply(self, action: Action) -> dict[str, Any]:
+        try:
+            result = self.applier.apply(action)
+        except OrchestratorError as exc:
+            result = {"status": "failed", "error": str(exc)}
+        if result.get("status") == "failed":
+            self.controller.failed(action)
+        if self.store is not None:
+            log_decision(self.store, action, result)
+        return {**action.as_event(), "result": result}
+
+
+# ----------------------------------------------------------------------------- the API
+
+
+def check_listen_address(address: str, allowed: set[str]) -> str:
+    """Loopback, or an address the caller names as a lab address of this machine."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise UserError(f"invalid listen address {address!r}") from None
+    if not ip.is_loopback and address not in allowed:
+        raise UserError(f"refusing to listen on {address}: only loopback or the lab gateway")
+    return address
+
+
+def parse_update(line: bytes, clock: Callable[[], float]) -> LocationUpdate:
+    """One request line: {"device": ID, "bs": BS[, "members": [...], "at": t]}."""
+    try:
+        msg = json.loads(line)
+        members = tuple(str(m) for m in msg.get("members", ()))
+        return LocationUpdate(str(msg["device"]), str(msg["bs"]),
+                              float(msg.get("at", clock())), members)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"bad location update: {exc}") from None
+
+
+class LocationServer(socketserver.ThreadingTCPServer):
+    """Line-JSON location updates; one JSON reply line per request."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], plane: ControlPlane) -> None:
+        self.plane = plane
+        super().__init__(address, _Handler)
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: LocationServer
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            if not line.strip():
+                continue
+            try:
+                update = parse_update(line, self.server.plane.clock)
+                reply: dict[str, Any] = {"ok": True,
+                                         "actions": self.server.plane.handle(update)}
+            except UserError as exc:
+                reply = {"ok": False, "error": str(exc)}
+            self.wfile.write(json.dumps(reply, default=str).encode() + b"\n")
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+def proxies_from_store(store: Store, memory_bytes: int) -> dict[str, list[Proxy]]:
+    """The engine's view of existing proxies: each user's proxy VM where it was last put,
+    plus a mobile part if the last decision about the user created one that still exists."""
+    out: dict[str, list[Proxy]] = {}
+    devices: dict[str, set[str]] = {}
+    for d in store.devices():
+        devices.setdefault(d["user"], set()).add(d["id"])
+    last: dict[str, dict[str, Any]] = {}
+    for ev in store.events("decision"):
+        if ev["data"].get("verdict") in ("decompose", "compose"):
+            last[ev["subject"]] = ev["data"]
+    for user in store.users():
+        vm = store.vm(user["proxy_vm"]) if user["proxy_vm"] else None
+        if vm is None:
+            continue
+        mine = frozenset(devices.get(user["name"], ()))
+        ev = last.get(user["name"], {})
+        mobile_vm = store.vm(ev["into"]) if ev.get("verdict") == "decompose" else None
+        if mobile_vm is None:
+            out[user["name"]] = [Proxy(vm.name, user["name"], vm.node, mine, memory_bytes)]
+            continue
+        moved = frozenset(ev["devices"]) & mine
+        out[user["name"]] = [
+            Proxy(vm.name, user["name"], vm.node, mine - moved, memory_bytes, "static"),
+            Proxy(mobile_vm.name, user["name"], mobile_vm.node, moved,
+                  mobile_vm.memory_mib << 20, "mobile")]
+    return out
+
+
+def build_control_plane(session: FleetSession, store: Store, state_dir: Path,
+                        params: ControlParams, calibration: Calibration | None,
+                        dwell: DwellEstimator | None = None,
+                        memory_mib: int = 128) -> ControlPlane:
+    mme = mme_from_store(store)
+    unknown = {bs.node for bs in mme.stations.values()} - set(session.fleet.nodes)
+    if unknown:
+        raise UserError(f"base stations map to unknown fog nodes: {', '.join(sorted(unknown))}")
+    controller = Controller(params, TmigCache(calibration), dwell or ConstantDwell(600.0), mme,
+                            clock=time.time, proxy_memory_bytes=memory_mib << 20)
+    controller.proxies = proxies_from_store(store, memory_mib << 20)
+    return ControlPlane(controller, FleetApplier(session, store, state_dir), store)
