@@ -23,6 +23,16 @@ class Nic:
 
 
 @dataclass(frozen=True)
+class Disk:
+    """A file-backed virtio disk, e.g. a qcow2 overlay whose backing image (a proxy VM's
+    static part) is pre-placed on replica nodes. libvirt detects the backing chain."""
+
+    path: str
+    target: str = "vdb"
+    fmt: str = "qcow2"
+
+
+@dataclass(frozen=True)
 class DomainSpec:
     name: str
     uuid: str
@@ -35,6 +45,7 @@ class DomainSpec:
     nics: tuple[Nic, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     on_poweroff: str = "destroy"
+    disks: tuple[Disk, ...] = ()
 
     def __post_init__(self) -> None:
         validate_name("VM", self.name)
@@ -95,6 +106,11 @@ def _os(domain: ET.Element, spec: DomainSpec) -> None:
 def _devices(domain: ET.Element, spec: DomainSpec) -> None:
     devices = _sub(domain, "devices")
     _sub(devices, "emulator", "/usr/bin/qemu-system-x86_64")
+    for disk in spec.disks:
+        el = _sub(devices, "disk", type="file", device="disk")
+        _sub(el, "driver", name="qemu", type=disk.fmt)
+        _sub(el, "source", file=disk.path)
+        _sub(el, "target", dev=disk.target, bus="virtio")
     for nic in spec.nics:
         iface = _sub(devices, "interface", type="bridge")
         _sub(iface, "mac", address=nic.mac)

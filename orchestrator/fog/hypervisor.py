@@ -194,6 +194,71 @@ class Hypervisor:
     def hostname(self) -> str:
         return str(self.conn.getHostname())
 
+    # --- storage (replicas of a proxy VM's static part) -----------------------------------
+
+    def ensure_dir_pool(self, name: str, path: str) -> None:
+        """A started `dir` storage pool at path (defined, built and started if missing).
+
+        NOTE: a lab node's /var/lib/libvirt is private to the node, so the same path is a
+        different directory per node; a pool there lets libvirt pre-create a migrating
+        disk's destination volume.
+        """
+        try:
+            pool = self.conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError:
+            xml = (f"<pool type='dir'><name>{name}</name>"
+                   f"<target><path>{path}</path></target></pool>")
+            try:
+                pool = self.conn.storagePoolDefineXML(xml, 0)
+                pool.build(0)
+            except libvirt.libvirtError as exc:
+                raise _error(f"define pool {name} on {self.node.name}", exc) from exc
+        try:
+            if not pool.isActive():
+                pool.create(0)
+            pool.refresh(0)
+        except libvirt.libvirtError as exc:
+            raise _error(f"start pool {name} on {self.node.name}", exc) from exc
+
+    def create_volume(self, pool: str, xml: str) -> str:
+        """Create a volume from XML in a pool; returns its path."""
+        try:
+            vol = self.conn.storagePoolLookupByName(pool).createXML(xml, 0)
+            return str(vol.path())
+        except libvirt.libvirtError as exc:
+            raise _error(f"create volume in {pool} on {self.node.name}", exc) from exc
+
+    def upload_volume(self, pool: str, name: str, data: bytes) -> None:
+        """Write data into an existing volume over the libvirt connection (a stream)."""
+        try:
+            vol = self.conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
+            stream = self.conn.newStream(0)
+            vol.upload(stream, 0, len(data), 0)
+            for at in range(0, len(data), 1 << 20):  # NOTE: one send is capped below 32 MiB
+                stream.send(data[at:at + (1 << 20)])
+            stream.finish()
+        except libvirt.libvirtError as exc:
+            raise _error(f"upload volume {name} on {self.node.name}", exc) from exc
+
+    def volume_path(self, pool: str, name: str) -> str | None:
+        try:
+            self.conn.storagePoolLookupByName(pool).refresh(0)
+            return str(self.conn.storagePoolLookupByName(pool)
+                       .storageVolLookupByName(name).path())
+        except libvirt.libvirtError:
+            return None
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        """Delete a volume if it exists."""
+        try:
+            vol = self.conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
+        except libvirt.libvirtError:
+            return
+        try:
+            vol.delete(0)
+        except libvirt.libvirtError as exc:
+            raise _error(f"delete volume {name} on {self.node.name}", exc) from exc
+
 
 @contextmanager
 def connect(node: FogNode, policy: NetworkPolicy) -> Iterator[Hypervisor]:
