@@ -147,7 +147,7 @@ class ReplicaService:
         spec = replace(vms._spec(record, fog), disks=(Disk(path, DISK_TARGET),))
         self.session.hypervisor(node).define_and_start(to_xml(spec))
         self.store.add_vm(record)
-        if record.address:
+        if record.address and wait_s > 0:
             GuestAgent(record.address, self.session.fleet.policy).wait_ready(wait_s)
         return record
 

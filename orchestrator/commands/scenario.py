@@ -1,0 +1,122 @@
+"""`orchestrator scenario run TRACE.csv`: replay a mobility trace on the lab, per policy.
+
+Prints the policy comparison (measured core bytes beside the simulator's prediction),
+writes result.json and core_bytes.png (matplotlib, Agg) under --out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrator import calibration_store
+from orchestrator.commands._common import app, json_option, print_json, print_table
+from orchestrator.edge import scenario as sc
+from orchestrator.errors import UserError
+from orchestrator.fleet import default_lab_prefix, lab_fleet
+from orchestrator.fog.session import FleetSession
+from orchestrator.lab.builder import Lab
+from orchestrator.model.controller import TmigCache
+from orchestrator.model.traces import TraceError
+from orchestrator.store import open_store
+
+
+@click.group("scenario")
+def command() -> None:
+    """Live replays of mobility traces on the lab-in-a-box."""
+
+
+@command.command("run")
+@click.argument("trace", type=click.Path(exists=True, dir_okay=False))
+@click.option("--policy", "policies", multiple=True, type=click.Choice(sc.POLICIES),
+              help="Policy to replay (repeatable; default: all three).")
+@click.option("--speedup", type=click.FloatRange(min=0.1, max=600), default=20.0,
+              show_default=True, help="Trace minutes per wall minute.")
+@click.option("--r-data", "r_data_mb", type=click.FloatRange(min=0.01, max=50), default=3.0,
+              show_default=True, help="Each user's stream, MB/s (wall).")
+@click.option("--replicas", type=click.IntRange(min=1, max=16), default=4, show_default=True)
+@click.option("--static-mib", type=click.IntRange(min=1, max=512), default=32,
+              show_default=True, help="Size of each proxy's static part (its disk).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Directory for result.json and core_bytes.png (default: state dir).")
+@json_option
+@click.pass_context
+def run(ctx: click.Context, trace: str, policies: tuple[str, ...], speedup: float,
+        r_data_mb: float, replicas: int, static_mib: int, out: str | None,
+        as_json: bool) -> None:
+    """Replay TRACE (CSV user,minute,bs_id) with real proxy VMs, streams and migrations."""
+    state = app(ctx).state_path
+    try:
+        parsed = sc.parse_small_trace(Path(trace).read_text().splitlines())
+    except (TraceError, OSError) as exc:
+        raise UserError(f"{trace}: {exc}") from None
+    cfg = sc.ReplayConfig(speedup=speedup, r_data_bps=r_data_mb * 1e6, replicas=replicas,
+                          static_part_bytes=static_mib << 20)
+    result = replay(state, parsed, list(policies or sc.POLICIES), cfg)
+    out_dir = Path(out) if out else state / "scenario"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    plot(result, out_dir / "core_bytes.png")
+    if as_json:
+        print_json(result)
+        return
+    rows = [(p["policy"], _mb(p["core_bytes"]), _mb(result["simulated"][p["policy"]]["core_bytes"]),
+             p["migrations"], p["incremental_migrations"], _mb(p["migration_bytes"]),
+             json.dumps(p["decisions"])) for p in result["policies"]]
+    print_table(f"core traffic, {trace}", ["policy", "core MB", "simulated MB", "migrations",
+                                           "incremental", "migration MB", "decisions"], rows)
+    click.echo(f"wrote {out_dir / 'result.json'} and {out_dir / 'core_bytes.png'}")
+
+
+def replay(state: Path, trace: sc.Trace, policies: list[str],
+           cfg: sc.ReplayConfig) -> dict[str, Any]:
+    lab = Lab.recorded(state, default_lab_prefix())
+    record = lab.require_up()
+    hooks = sc.LabHooks(core_bytes=lambda: lab.status()["core_bytes"], enter=lab.enter_argv,
+                        subnet=record["spec"]["subnet"], bridge="br-vm")
+    calibration = calibration_store.load(state)
+    records = open_store(state)
+    with FleetSession(lab_fleet(state)) as session:
+        nodes = sorted(session.fleet.nodes)
+        recorded = {b["bs_id"]: b["node"] for b in records.base_stations()}
+        bs_map = sc.default_bs_map({b for row in trace.bs for b in row}, nodes, recorded)
+        runner = sc.Replay(session, records, state, hooks, trace, bs_map, cfg, calibration)
+        try:
+            results = [runner.run(p) for p in policies]
+        finally:
+            records.close()
+    tmig = TmigCache(calibration)
+    t_full = tmig.t_mig_s(cfg.memory_mib << 20, cfg.r_mig_bps, extra_bytes=cfg.static_part_bytes)
+    t_rep = tmig.t_mig_s(cfg.memory_mib << 20, cfg.r_mig_bps, extra_bytes=cfg.overlay_bytes)
+    places = sc.node_minutes(trace, bs_map, nodes)
+    return {"config": sc.config_dict(cfg), "bs_map": bs_map, "users": list(trace.users),
+            "minutes": trace.n_minutes, "t_mig_s": t_full, "t_mig_replica_s": t_rep,
+            "policies": results,
+            "simulated": sc.simulate(places, len(nodes), cfg, t_full, t_rep)}
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = [p["policy"] for p in result["policies"]]
+    measured = [p["core_bytes"] / 1e6 for p in result["policies"]]
+    simulated = [result["simulated"][n]["core_bytes"] / 1e6 for n in names]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], measured, 0.4, label="measured (core veths)")
+    ax.bar([x + 0.2 for x in xs], simulated, 0.4, label="simulator")
+    ax.set_xticks(list(xs), names)
+    ax.set_ylabel("core traffic (MB)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _mb(value: float) -> str:
+    return f"{value / 1e6:.1f}"
+
