@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
@@ -49,11 +50,8 @@ def overlay_name(vm: str) -> str:
 def static_part(user: str, size: int) -> bytes:
     """Deterministic, incompressible content standing in for models and profiles (zeros
     would cross the core as tiny markers and hide what replicas save)."""
-    out, block = bytearray(), 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{user}:{block}".encode()).digest() * 128
-        block += 1
-    return bytes(out[:size])
+    seed = int.from_bytes(hashlib.sha256(user.encode()).digest()[:8], "big")
+    return random.Random(seed).randbytes(size)
 
 
 def raw_volume_xml(name: str, capacity: int) -> str:
