@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from orchestrator.model import dwell as dwell_model
 from orchestrator.model.decision import Decision, decide
@@ -160,7 +161,9 @@ class ConstantDwell:
 
 class ModelDwell:
     """`dwell.DwellModel` behind names, with wall time compressed: one trace minute lasts
-    `minute_s` wall seconds. Predictions are cached per (user, place, time-of-day bin)."""
+    `minute_s` wall seconds. Per user, the predictions for every (place, time-of-day bin)
+    are computed in one vectorised call and kept as a small array, so a decision is an
+    array lookup (`warm` precomputes many users at once)."""
 
     def __init__(self, model: dwell_model.DwellModel, users: Mapping[str, int],
                  places: Mapping[str, int], minute_s: float = 60.0, origin_s: float = 0.0,
@@ -168,28 +171,39 @@ class ModelDwell:
         self.model, self.users, self.places = model, dict(users), dict(places)
         self.minute_s, self.origin_s = minute_s, origin_s
         self.n_minutes = n_minutes
-        self._cache: dict[tuple[int, int, int], float] = {}
+        self._n_places = max([*self.places.values(), model.n_places - 1]) + 1
+        self._tables: dict[int, npt.NDArray[np.float64]] = {}
 
     def estimate_s(self, user: str, node: str, at_s: float) -> float:
         minute = max(int((at_s - self.origin_s) // self.minute_s), 0)
-        bins = self.model.bins_per_day
-        key = (self.users.get(user, -1), self.places.get(node, -1), (minute % 1440) * bins // 1440)
-        trace_s = self._cache.get(key)
-        if trace_s is None:
-            trace_s = self._predict(key[0], key[1], minute)
-            self._cache[key] = trace_s
+        uid, place = self.users.get(user, -1), self.places.get(node, -1)
+        if uid < 0 or place < 0:  # unknown to the history: the population mean
+            trace_s = self.model.global_mean_s
+        else:
+            table = self._tables.get(uid)
+            if table is None:
+                self.warm([user])
+                table = self._tables[uid]
+            trace_s = float(table[place, (minute % 1440) * self.model.bins_per_day // 1440])
         if self.n_minutes is not None:  # the trace's end is known: cap by the time left
             trace_s = min(trace_s, max(self.n_minutes - minute, 0) * 60.0)
         return trace_s * self.minute_s / 60.0
 
-    def _predict(self, user: int, place: int, minute: int) -> float:
-        one = np.array([max(user, 0)], dtype=np.int64)
-        visits = dwell_model.Visits(one, np.array([max(place, 0)], dtype=np.int64),
-                                    np.array([minute], dtype=np.int64),
-                                    np.array([1], dtype=np.int64), max(user, 0) + 1, 1 << 40)
-        if user < 0 or place < 0:  # unknown to the history: the population mean
-            return self.model.global_mean_s
-        return float(dwell_model.predict(self.model, visits)[0])
+    def warm(self, users: Iterable[str], chunk: int = 512) -> None:
+        """Precompute the (place, bin) tables of these users, `chunk` users per call."""
+        ids = sorted({self.users[u] for u in users if u in self.users} - set(self._tables))
+        n_p, n_b = self._n_places, self.model.bins_per_day
+        for at in range(0, len(ids), chunk):
+            part = np.array(ids[at:at + chunk], dtype=np.int64)
+            cells = n_p * n_b
+            user = np.repeat(part, cells)
+            place = np.tile(np.repeat(np.arange(n_p, dtype=np.int64), n_b), len(part))
+            start = np.tile(np.arange(n_b, dtype=np.int64) * 1440 // n_b, len(part) * n_p)
+            visits = dwell_model.Visits(user, place, start, np.ones_like(user),
+                                        int(part.max()) + 1, 1 << 40)
+            pred = dwell_model.predict(self.model, visits).reshape(len(part), n_p, n_b)
+            for i, uid in enumerate(part.tolist()):
+                self._tables[uid] = pred[i]
 
 
 # ----------------------------------------------------------------------------- engine
