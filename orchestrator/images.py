@@ -55,11 +55,17 @@ def local_image() -> GuestImage:
 
 
 def guest_cmdline(name: str, address: str | None, prefix_len: int | None,
-                  gateway: str | None = None, role: str = "proxy") -> str:
+                  gateway: str | None = None, role: str = "proxy", tcg: bool = False) -> str:
     """Kernel command line of a VM; the initramfs configures eth0 from it and the agent
     takes its role (proxy or app) from it."""
     parts = ["console=ttyS0", "quiet", "panic=-1", f"edgeiot.name={name}",
              f"edgeiot.role={role}"]
+    if tcg:
+        # NOTE: QEMU < 9.0 under TCG loses dirty pages written through cached softmmu TLB
+        # entries during pre-copy (fixed upstream by 03bfc2188f); a guest with page-table
+        # isolation flushes its TLB on every kernel entry and exit, which closes the window.
+        # See docs/tcg-migration-corruption.md.
+        parts.append("pti=on")
     if address and prefix_len:
         parts.append(f"edgeiot.ip={address}/{prefix_len}")
     if gateway:

@@ -103,6 +103,20 @@ class MigrationService:
             outcome = self._run(guest, request, self._sample_sink(record_id, observer))
             return self._finish(record_id, request, guest.node, memory, outcome, prediction)
 
+    def _remove_leftovers(self, vm: str) -> list[str]:
+        """After a failed migration the destination may hold a paused incoming domain (e.g.
+        when the core link died and the nodes could not agree); it must not outlive us."""
+        guests = self.session.locate(vm)
+        if not any(g.is_running() for g in guests):
+            return []  # nothing runs: keep every copy for reconcile to judge
+        removed = []
+        for guest in guests:
+            if not guest.is_running():
+                guest.destroy()
+                guest.undefine()
+                removed.append(guest.node)
+        return removed
+
     def _sample_sink(self, record_id: int,
                      observer: MigrationObserver | None) -> Callable[[JobSample], None]:
         """Every live sample goes to the record at once, then to the observer."""
@@ -162,6 +176,7 @@ class MigrationService:
 
     def _finish(self, record_id: int, request: MigrationRequest, source: str, memory: int,
                 outcome: MigrationOutcome, prediction: Prediction | None) -> dict[str, Any]:
+        leftovers = self._remove_leftovers(request.vm)
         placement = self.session.running_on(request.vm)
         final = outcome.final.as_dict() if outcome.final else {}
         status, error = outcome.status, outcome.error
@@ -186,7 +201,8 @@ class MigrationService:
             "dirty_rate_pages_s": final.get("dirty_rate_pages_s",
                                             max((s.dirty_rate_pages_s for s in outcome.samples),
                                                 default=0)),
-            "final": final, "placement": placement, "error": error,
+            "final": final, "placement": placement, "removed_leftovers": leftovers,
+            "error": error,
             **prediction_figures(prediction, final.get("total_time_ms")),
         }
         samples = [s.as_dict() for s in outcome.samples]

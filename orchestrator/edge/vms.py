@@ -87,12 +87,13 @@ class VmService:
     def _spec(self, record: VmRecord, node: FogNode) -> DomainSpec:
         fleet = self.session.fleet
         image = GuestImage(Path(node.image_dir))
+        domain_type = self._domain_type(node, image)
         return DomainSpec(
             name=record.name, uuid=record.uuid, memory_mib=record.memory_mib,
-            vcpus=record.vcpus, domain_type=self._domain_type(node, image),
+            vcpus=record.vcpus, domain_type=domain_type,
             kernel=str(image.kernel), initrd=str(image.initrd),
             cmdline=guest_cmdline(record.name, record.address, fleet.prefix_len, fleet.gateway,
-                                  record.role),
+                                  record.role, tcg=domain_type == "qemu"),
             nics=(Nic(bridge=node.vm_bridge, mac=record.mac),),
             metadata={"role": record.role},
         )

@@ -8,11 +8,14 @@ route to the node.
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import libvirt
 
@@ -37,6 +40,31 @@ STATE_NAMES = {
     libvirt.VIR_DOMAIN_CRASHED: "crashed",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
+
+
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def _ensure_event_loop() -> None:
+    """Run libvirt's default event loop in a daemon thread, once per process.
+
+    NOTE: client-side keepalive only works with an event loop; without it a call to a node
+    whose link died blocks until TCP gives up (many minutes). Must run before the first
+    connection is opened.
+    """
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def loop() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=loop, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
 
 
 def _error(what: str, exc: libvirt.libvirtError) -> OrchestratorError:
@@ -129,6 +157,24 @@ class Guest:
                 raise _error(f"undefine {self.name} on {self.node}", exc) from exc
 
 
+DEFAULT_PORTS = {"qemu+tcp": 16509, "qemu+tls": 16514}
+CONNECT_TIMEOUT_S = 3.0
+
+
+def _probe_listener(node: FogNode, address: str) -> None:
+    """Fail fast when nobody answers: libvirt has no connect timeout, and a SYN to a node
+    whose link is gone is retried for about two minutes."""
+    parsed = urlparse(node.uri)
+    port = parsed.port or DEFAULT_PORTS.get(parsed.scheme)
+    if port is None:
+        return  # e.g. qemu+ssh: ssh has its own timeouts
+    try:
+        socket.create_connection((address, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise OrchestratorError(f"cannot connect to fog node {node.name} ({node.uri}): "
+                                f"no answer on {address}:{port} ({exc})") from exc
+
+
 class Hypervisor:
     """libvirt connection to one fog node."""
 
@@ -139,11 +185,20 @@ class Hypervisor:
     @classmethod
     def open(cls, node: FogNode, policy: NetworkPolicy) -> Hypervisor:
         if node.host:
-            check_destination(node.host, policy)
+            address = check_destination(node.host, policy)
+            _probe_listener(node, address)
+        _ensure_event_loop()
         try:
             conn = libvirt.open(node.uri)
         except libvirt.libvirtError as exc:
             raise _error(f"cannot connect to fog node {node.name} ({node.uri})", exc) from exc
+        if "+" in node.uri.split(":", 1)[0]:
+            # NOTE: remote connections only; keepalive makes a vanished node fail calls
+            # within ~10 s instead of hanging on TCP.
+            try:
+                conn.setKeepAlive(3, 3)
+            except libvirt.libvirtError:
+                pass
         return cls(node, conn)
 
     def close(self) -> None:
@@ -151,6 +206,12 @@ class Hypervisor:
             self.conn.close()
         except libvirt.libvirtError:
             pass
+
+    def is_alive(self) -> bool:
+        try:
+            return bool(self.conn.isAlive())
+        except libvirt.libvirtError:
+            return False
 
     def lookup(self, name: str) -> Guest | None:
         try:

@@ -105,23 +105,36 @@ class Watch:
     action: TimeoutAction = TimeoutAction.NONE
     action_error: str | None = None
     stall: str | None = None  # why the pre-copy was judged stalled, if it was
+    abandoned: bool = False  # stopped waiting for a libvirt call that outlived its job
 
 
 def watch(job_stats: Callable[[], dict[str, Any]], finished: Callable[[], bool],
           act: Callable[[TimeoutAction], None], *, timeout_s: float | None, postcopy: bool,
           auto_converge: bool = False, clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
-          interval_s: float = 0.2,
+          interval_s: float = 0.2, job_gone_grace_s: float = 15.0,
           on_sample: Callable[[JobSample], None] | None = None) -> Watch:
     """Sample the job until `finished()`; apply the policy once, at the timeout or as soon as
-    the pre-copy stalls (remaining data no longer shrinking from round to round)."""
+    the pre-copy stalls (remaining data no longer shrinking from round to round).
+
+    NOTE: when the core link dies, libvirt's peer-to-peer call can hang for many minutes
+    after the source job has ended (it waits on the unreachable destination libvirtd). Once
+    our policy has acted and the source has shown no job for `job_gone_grace_s`, the watch
+    gives up waiting (`abandoned`); the caller then checks where the VM really runs.
+    """
     seen = Watch()
     start = clock()
+    gone_since: float | None = None
     while not finished():
         now = clock() - start
         try:
             sample = parse_sample(job_stats(), now)
         except OrchestratorError:
             sample = None  # the job ended between finished() and jobStats()
+        gone_since = None if sample is not None else (now if gone_since is None else gone_since)
+        if (gone_since is not None and seen.action is not TimeoutAction.NONE
+                and now - gone_since >= job_gone_grace_s):
+            seen.abandoned = True
+            break
         acted = seen.action is not TimeoutAction.NONE
         action = timeout_action(now, timeout_s, postcopy, acted)
         if sample is not None:
@@ -185,8 +198,13 @@ def run_migration(guest: Guest, destination: Hypervisor, request: MigrationReque
                  timeout_s=request.timeout_s, postcopy=request.postcopy,
                  auto_converge=request.auto_converge, clock=clock,
                  sleep=sleep or worker.join, interval_s=interval_s, on_sample=on_sample)
-    worker.join()
+    if not seen.abandoned:
+        worker.join()
     wall = clock() - started
+    if seen.abandoned:
+        return MigrationOutcome("aborted", seen.samples, None, wall, seen.action.value,
+                                "libvirt's migration call had not returned "
+                                "after the job ended (destination unreachable?)", seen.stall)
     if failure:
         status = "aborted" if seen.action is TimeoutAction.ABORT else "failed"
         return MigrationOutcome(status, seen.samples, None, wall, seen.action.value,

@@ -190,3 +190,23 @@ def test_stall_policy(postcopy, auto_converge, expected):
                  postcopy=postcopy, auto_converge=auto_converge, clock=clock,
                  sleep=clock.sleep)
     assert acted == expected and seen.stall
+
+
+def test_a_call_that_outlives_its_aborted_job_is_abandoned_after_the_grace():
+    clock = FakeClock()
+    script = [job(1, 100 * MiB, i * MiB) for i in range(10)]
+    script += [{"type": libvirt.VIR_DOMAIN_JOB_NONE}] * 500  # the job is gone, the call hangs
+    scripted = ScriptedJob(script)
+    acted = []
+    seen = watch(scripted.stats, scripted.finished, acted.append, timeout_s=1.0,
+                 postcopy=False, clock=clock, sleep=clock.sleep, job_gone_grace_s=5.0)
+    assert acted == [TimeoutAction.ABORT] and seen.abandoned
+    assert 5.0 <= clock.now - 100.0 - 2.0 <= 5.5  # gave up 5 s after the job vanished
+
+
+def test_no_job_yet_without_any_action_is_not_abandoned():
+    clock = FakeClock()
+    scripted = ScriptedJob([{"type": libvirt.VIR_DOMAIN_JOB_NONE}] * 200 + [job(1, MiB, 0)])
+    seen = watch(scripted.stats, scripted.finished, lambda a: None, timeout_s=None,
+                 postcopy=False, clock=clock, sleep=clock.sleep, job_gone_grace_s=5.0)
+    assert not seen.abandoned and len(seen.samples) == 1

@@ -1,0 +1,227 @@
+"""The fault matrix (issue 8) on a real lab: every case ends with the VM running exactly
+once, no leftover domain, and a record that says what happened.
+
+One lab for the module (3 fog nodes, 400 MiB of VM memory each) and one 128 MiB VM. Faults
+are injected while a bandwidth-capped migration runs in a separate `orchestrator` process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from orchestrator.errors import ExitStatus
+from orchestrator.fleet import lab_fleet
+from orchestrator.fog.guest_agent import GuestAgent
+from orchestrator.fog.session import FleetSession
+from tests.integration.conftest import lab_fixture
+
+pytestmark = pytest.mark.lab
+
+PREFIX, SUBNET = "efault", "10.70.0.0/16"
+lab = lab_fixture(PREFIX, SUBNET, 3, "--node-memory", "400")
+VM = "proxy-f1"
+SLOW = "6"  # MiB/s: a 128 MiB guest takes ~12 s, time enough to strike
+
+
+def orchestrator(lab_handle, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "EDGEIOT_STATE_DIR": str(lab_handle.state_dir),
+           "EDGEIOT_LAB": PREFIX}
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 90) -> tuple[int, dict, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, (json.loads(out) if out.strip() else {}), err
+
+
+def wait_until_moving(cli, timeout: float = 30) -> None:
+    """Until the running migration's record shows bytes on the wire."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = cli("migrations", "--status", "running", "--samples", "--json").json()
+        if running and any(s["processed_bytes"] > 0 for s in running[0]["samples"]):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the migration never started moving data")
+
+
+def world(lab_handle) -> tuple[list[str], list[str]]:
+    """(nodes where the VM runs, nodes holding any other copy of it)."""
+    with FleetSession(lab_fleet(lab_handle.state_dir, PREFIX)) as session:
+        guests = session.locate(VM)
+        return ([g.node for g in guests if g.is_running()],
+                [g.node for g in guests if not g.is_running()])
+
+
+def assert_runs_once(lab_handle, where: str | None = None, settle_s: float = 45) -> None:
+    """Exactly one running copy and no leftover, allowing libvirt time to clean up."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        running, others = world(lab_handle)
+        if len(running) == 1 and not others:
+            break
+        assert time.monotonic() < deadline, f"running on {running}, leftovers on {others}"
+        time.sleep(1)
+    if where:
+        assert running == [where]
+
+
+def node_entry(lab_handle, node: str) -> dict:
+    state = json.loads((lab_handle.state_dir / "labs" / PREFIX / "lab.json").read_text())
+    return next(e for e in state["nodes"] if e["name"] == node)
+
+
+def latest(cli) -> dict:
+    return cli("migrations", "--json", "--limit", "1").json()[0]
+
+
+def test_setup_vm(lab, cli):
+    result = cli("vm", "create", VM, "--node", "fog1", "--memory", "128")
+    assert result.status == ExitStatus.SUCCESS, result.err
+    assert_runs_once(lab, "fog1")
+
+
+def test_refused_when_the_destination_lacks_memory(lab, cli):
+    filler = cli("vm", "create", "filler", "--node", "fog3", "--memory", "288", "--wait", "0")
+    assert filler.status == ExitStatus.SUCCESS, filler.err
+    try:
+        before = cli("migrations", "--json").json()
+        result = cli("migrate", VM, "--to", "fog3")
+        assert result.status == ExitStatus.BAD_INPUT
+        assert "fog3 has not enough free memory" in result.err
+        assert cli("migrations", "--json").json() == before  # refused before anything moved
+        too_big = cli("vm", "create", "huge", "--node", "fog2", "--memory", "512")
+        assert too_big.status == ExitStatus.BAD_INPUT and "not enough free memory" in too_big.err
+    finally:
+        cli("vm", "destroy", "filler")
+    assert_runs_once(lab, "fog1")
+
+
+def test_second_migration_of_the_same_vm_is_refused(lab, cli):
+    first = orchestrator(lab, "migrate", VM, "--to", "fog2", "--bandwidth", SLOW, "--json")
+    try:
+        wait_until_moving(cli)
+        second = cli("migrate", VM, "--to", "fog3")
+        assert second.status == ExitStatus.BAD_INPUT
+        assert "already running" in second.err
+    finally:
+        rc, record, err = finish(first)
+    assert rc == 0, err
+    assert record["status"] == "completed"
+    assert_runs_once(lab, "fog2")
+
+
+def test_core_link_cut_mid_migration(lab, cli):
+    proc = orchestrator(lab, "migrate", VM, "--to", "fog3", "--bandwidth", SLOW,
+                        "--timeout", "10", "--json")
+    link = f"{PREFIX}-fog3c"
+    try:
+        wait_until_moving(cli)
+        subprocess.run(["ip", "link", "set", link, "down"], check=True)
+        rc, record, err = finish(proc)
+    finally:
+        subprocess.run(["ip", "link", "set", link, "up"], check=True)
+    assert rc == ExitStatus.ERROR, err
+    assert record["status"] in ("aborted", "failed")
+    assert record["placement"] == ["fog2"]
+    assert latest(cli)["status"] == record["status"]
+    assert_runs_once(lab, "fog2")
+
+
+def test_destination_libvirtd_killed_mid_migration(lab, cli):
+    proc = orchestrator(lab, "migrate", VM, "--to", "fog1", "--bandwidth", SLOW, "--json")
+    wait_until_moving(cli)
+    os.kill(node_entry(lab, "fog1")["libvirtd_pid"], signal.SIGKILL)
+    rc, record, err = finish(proc)
+    assert rc == ExitStatus.ERROR, err
+    assert record["status"] == "failed" and record["placement"] == ["fog2"]
+    assert cli("lab", "restart-libvirtd", "fog1").status == ExitStatus.SUCCESS
+    assert_runs_once(lab, "fog2")  # the restarted libvirtd drops the half-made incoming VM
+
+
+def test_source_libvirtd_restarted_mid_migration(lab, cli):
+    proc = orchestrator(lab, "migrate", VM, "--to", "fog1", "--bandwidth", SLOW, "--json")
+    wait_until_moving(cli)
+    assert cli("lab", "restart-libvirtd", "fog2").status == ExitStatus.SUCCESS
+    rc, record, err = finish(proc)
+    assert rc == ExitStatus.ERROR, err
+    assert record["status"] == "failed"
+    assert_runs_once(lab, "fog2")
+    assert latest(cli)["status"] == "failed"
+
+
+def test_orchestrator_killed_mid_migration_then_reconciled(lab, cli):
+    proc = orchestrator(lab, "migrate", VM, "--to", "fog3", "--bandwidth", SLOW, "--json")
+    wait_until_moving(cli)
+    proc.kill()
+    proc.communicate()
+    orphan = latest(cli)
+    assert orphan["status"] == "running"
+    report = cli("reconcile", "--json")
+    assert report.status == ExitStatus.SUCCESS, report.err
+    closed = {c[0]: c for c in report.json()["closed_records"]}
+    assert orphan["id"] in closed
+    assert_runs_once(lab)
+    repaired = latest(cli)
+    assert repaired["status"] in ("failed", "completed")
+    assert "orchestrator died" in repaired["error"]
+    assert cli("reconcile", "--json").json()["closed_records"] == []  # idempotent
+
+
+def test_a_dirty_rate_that_never_converges_is_aborted_by_policy(lab, cli):
+    running, _ = world(lab)
+    address = cli("vm", "list", "--json").json()[0]["address"]
+    agent = GuestAgent(address, lab_fleet(lab.state_dir, PREFIX).policy)
+    agent.set_dirtier(pages_per_s=300000, working_set_mib=12)
+    target = "fog2" if running != ["fog2"] else "fog3"
+    try:
+        result = cli("migrate", VM, "--to", target, "--bandwidth", "20", "--json")
+    finally:
+        agent.set_dirtier(pages_per_s=0, working_set_mib=0)
+    assert result.status == ExitStatus.ERROR
+    record = result.json()
+    assert record["status"] == "aborted" and record["policy"] == "abort"
+    assert "has not shrunk" in record["stalled"]
+    assert latest(cli)["result"]["stalled"] == record["stalled"]
+    assert_runs_once(lab, running[0])
+
+
+def test_a_vanished_fog_node(lab, cli):
+    running, _ = world(lab)
+    gone = next(n for n in ("fog1", "fog2", "fog3") if n not in running)
+    subprocess.run(["ip", "link", "set", f"{PREFIX}-{gone}c", "down"], check=True)
+    try:
+        listing = cli("vm", "list", "--json")
+        assert listing.status == ExitStatus.SUCCESS
+        assert f"fog node {gone} unreachable" in listing.err
+        assert [r["node"] for r in listing.json()] == running
+        result = cli("migrate", VM, "--to", gone)
+        assert result.status == ExitStatus.ERROR and "cannot connect" in result.err
+    finally:
+        subprocess.run(["ip", "link", "set", f"{PREFIX}-{gone}c", "up"], check=True)
+    assert_runs_once(lab, running[0])
+
+
+def test_lab_down_during_a_migration_leaves_nothing(lab, cli):
+    running, _ = world(lab)
+    target = "fog2" if running != ["fog2"] else "fog3"
+    proc = orchestrator(lab, "migrate", VM, "--to", target, "--bandwidth", SLOW, "--json")
+    wait_until_moving(cli)
+    assert cli("lab", "down").status == ExitStatus.SUCCESS
+    finish(proc)
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"{PREFIX}-" not in links and f"{PREFIX}-" not in netns
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if f"guest={VM}" in " ".join(p.info["cmdline"] or [])]
+    assert str(lab.state_dir) not in Path("/proc/mounts").read_text()
