@@ -96,9 +96,9 @@ def test_vm_migrates_and_keeps_running(lab, cli, destination, bandwidth):
 
 def test_a_dirtying_guest_migrates_with_its_dirty_rate_recorded(lab, cli):
     guest = agent(lab)
-    guest.set_dirtier(pages_per_s=2000, working_set_mib=8)
+    guest.set_dirtier(pages_per_s=1000, working_set_mib=12)
     try:
-        result = cli("migrate", VM, "--to", "fog2", "--bandwidth", "30", "--json")
+        result = cli("migrate", VM, "--to", "fog2", "--bandwidth", "20", "--json")
     finally:
         guest.set_dirtier(pages_per_s=0, working_set_mib=0)
     assert result.status == ExitStatus.SUCCESS, result.err
