@@ -23,9 +23,14 @@ class FleetSession:
         self.close()
 
     def hypervisor(self, node: str) -> Hypervisor:
-        if node not in self._open:
-            self._open[node] = Hypervisor.open(self.fleet.node(node), self.fleet.policy)
-        return self._open[node]
+        """The node's connection, reopened if it died (e.g. its libvirtd restarted)."""
+        cached = self._open.get(node)
+        if cached is not None and not cached.is_alive():
+            cached.close()
+            cached = None
+        if cached is None:
+            cached = self._open[node] = Hypervisor.open(self.fleet.node(node), self.fleet.policy)
+        return cached
 
     def reachable(self) -> list[Hypervisor]:
         """Connections to every node that answers; the others are noted in `unreachable`.
