@@ -47,18 +47,22 @@ from orchestrator.model.precopy import JobSample as ModelSample
 @click.option("--postcopy", is_flag=True, help="Allow post-copy; switch to it at --timeout.")
 @click.option("--timeout", "timeout_s", type=float, default=None,
               help="Seconds before the policy applies: abort, or post-copy with --postcopy.")
+@click.option("--storage", type=click.Choice(["incremental", "full"]), default=None,
+              help="Copy local disks too: only overlays (the backing image is already at "
+                   "the destination, e.g. a replica) or everything.")
 @inventory_option
 @json_option
 @click.pass_context
 def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: int | None,
             downtime_ms: int | None, auto_converge: bool, postcopy: bool,
-            timeout_s: float | None, inventory: str | None, as_json: bool) -> ExitStatus:
+            timeout_s: float | None, storage: str | None, inventory: str | None,
+            as_json: bool) -> ExitStatus:
     """Live-migrate a VM (pre-copy) to another fog node."""
     validate_name("VM", name)
     request = MigrationRequest(vm=name, destination=destination,
                                bandwidth_mib_s=bandwidth_mib_s, downtime_ms=downtime_ms,
                                auto_converge=auto_converge, postcopy=postcopy,
-                               timeout_s=timeout_s)
+                               timeout_s=timeout_s, storage=storage)
     with fleet_session(ctx, inventory) as session, store(ctx) as records:
         _reconcile_orphans(Reconciler(session, records))
         calibration = calibration_store.load(app(ctx).state_path)

@@ -103,7 +103,7 @@ class AppService:
             if node.facts.get("kind") == "cloud":
                 out[name] = math.inf
             else:
-                out[name] = float(node.facts.get("capacity_mib") or self.fog_capacity_mib
+                out[name] = float(node.facts.get("memory_mib") or self.fog_capacity_mib
                                   or DEFAULT_FOG_CAPACITY_MIB)
         return out
 

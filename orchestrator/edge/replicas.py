@@ -18,19 +18,17 @@ backing file is the destination's own replica.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import libvirt  # NOTE: flag constants only; every libvirt call goes through fog.hypervisor
-
+from orchestrator.edge.migrate import MigrationService
 from orchestrator.edge.vms import VmService
 from orchestrator.errors import OrchestratorError
-from orchestrator.fog.domain_xml import Disk, to_xml
-from orchestrator.fog.guest_agent import GuestAgent
+from orchestrator.fog.domain_xml import Disk
+from orchestrator.fog.migration import MigrationRequest
 from orchestrator.fog.session import FleetSession
 from orchestrator.store import Store, VmRecord
 
@@ -76,34 +74,18 @@ def overlay_volume_xml(name: str, capacity: int, backing_path: str) -> str:
     return ET.tostring(vol, encoding="unicode")
 
 
-def storage_flags(incremental: bool) -> int:
-    """Live, peer-to-peer, persistent at the destination, gone from the source, and the
-    disk mirrored: only the overlay (incremental) or all of it."""
-    flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
-             | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
-    return int(flags | (libvirt.VIR_MIGRATE_NON_SHARED_INC if incremental
-                        else libvirt.VIR_MIGRATE_NON_SHARED_DISK))
-
-
-def storage_params() -> dict[str, Any]:
-    # NOTE: uncapped: a bandwidth-capped multi-round pre-copy of a guest that dirties memory
-    # can corrupt the guest under TCG on this QEMU (LAB-NOTES / known limitation).
-    return {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: [DISK_TARGET]}
-
-
-def completed_figures(stats: dict[str, Any]) -> dict[str, Any]:
-    """What a storage migration moved, from the destination's completed job stats."""
-    memory = int(stats.get("memory_processed", 0) or 0)
-    disk = int(stats.get("disk_processed", 0) or 0)
-    return {"memory_bytes_sent": memory, "disk_bytes_sent": disk,
-            "transferred_bytes": memory + disk,
-            "total_time_ms": stats.get("time_elapsed"), "downtime_ms": stats.get("downtime")}
+def storage_request(vm: str, destination: str, incremental: bool) -> MigrationRequest:
+    """Memory plus the disk: only the overlay (incremental) or all of it (full)."""
+    return MigrationRequest(vm=vm, destination=destination,
+                            storage="incremental" if incremental else "full",
+                            disks=(DISK_TARGET,))
 
 
 @dataclass
 class ReplicaService:
     session: FleetSession
     store: Store
+    state_dir: Path
     size_bytes: int = 32 * 2**20
 
     def prepare_nodes(self) -> None:
@@ -137,49 +119,28 @@ class ReplicaService:
     def create_vm(self, name: str, node: str, user: str, memory_mib: int = 128,
                   wait_s: float = 60.0) -> VmRecord:
         """A proxy VM whose disk is an overlay on the user's static part (placed at node)."""
-        vms = VmService(self.session, self.store)
-        fog = self.session.fleet.node(node)
         self.place_base(user, [node])
         path = self._overlay(name, user, node)
-        record = vms._plan(name, fog, memory_mib, 1, "proxy")  # hook: VmService(disks=...)
-        spec = replace(vms._spec(record, fog), disks=(Disk(path, DISK_TARGET),))
-        self.session.hypervisor(node).define_and_start(to_xml(spec))
-        self.store.add_vm(record)
-        if record.address and wait_s > 0:
-            GuestAgent(record.address, self.session.fleet.policy).wait_ready(wait_s)
-        return record
+        return VmService(self.session, self.store).create(
+            name, node, memory_mib, wait_s=wait_s, disks=(Disk(path, DISK_TARGET),))
 
     def migrate(self, vm: str, destination: str, user: str,
                 use_replica: bool = True) -> dict[str, Any]:
         """Storage + memory migration, incremental when the destination holds a replica.
         Recorded like every migration; the source's overlay is removed afterwards."""
-        guests = [g for g in self.session.locate(vm) if g.is_running()]
-        if len(guests) != 1:
-            raise OrchestratorError(f"{vm} runs on {len(guests)} nodes, expected 1")
-        guest = guests[0]
-        source = guest.node
+        source = self.session.running_on(vm)
         incremental = use_replica and self.has_base(user, destination)
         if incremental:
             self._overlay(vm, user, destination)
-        params = {"vm": vm, "destination": destination, "storage": "incremental"
-                  if incremental else "full", "disk_bytes": self.size_bytes}
-        record_id = self.store.start_migration(vm, source, destination, params, None,
-                                               os.getpid())
-        started = time.monotonic()
-        try:
-            guest.migrate(self.session.fleet.node(destination).uri, storage_params(),
-                          storage_flags(incremental))
-        except OrchestratorError as exc:
-            self.store.finish_migration(record_id, "failed", {"error": str(exc)}, [], str(exc))
-            return {"id": record_id, "status": "failed", "error": str(exc), **params}
-        dest = self.session.hypervisor(destination).lookup(vm)
-        stats = dest.job_stats(completed=True) if dest else {}
-        result = {**params, **completed_figures(stats), "source": source,
-                  "wall_time_ms": round((time.monotonic() - started) * 1000)}
-        self.store.set_vm_node(vm, destination)
-        self.store.finish_migration(record_id, "completed", result, [])
-        self.session.hypervisor(source).delete_volume(POOL, overlay_name(vm))
-        return {"id": record_id, "status": "completed", **result}
+        result = MigrationService(self.session, self.store, self.state_dir).migrate(
+            storage_request(vm, destination, incremental))
+        if result["status"] == "completed" and source:
+            self.session.hypervisor(source[0]).delete_volume(POOL, overlay_name(vm))
+        final = result.get("final") or {}
+        return {**result, "storage": "incremental" if incremental else "full",
+                "disk_bytes_sent": final.get("disk_bytes", 0),
+                "memory_bytes_sent": (final.get("transferred_bytes") or 0)
+                - final.get("disk_bytes", 0)}
 
     def cleanup(self, vm: str, users: list[str]) -> None:
         """Overlays of vm and the users' replicas, on every node."""

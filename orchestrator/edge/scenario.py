@@ -262,7 +262,7 @@ class ReplayApplier:
         with lock:
             store = open_store(self.state_dir)
             try:
-                svc = ReplicaService(self.session, store, self.size_bytes)
+                svc = ReplicaService(self.session, store, self.state_dir, self.size_bytes)
                 result = svc.migrate(action.proxy, action.destination, action.user,
                                      self.use_replicas)
             except OrchestratorError as exc:
@@ -336,7 +336,8 @@ class Replay:
     def run(self, policy: str) -> dict[str, Any]:
         if policy not in POLICIES:
             raise UserError(f"unknown policy {policy!r}; expected one of {POLICIES}")
-        replicas = ReplicaService(self.session, self.store, self.cfg.static_part_bytes)
+        replicas = ReplicaService(self.session, self.store, self.state_dir,
+                                  self.cfg.static_part_bytes)
         replicas.prepare_nodes()
         vms = [f"px-{u}" for u in self.trace.users]
         streams = Streams(self.lab.enter, self.lab.subnet, self.lab.bridge,

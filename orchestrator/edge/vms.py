@@ -9,13 +9,13 @@ from __future__ import annotations
 import ipaddress
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from orchestrator.edge.capacity import require_room
 from orchestrator.errors import OrchestratorError, UserError
-from orchestrator.fog.domain_xml import DomainSpec, Nic, to_xml
+from orchestrator.fog.domain_xml import Disk, DomainSpec, Nic, to_xml
 from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.fog.node import FogNode, validate_name
 from orchestrator.fog.probe import choose_domain_type
@@ -53,7 +53,8 @@ class VmService:
     store: Store
 
     def create(self, name: str, node_name: str, memory_mib: int, vcpus: int = 1,
-               role: str = "proxy", wait_s: float | None = 30.0) -> VmRecord:
+               role: str = "proxy", wait_s: float | None = 30.0,
+               disks: tuple[Disk, ...] = ()) -> VmRecord:
         validate_name("VM", name)
         if memory_mib < MIN_MEMORY_MIB:
             raise UserError(f"--memory must be at least {MIN_MEMORY_MIB} MiB, got {memory_mib}")
@@ -65,7 +66,7 @@ class VmService:
         require_room(self.session, node.name, name, memory_mib * 2**20)
         record = self._plan(name, node, memory_mib, vcpus, role)
         hv = self.session.hypervisor(node.name)
-        hv.define_and_start(to_xml(self._spec(record, node)))
+        hv.define_and_start(to_xml(replace(self._spec(record, node), disks=disks)))
         self.store.add_vm(record)
         if wait_s and record.address:
             try:

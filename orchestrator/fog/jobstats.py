@@ -65,6 +65,7 @@ class FinalStats:
     normal_bytes: int
     bandwidth_bps: int
     dirty_rate_pages_s: int
+    disk_bytes: int = 0  # storage copied along (incremental or full storage migration)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,4 +88,5 @@ def parse_completed(raw: dict[str, Any], samples: list[JobSample]) -> FinalStats
         normal_bytes=_int(raw, "memory_normal_bytes"),
         bandwidth_bps=_int(raw, "memory_bps"),
         dirty_rate_pages_s=max((s.dirty_rate_pages_s for s in samples), default=0),
+        disk_bytes=_int(raw, "disk_processed"),
     )

@@ -36,8 +36,12 @@ class MigrationRequest:
     auto_converge: bool = False
     postcopy: bool = False
     timeout_s: float | None = None
+    storage: str | None = None  # None (shared or no disks) | "incremental" | "full"
+    disks: tuple[str, ...] = ()  # disk targets to copy with storage (default: all)
 
     def __post_init__(self) -> None:
+        if self.storage not in (None, "incremental", "full"):
+            raise UserError(f"--storage must be incremental or full, got {self.storage!r}")
         if self.bandwidth_mib_s is not None and self.bandwidth_mib_s <= 0:
             raise UserError(f"--bandwidth must be > 0 MiB/s, got {self.bandwidth_mib_s}")
         if self.downtime_ms is not None and self.downtime_ms <= 0:
@@ -60,6 +64,10 @@ def migration_flags(request: MigrationRequest) -> int:
         flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
     if request.postcopy:
         flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    if request.storage == "incremental":  # only the overlay: the backing image is there
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
+    elif request.storage == "full":
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
     return flags
 
 
@@ -67,6 +75,8 @@ def migration_params(request: MigrationRequest) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if request.bandwidth_mib_s is not None:
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(request.bandwidth_mib_s)
+    if request.storage and request.disks:
+        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(request.disks)
     return params
 
 

@@ -13,7 +13,10 @@ import pytest
 
 from orchestrator.edge import replicas as rp
 from orchestrator.edge import scenario as sc
+from orchestrator.errors import UserError
 from orchestrator.fog.domain_xml import Disk, DomainSpec, Nic, to_xml
+from orchestrator.fog.jobstats import parse_completed
+from orchestrator.fog.migration import MigrationRequest, migration_flags, migration_params
 from orchestrator.images import guest_cmdline
 from orchestrator.model.traces import TraceError
 
@@ -75,14 +78,16 @@ def test_pool_and_volumes_on_test_driver() -> None:
 
 
 def test_flags_incremental_vs_full() -> None:
-    inc, full = rp.storage_flags(True), rp.storage_flags(False)
+    inc_req, full_req = rp.storage_request("vm", "fog2", True), rp.storage_request("vm", "fog2",
+                                                                                   False)
+    inc, full = migration_flags(inc_req), migration_flags(full_req)
     inc_flag, disk_flag = libvirt.VIR_MIGRATE_NON_SHARED_INC, libvirt.VIR_MIGRATE_NON_SHARED_DISK
     assert inc & inc_flag and not inc & disk_flag
     assert full & disk_flag and not full & inc_flag
     for f in (inc, full):
         assert f & libvirt.VIR_MIGRATE_LIVE and f & libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-    assert rp.storage_params() == {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: ["vdb"]}
-    assert libvirt.VIR_MIGRATE_PARAM_BANDWIDTH not in rp.storage_params()  # uncapped (TCG)
+    assert migration_params(inc_req) == {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: ["vdb"]}
+    assert not migration_flags(MigrationRequest("vm", "fog2")) & (inc_flag | disk_flag)
 
 
 def test_static_part_is_deterministic_and_incompressible() -> None:
@@ -93,10 +98,14 @@ def test_static_part_is_deterministic_and_incompressible() -> None:
     assert len(zlib.compress(a[:8192])) > 4096  # not zeros
 
 
-def test_completed_figures() -> None:
-    f = rp.completed_figures({"memory_processed": 10, "disk_processed": 5, "downtime": 7})
-    assert f["transferred_bytes"] == 15 and f["downtime_ms"] == 7
-    assert rp.completed_figures({})["transferred_bytes"] == 0
+def test_disk_bytes_come_from_the_completed_job() -> None:
+    final = parse_completed({"data_processed": 15, "disk_processed": 5, "downtime": 7}, [])
+    assert (final.transferred_bytes, final.disk_bytes, final.downtime_ms) == (15, 5, 7)
+
+
+def test_unknown_storage_mode_is_refused() -> None:
+    with pytest.raises(UserError, match="--storage"):
+        MigrationRequest("vm", "fog2", storage="some")
 
 
 def test_parse_small_trace_and_schedule() -> None:
