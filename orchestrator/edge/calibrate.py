@@ -1,0 +1,382 @@
+"""The calibration campaign: a grid of real migrations, turned into a fitted predictor.
+
+Why real migrations through `MigrationService`: each grid point is then an ordinary record
+(parameters, job-stats samples, outcome, the prediction made before it), so the campaign is
+auditable with `orchestrator migrations`, and the fit reads the same data any later
+migration leaves behind. The campaign's record ids are logged as one `calibration` event,
+so `calibrate report` judges exactly that campaign's held-out migrations.
+
+Grid points are grouped by memory size: one VM per size travels back and forth between two
+fog nodes while the in-guest dirtier is reset for each point; VMs are destroyed at the end,
+even on failure. Non-converging points are expected: the stall detector aborts them (record
+status "aborted" with `result["stalled"]`) and they count for the non-convergence accuracy.
+
+What is read from a record (`measured_from_record`, pure):
+    r_mig     median `memory_bps` of the live samples (the achieved stream rate); the cap
+              when no sample carries one;
+    r_dir     median QEMU-measured dirty rate over the dirty rounds (iteration ≥ 2); the
+              guest's requested rate when QEMU never measured one;
+    W         the dirtier's working set the guest reported before the migration;
+    footprint round-0 non-zero bytes: `normal_pages` at the last round-0 sample plus what
+              was left to visit then, capped by the final `normal_bytes` (which also counts
+              pages re-sent in later rounds, so alone it overstates a dirty guest's);
+    timings   `total_time_ms`, `downtime_ms`, `transferred_bytes`, `iterations`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.edge.migrate import MigrationService
+from orchestrator.edge.vms import VmService
+from orchestrator.errors import OrchestratorError, UserError
+from orchestrator.fog.guest_agent import GuestAgent
+from orchestrator.fog.migration import MigrationRequest
+from orchestrator.fog.session import FleetSession
+from orchestrator.model.calibration import MeasuredMigration
+from orchestrator.model.precopy import MIB, Calibration, MigrationInputs, predict
+from orchestrator.store import Store
+
+EVENT_KIND = "calibration"
+VM_PREFIX = "cal-m"
+PAGE_SIZE = 4096
+GUEST_RESERVE_MIB = 16  # the agent refuses a working set leaving less than this free
+DIRTIER_SETTLE_S = 1.0  # let the dirtier reach its rate (and write its set once) first
+MIN_TIMEOUT_S = 60.0  # safety net for a migration the stall detector does not catch
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One migration of the campaign, in the user's units."""
+
+    memory_mib: int
+    dirty_pages_s: int
+    working_set_mib: int
+    bandwidth_mib_s: int
+    downtime_ms: int
+
+    def __post_init__(self) -> None:
+        _check(self.memory_mib > 0, f"memory must be > 0 MiB, got {self.memory_mib}")
+        _check(self.dirty_pages_s >= 0,
+               f"dirty rate must be >= 0 pages/s, got {self.dirty_pages_s}")
+        _check(self.working_set_mib >= 0,
+               f"working set must be >= 0 MiB, got {self.working_set_mib}")
+        _check(self.working_set_mib < self.memory_mib,
+               f"working set ({self.working_set_mib} MiB) must be below memory "
+               f"({self.memory_mib} MiB)")
+        _check(self.dirty_pages_s == 0 or self.working_set_mib > 0,
+               "a positive dirty rate needs a working set > 0 MiB")
+        _check(self.bandwidth_mib_s > 0, f"bandwidth must be > 0 MiB/s, got {self.bandwidth_mib_s}")
+        _check(self.downtime_ms > 0, f"downtime limit must be > 0 ms, got {self.downtime_ms}")
+
+    @property
+    def dirty_mib_s(self) -> float:
+        return self.dirty_pages_s * PAGE_SIZE / MIB
+
+    def inputs(self) -> MigrationInputs:
+        """What the predictor is told before this point runs (footprint unknown)."""
+        return MigrationInputs(
+            memory_bytes=self.memory_mib * MIB, dirty_rate_pages_s=float(self.dirty_pages_s),
+            bandwidth_bytes_s=self.bandwidth_mib_s * MIB, downtime_limit_s=self.downtime_ms / 1000,
+            working_set_bytes=self.working_set_mib * MIB or None)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+# --------------------------------------------------------------------------- grids
+
+# (dirty pages/s, working set MiB, bandwidth MiB/s, downtime ms) per memory size. The mix
+# per size: idle at low/high bandwidth, dirtying well below the bandwidth, near it, above it
+# with a working set bigger than ς (never converges) and above it with a tiny one (does).
+_QUICK: dict[int, list[tuple[int, int, int, int]]] = {
+    128: [(0, 0, 100, 300), (0, 0, 20, 100), (1000, 8, 20, 300), (2000, 12, 20, 50),
+          (8000, 12, 20, 300), (4000, 12, 50, 100), (6000, 2, 10, 300), (0, 0, 5, 300),
+          (3000, 8, 10, 300), (1500, 12, 10, 50)],
+    256: [(0, 0, 100, 300), (0, 0, 40, 100), (4000, 32, 40, 300), (8000, 48, 50, 100),
+          (16000, 48, 40, 300), (20000, 4, 100, 300), (12000, 32, 100, 50),
+          (6000, 40, 20, 300), (2000, 16, 10, 300), (1000, 48, 100, 100)],
+}
+
+# The integration tier's grid: both outcomes, two bandwidths, two downtime limits, ~6 runs.
+_SMALL: dict[int, list[tuple[int, int, int, int]]] = {
+    128: [(0, 0, 100, 300), (0, 0, 40, 100), (2000, 8, 40, 300), (1000, 8, 40, 100),
+          (8000, 12, 20, 300), (0, 0, 60, 300), (3000, 4, 60, 100)],
+}
+
+
+def _scaled(memory_mib: int) -> list[tuple[int, int, int, int]]:
+    """The full grid's points for one size: working sets scale with the guest's room."""
+    room = max(2, (memory_mib - 112) // 2)  # what a busybox+agent guest leaves the dirtier
+    small, large = max(2, room // 8), room
+    rows: list[tuple[int, int, int, int]] = []
+    for bandwidth in (5, 20, 50, 100):
+        rows.append((0, 0, bandwidth, 300))
+    for bandwidth, downtime in ((20, 300), (50, 100), (100, 50)):
+        fraction = {20: 0.4, 50: 0.5, 100: 0.3}[bandwidth]
+        pages = int(fraction * bandwidth * MIB / PAGE_SIZE)
+        rows.append((pages, large, bandwidth, downtime))
+        rows.append((pages, small, bandwidth, downtime))
+    for bandwidth, downtime in ((20, 300), (50, 100)):
+        pages = int(1.6 * bandwidth * MIB / PAGE_SIZE)  # beyond the bandwidth
+        rows.append((pages, large, bandwidth, downtime))  # never converges
+        rows.append((pages, 2, bandwidth, downtime))  # converges: W below ς
+    return rows
+
+
+def grid(kind: str = "quick", memories: Sequence[int] | None = None,
+         max_points: int | None = None) -> list[GridPoint]:
+    """The campaign's points in run order (grouped by memory: one VM per size).
+
+    `quick` is 20 points on 128/256 MiB guests (≤ 10 min under TCG); `small` is the
+    integration tier's ~7; `full` runs 128-1024 MiB. `memories` keeps only those sizes and
+    `max_points` keeps the first N points of each size.
+    """
+    if kind == "full":
+        table = {m: _scaled(m) for m in (128, 256, 512, 1024)}
+    elif kind in ("quick", "small"):
+        table = _QUICK if kind == "quick" else _SMALL
+    else:
+        raise UserError(f"unknown grid {kind!r} (quick, small or full)")
+    if memories:
+        unknown = sorted(set(memories) - set(table))
+        if kind != "full" and unknown:
+            raise UserError(f"the {kind} grid has no memory size {unknown[0]} MiB "
+                            f"(has {', '.join(map(str, sorted(table)))})")
+        table = {m: table.get(m) or _scaled(m) for m in memories}
+    _check(max_points is None or max_points > 0, f"max points must be > 0, got {max_points}")
+    return [GridPoint(memory, *row) for memory, rows in table.items()
+            for row in rows[:max_points]]
+
+
+def fits_guest(point: GridPoint, available_mib: float) -> bool:
+    """The agent refuses a working set leaving < 16 MiB free: skip such a point up front."""
+    return point.working_set_mib <= available_mib - GUEST_RESERVE_MIB
+
+
+# --------------------------------------------------------------------------- records
+
+
+def measured_from_record(record: dict[str, Any]) -> MeasuredMigration | None:
+    """A store record (with samples) as a MeasuredMigration; None if it cannot serve.
+
+    Serves: completed with final figures, or aborted because the pre-copy stalled (a
+    non-converging migration). Anything else (failed, aborted by a timeout) says nothing
+    about the model.
+    """
+    result, params = record.get("result") or {}, record.get("params") or {}
+    samples = record.get("samples") or result.get("samples") or []
+    status = record.get("status")
+    stalled = status == "aborted" and bool(result.get("stalled"))
+    final = result.get("final") or {}
+    if not stalled and not (status == "completed" and final.get("total_time_ms")):
+        return None
+    memory = int(params.get("memory_bytes") or result.get("memory_bytes") or 0)
+    bandwidth = _bandwidth(samples, params)
+    if memory <= 0 or bandwidth <= 0:
+        return None
+    working_set = int(params.get("working_set_bytes") or 0) or None
+    downtime_ms = params.get("downtime_ms") or 300
+    return MeasuredMigration(
+        memory_bytes=memory,
+        dirty_rate_pages_s=_dirty_rate(samples, params),
+        working_set_bytes=min(working_set, memory) if working_set else None,
+        bandwidth_bytes_s=bandwidth,
+        downtime_limit_s=downtime_ms / 1000,
+        footprint_bytes=None if stalled else footprint_bytes(final, samples, memory),
+        total_time_s=(final.get("total_time_ms") or 0) / 1000,
+        transferred_bytes=float(final.get("transferred_bytes") or 0),
+        downtime_s=(final.get("downtime_ms") or 0) / 1000,
+        iterations=int(final.get("iterations") or 0),
+        converged=not stalled,
+        label=f"#{record.get('id')}",
+    )
+
+
+def _bandwidth(samples: Sequence[dict[str, Any]], params: dict[str, Any]) -> float:
+    """r_mig: what the stream achieved (memory_bps), else the cap asked for."""
+    rates = [s["bandwidth_bps"] for s in samples if s.get("bandwidth_bps")]
+    if rates:
+        return float(statistics.median(rates))
+    cap = params.get("bandwidth_mib_s")
+    return float(cap) * MIB if cap else 0.0
+
+
+def _dirty_rate(samples: Sequence[dict[str, Any]], params: dict[str, Any]) -> float:
+    """r_dir: QEMU's measured rate over the dirty rounds, else the guest's requested rate.
+
+    NOTE: QEMU reports memory_dirty_rate only from iteration 2 on; 0 before that means
+    "not measured yet", so those samples are skipped.
+    """
+    rates = [s["dirty_rate_pages_s"] for s in samples
+             if s.get("iteration", 0) >= 2 and s.get("dirty_rate_pages_s")]
+    if rates:
+        return float(statistics.median(rates))
+    return float(params.get("dirty_rate_pages_s") or 0)
+
+
+def footprint_bytes(final: dict[str, Any], samples: Sequence[dict[str, Any]],
+                    memory: int) -> int | None:
+    """Non-zero bytes sent by round 0 (see the module docstring); None if unknown."""
+    total_normal = int(final.get("normal_bytes") or 0) or None
+    round0 = [s for s in samples if s.get("iteration") == 1]
+    estimate = total_normal
+    if round0:
+        last = round0[-1]
+        upper = int(last.get("normal_pages", 0)) * PAGE_SIZE + int(last.get("remaining_bytes", 0))
+        estimate = upper if total_normal is None else min(upper, total_normal)
+    if estimate is None or estimate <= 0:
+        return None
+    return min(estimate, memory)
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+@dataclass(frozen=True)
+class PointResult:
+    """One grid point as run: the point, its record id and outcome, or why it was skipped."""
+
+    point: GridPoint
+    record_id: int | None
+    status: str  # completed | aborted | failed | skipped
+    stalled: bool = False
+    predicted_converges: bool | None = None
+    total_time_s: float | None = None
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "point": asdict(self.point)}
+
+
+Progress = Callable[[int, int, PointResult], None]
+
+
+@dataclass
+class CalibrationRunner:
+    """Runs a grid on two fog nodes; every migration goes through MigrationService."""
+
+    session: FleetSession
+    store: Store
+    state_dir: Path
+    nodes: tuple[str, str] = ("fog1", "fog2")
+    calibration: Calibration | None = None
+    settle_s: float = DIRTIER_SETTLE_S
+    sleep: Callable[[float], None] = time.sleep
+
+    def run(self, points: Sequence[GridPoint], progress: Progress | None = None
+            ) -> list[PointResult]:
+        """All points, one VM per memory size; VMs are destroyed even on failure."""
+        for node in self.nodes:
+            self.session.fleet.node(node)  # unknown node: one-line error before anything runs
+        results: list[PointResult] = []
+        for memory, group in _by_memory(points):
+            with self._vm(memory) as (vm, agent):
+                for point in group:
+                    results.append(self._run_point(vm, agent, point))
+                    if progress:
+                        progress(len(results), len(points), results[-1])
+        return results
+
+    @contextmanager
+    def _vm(self, memory_mib: int) -> Iterator[tuple[str, GuestAgent]]:
+        name = f"{VM_PREFIX}{memory_mib}"
+        vms = VmService(self.session, self.store)
+        if self.store.vm(name) is not None or self.session.locate(name):
+            vms.destroy(name)  # a leftover of a crashed campaign: start clean
+        record = vms.create(name, self.nodes[0], memory_mib)
+        try:
+            assert record.address, "lab VMs have an address"
+            yield name, GuestAgent(record.address, self.session.fleet.policy)
+        finally:
+            vms.destroy(name)
+
+    def _run_point(self, vm: str, agent: GuestAgent, point: GridPoint) -> PointResult:
+        predicted = predict(point.inputs(), self.calibration)
+        try:
+            available = agent.status()["memory"]["available_kib"] / 1024
+            available += agent.status()["dirty"]["working_set_bytes"] / MIB  # freed on resize
+            if not fits_guest(point, available):
+                return PointResult(point, None, "skipped", note=(
+                    f"working set {point.working_set_mib} MiB leaves < {GUEST_RESERVE_MIB} MiB "
+                    f"free ({available:.0f} MiB available)"))
+            agent.set_dirtier(point.dirty_pages_s, point.working_set_mib)
+            self.sleep(self.settle_s + self._one_pass_s(point))
+            result = MigrationService(self.session, self.store, self.state_dir,
+                                      self.calibration).migrate(self._request(vm, point))
+        except OrchestratorError as exc:
+            return PointResult(point, None, "failed", note=str(exc))
+        finally:
+            _quiet(agent)
+        return PointResult(point, result["id"], result["status"], bool(result["stalled"]),
+                           predicted.converges, (result["total_time_ms"] or 0) / 1000 or None,
+                           result["error"] or "")
+
+    def _request(self, vm: str, point: GridPoint) -> MigrationRequest:
+        here = self.session.running_on(vm)
+        destination = self.nodes[1] if here == [self.nodes[0]] else self.nodes[0]
+        naive = point.memory_mib / point.bandwidth_mib_s
+        return MigrationRequest(vm=vm, destination=destination,
+                                bandwidth_mib_s=point.bandwidth_mib_s,
+                                downtime_ms=point.downtime_ms,
+                                timeout_s=max(MIN_TIMEOUT_S, 4 * naive))
+
+    @staticmethod
+    def _one_pass_s(point: GridPoint) -> float:
+        """Time for the dirtier to write its whole set once, so round 0 sees it non-zero."""
+        if not point.dirty_pages_s:
+            return 0.0
+        return min(5.0, point.working_set_mib * MIB / PAGE_SIZE / point.dirty_pages_s)
+
+
+def _quiet(agent: GuestAgent) -> None:
+    """Stop dirtying between points (keep the buffer: resizing churns guest memory)."""
+    try:
+        agent.set_dirtier(0, int(agent.status()["dirty"]["working_set_bytes"] / MIB))
+    except OrchestratorError:
+        pass
+
+
+def _by_memory(points: Iterable[GridPoint]) -> list[tuple[int, list[GridPoint]]]:
+    groups: dict[int, list[GridPoint]] = {}
+    for point in points:
+        groups.setdefault(point.memory_mib, []).append(point)
+    return list(groups.items())
+
+
+# --------------------------------------------------------------------------- campaigns
+
+
+def log_campaign(store: Store, kind: str, results: Sequence[PointResult],
+                 every: int) -> None:
+    """One event naming the campaign's records, so the report finds exactly them."""
+    store.add_event(EVENT_KIND, kind, {
+        "record_ids": [r.record_id for r in results if r.record_id is not None],
+        "every": every, "points": [r.as_dict() for r in results]})
+
+
+def latest_campaign(store: Store) -> dict[str, Any]:
+    events = store.events(EVENT_KIND)
+    if not events:
+        raise UserError("no calibration campaign recorded yet (run `orchestrator calibrate`)")
+    latest: dict[str, Any] = max(events, key=lambda e: e.get("id", 0))
+    return latest
+
+
+def campaign_measurements(store: Store, record_ids: Sequence[int]) -> list[MeasuredMigration]:
+    """The campaign's usable records, in run order (the held-out split depends on it)."""
+    measured = []
+    for record_id in record_ids:
+        record = store.migration(record_id)
+        converted = measured_from_record(record) if record else None
+        if converted is not None:
+            measured.append(converted)
+    return measured
