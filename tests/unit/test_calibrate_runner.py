@@ -1,0 +1,242 @@
+"""The calibration campaign without a lab: grids, record conversion, report, bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import calibration_store, calreport
+from orchestrator.cli import main
+from orchestrator.edge.calibrate import (
+    GridPoint,
+    PointResult,
+    campaign_measurements,
+    fits_guest,
+    footprint_bytes,
+    grid,
+    latest_campaign,
+    log_campaign,
+    measured_from_record,
+)
+from orchestrator.errors import ExitStatus, UserError
+from orchestrator.model.precopy import MIB, Calibration, predict
+from orchestrator.store import open_store
+
+# --------------------------------------------------------------------------- grids
+
+
+def test_quick_grid_is_twenty_points_on_small_guests_grouped_by_memory():
+    points = grid("quick")
+    assert len(points) == 20
+    assert {p.memory_mib for p in points} == {128, 256}
+    sizes = [p.memory_mib for p in points]
+    assert sizes == sorted(sizes)  # one VM per size: a size's points are contiguous
+    assert {p.downtime_ms for p in points} >= {50, 100, 300}
+    assert min(p.bandwidth_mib_s for p in points) == 5
+    assert max(p.bandwidth_mib_s for p in points) == 100
+
+
+def test_quick_grid_has_both_outcomes_by_the_default_model():
+    verdicts = [predict(p.inputs()).converges for p in grid("quick")]
+    assert verdicts.count(False) >= 3 and verdicts.count(True) >= 12
+    idle = [p for p in grid("quick") if p.dirty_pages_s == 0]
+    beyond = [p for p in grid("quick") if p.dirty_mib_s > p.bandwidth_mib_s]
+    assert idle and beyond
+
+
+def test_quick_working_sets_fit_their_guests():
+    # a 128 MiB guest leaves ~32 MiB available: the agent allows ~16 MiB of working set
+    assert all(p.working_set_mib <= 12 for p in grid("quick") if p.memory_mib == 128)
+
+
+def test_full_grid_spans_the_issue_ranges():
+    points = grid("full")
+    assert {p.memory_mib for p in points} == {128, 256, 512, 1024}
+    assert {p.bandwidth_mib_s for p in points} >= {5, 100}
+    assert len({p.downtime_ms for p in points}) >= 2
+    assert any(p.dirty_mib_s > p.bandwidth_mib_s for p in points)
+    assert len({p.working_set_mib for p in points if p.memory_mib == 1024}) >= 3
+
+
+def test_grid_subsets():
+    assert {p.memory_mib for p in grid("full", [512])} == {512}
+    assert len(grid("quick", [128], max_points=3)) == 3
+    with pytest.raises(UserError, match="no memory size 768"):
+        grid("quick", [768])
+    with pytest.raises(UserError, match="unknown grid"):
+        grid("huge")
+
+
+@pytest.mark.parametrize("args, message", [
+    ((0, 0, 0, 20, 300), "memory must be > 0"),
+    ((128, -1, 8, 20, 300), "dirty rate must be >= 0"),
+    ((128, 100, -8, 20, 300), "working set must be >= 0"),
+    ((128, 0, 0, 0, 300), "bandwidth must be > 0"),
+    ((128, 0, 0, -5, 300), "bandwidth must be > 0"),
+    ((128, 0, 0, 20, 0), "downtime limit must be > 0"),
+    ((128, 100, 0, 20, 300), "needs a working set"),
+    ((128, 100, 128, 20, 300), "must be below memory"),
+])
+def test_grid_point_rejects_bad_values(args, message):
+    with pytest.raises(UserError, match=message):
+        GridPoint(*args)
+
+
+def test_working_set_must_leave_the_agents_reserve():
+    assert fits_guest(GridPoint(128, 1000, 12, 20, 300), available_mib=32)
+    assert not fits_guest(GridPoint(128, 1000, 20, 20, 300), available_mib=32)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def sample(t: float, iteration: int, remaining: int, normal: int, bps: int = 20 * MIB,
+           dirty: int = 0) -> dict[str, Any]:
+    return {"t_s": t, "iteration": iteration, "remaining_bytes": remaining,
+            "processed_bytes": normal * 4096, "normal_pages": normal,
+            "bandwidth_bps": bps, "dirty_rate_pages_s": dirty}
+
+
+def record(status: str = "completed", stalled: str | None = None,
+           samples: list[dict[str, Any]] | None = None, **final: Any) -> dict[str, Any]:
+    figures = {"total_time_ms": 5000, "downtime_ms": 80, "iterations": 5,
+               "transferred_bytes": 100 * MIB, "normal_bytes": 95 * MIB, **final}
+    return {
+        "id": 7, "status": status,
+        "params": {"memory_bytes": 128 * MIB, "bandwidth_mib_s": 20, "downtime_ms": 100,
+                   "dirty_rate_pages_s": 2000, "working_set_bytes": 8 * MIB},
+        "result": {"stalled": stalled, "final": figures if status == "completed" else {}},
+        "samples": samples if samples is not None else [
+            sample(0.2, 0, 0, 0, bps=0), sample(1.0, 1, 60 * MIB, 10_000),
+            sample(4.0, 1, 2 * MIB, 21_000, bps=19 * MIB),
+            sample(4.4, 2, 6 * MIB, 22_000, bps=20 * MIB, dirty=1800),
+            sample(4.8, 3, 2 * MIB, 23_000, bps=21 * MIB, dirty=2200)],
+    }
+
+
+def test_completed_record_becomes_a_measured_migration():
+    m = measured_from_record(record())
+    assert m is not None and m.converged and m.label == "#7"
+    assert m.memory_bytes == 128 * MIB
+    assert m.bandwidth_bytes_s == 20 * MIB  # median memory_bps, zero samples skipped
+    assert m.dirty_rate_pages_s == 2000  # median of QEMU's rates over iterations >= 2
+    assert m.working_set_bytes == 8 * MIB
+    assert m.downtime_limit_s == 0.1
+    assert (m.total_time_s, m.downtime_s, m.iterations) == (5.0, 0.08, 5)
+    assert m.transferred_bytes == 100 * MIB
+    # round 0: 21 000 normal pages + 2 MiB left to visit, below the final normal bytes
+    assert m.footprint_bytes == 21_000 * 4096 + 2 * MIB
+
+
+def test_footprint_falls_back_to_normal_bytes_and_is_capped_by_memory():
+    assert footprint_bytes({"normal_bytes": 90 * MIB}, [], 128 * MIB) == 90 * MIB
+    assert footprint_bytes({"normal_bytes": 200 * MIB}, [], 128 * MIB) == 128 * MIB
+    assert footprint_bytes({}, [], 128 * MIB) is None
+    idle = [sample(1.0, 1, 40 * MIB, 20_000)]  # the round-0 bound is above the final count
+    assert footprint_bytes({"normal_bytes": 85 * MIB}, idle, 128 * MIB) == 85 * MIB
+
+
+def test_without_measured_rates_the_request_stands_in():
+    m = measured_from_record(record(samples=[]))
+    assert m is not None
+    assert m.bandwidth_bytes_s == 20 * MIB  # the cap
+    assert m.dirty_rate_pages_s == 2000  # what the guest was asked to dirty
+
+
+def test_stalled_abort_is_a_non_converged_measurement():
+    m = measured_from_record(record("aborted", stalled="remaining data has not shrunk"))
+    assert m is not None and not m.converged and m.footprint_bytes is None
+
+
+@pytest.mark.parametrize("rec", [
+    record("failed"),
+    record("aborted"),  # aborted by a timeout, not a stall: says nothing about the model
+    record(total_time_ms=None),
+    {**record(), "params": {"memory_bytes": 0}},
+])
+def test_unusable_records_are_skipped(rec):
+    assert measured_from_record(rec) is None
+
+
+# --------------------------------------------------------------------------- campaign + report
+
+
+def test_campaign_event_and_report_from_the_store(tmp_path: Path):
+    store = open_store(tmp_path)
+    try:
+        ids = []
+        for i in range(6):
+            rid = store.start_migration("cal-m128", "fog1", "fog2", record()["params"], None, 1)
+            rec = record(total_time_ms=4000 + 200 * i)
+            store.finish_migration(rid, "completed", rec["result"], rec["samples"])
+            ids.append(rid)
+        point = GridPoint(128, 2000, 8, 20, 100)
+        log_campaign(store, "quick", [PointResult(point, i, "completed") for i in ids], 3)
+        campaign = latest_campaign(store)["data"]
+        assert campaign["record_ids"] == ids and campaign["every"] == 3
+        measured = campaign_measurements(store, campaign["record_ids"])
+    finally:
+        store.close()
+    assert len(measured) == 6
+    summary = calreport.summary(measured, Calibration(), every=3)
+    assert summary["held_out"] == 2 and summary["train"] == 4
+    stats = summary["held_out_accuracy"]["total_time"]
+    assert stats["n"] == 2 and math.isfinite(stats["mape"])
+    plots = calreport.write_plots(summary["rows"], tmp_path / "plots")
+    assert [p.name for p in plots] == ["total_time.png", "transferred_bytes.png",
+                                       "downtime.png"]
+    assert all(p.stat().st_size > 1000 for p in plots)
+
+
+# --------------------------------------------------------------------------- CLI bad input
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("EDGEIOT_STATE_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["calibrate", "--memory", "0"], "--memory must be > 0 MiB"),
+    (["calibrate", "--quick", "--memory", "-128"], "--memory must be > 0 MiB"),
+    (["calibrate", "--point", "0,0,0,20,300"], "memory must be > 0 MiB"),
+    (["calibrate", "--point", "128,-100,8,20,300"], "dirty rate must be >= 0"),
+    (["calibrate", "--point", "128,0,0,-20,300"], "bandwidth must be > 0"),
+    (["calibrate", "--point", "128,0,0,20"], "--point wants"),
+    (["calibrate", "--point", "128,x,0,20,300"], "must be integers"),
+    (["calibrate", "--quick", "--every", "1"], "--every must be >= 2"),
+    (["calibrate", "--quick", "--nodes", "fog1"], "--nodes wants two"),
+    (["calibrate", "import", "/nonexistent/cal.json"], "calibration file not found"),
+    (["calibrate", "report", "--calibration", "/nonexistent/cal.json"],
+     "calibration file not found"),
+    (["calibrate", "report"], "no calibration campaign"),
+    (["calibrate", "export", "out.json"], "no calibration to export"),
+])
+def test_bad_input_is_one_line_exit_2(state, capsys, args, message):
+    assert main(args) == ExitStatus.BAD_INPUT
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_malformed_calibration_file_is_refused(state, capsys):
+    bad = state / "bad.json"
+    bad.write_text('{"schema": "edgeiot.calibration", "version": 1, "parameters": '
+                   '{"setup_s": -1}}')
+    assert main(["calibrate", "import", str(bad)]) == ExitStatus.BAD_INPUT
+    assert "malformed calibration file" in capsys.readouterr().err
+    assert not calibration_store.default_path(state).exists()
+
+
+def test_export_import_round_trip(state, capsys):
+    fitted = Calibration(setup_s=0.7, bandwidth_efficiency=0.9, fitted_on=12, source="lab A")
+    calibration_store.save(fitted, state)
+    out = state / "travel" / "cal.json"
+    assert main(["calibrate", "export", str(out)]) == ExitStatus.SUCCESS
+    calibration_store.default_path(state).unlink()
+    assert main(["calibrate", "import", str(out)]) == ExitStatus.SUCCESS
+    assert calibration_store.read(calibration_store.default_path(state)) == fitted
+    assert "lab A" in capsys.readouterr().out
