@@ -8,6 +8,7 @@ packages=(
   pkg-config gcc python3-dev python3-venv
   busybox-static cpio gzip binutils kmod iproute2 util-linux procps
   openssh-server openssh-client prometheus
+  openvswitch-switch ethtool
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -19,5 +20,14 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 echo "debian packages: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Packages such as libvirt-daemon-system, prometheus and openvswitch-switch start their
+# system-wide services on install; the lab runs its own daemons per node, so keep the
+# package scripts from starting anything (policy-rc.d 101 = action forbidden).
+policy=/usr/sbin/policy-rc.d
+own_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
+fi
+trap '[ "$own_policy" = 1 ] && rm -f "$policy"' EXIT
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${missing[@]}"
