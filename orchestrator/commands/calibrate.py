@@ -1,4 +1,4 @@
-"""`orchestrator calibrate [--quick]`, `calibrate report`, `calibrate export|import FILE`.
+"""`orchestrator calibrate [--quick]`, `calibrate report|fit`, `calibrate export|import FILE`.
 
 Thin: the campaign is `edge.calibrate`, the fit `model.calibration`, the report
 `calreport`. Input (grid points, sizes, split) is checked before anything touches a fog
@@ -94,7 +94,7 @@ def command(ctx: click.Context, quick: bool, kind: str | None, points: tuple[str
     if len(pair) != 2 or pair[0] == pair[1] or not all(pair):
         raise UserError(f"--nodes wants two different fog nodes, got {nodes!r}")
     label = "custom" if points else (kind or ("quick" if quick else "full"))
-    summary = run_campaign(ctx, chosen, every, (pair[0], pair[1]), inventory, label, as_json)
+    summary = run_campaign(ctx, chosen, every, (pair[0], pair[1]), inventory, label)
     if as_json:
         print_json(summary)
     else:
@@ -102,15 +102,15 @@ def command(ctx: click.Context, quick: bool, kind: str | None, points: tuple[str
 
 
 def run_campaign(ctx: click.Context, points: list[GridPoint], every: int,
-                 nodes: tuple[str, str], inventory: str | None, kind: str,
-                 quiet: bool) -> dict[str, Any]:
-    """Run, fit, save, log; the summary carries the held-out report."""
+                 nodes: tuple[str, str], inventory: str | None, kind: str) -> dict[str, Any]:
+    """Run, fit, save, log; the summary carries the held-out report. Progress goes to
+    stderr in every mode (JSON stays clean on stdout)."""
     state = app(ctx).state_path
     started = time.monotonic()
     with fleet_session(ctx, inventory) as session, store(ctx) as records:
         runner = CalibrationRunner(session, records, state, nodes,
                                    calibration_store.load(state))
-        results = runner.run(points, None if quiet else _progress)
+        results = runner.run(points, _progress)
         log_campaign(records, kind, results, every)
         measured = campaign_measurements(records, [r.record_id for r in results
                                                    if r.record_id is not None])
@@ -192,6 +192,33 @@ def report(ctx: click.Context, out_dir: str | None, calibration_file: str | None
     else:
         render_summary(summary)
         console.print("plots: " + ", ".join(summary["plots"]))
+
+
+@command.command("fit")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def refit(ctx: click.Context, as_json: bool) -> None:
+    """Refit on the latest campaign's records (no new migrations) and save the result.
+
+    Why: the records outlive the code; a better model or record reader is judged on the
+    same migrations without running the grid again.
+    """
+    state = app(ctx).state_path
+    with store(ctx) as records:
+        campaign = latest_campaign(records)["data"]
+        measured = campaign_measurements(records, campaign["record_ids"])
+    every = int(campaign.get("every", 3))
+    try:
+        fitted = fit(measured, every)
+    except ValueError as exc:
+        raise OrchestratorError(f"cannot fit the calibration: {exc}") from None
+    path = calibration_store.save(fitted.calibration, state)
+    summary = {"calibration_file": str(path), **calreport.summary(measured,
+                                                                   fitted.calibration, every)}
+    if as_json:
+        print_json(summary)
+    else:
+        render_summary(summary)
 
 
 @command.command("export")

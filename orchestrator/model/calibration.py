@@ -8,7 +8,8 @@ well-posed and explainable (no scipy needed):
                was not measured), zero_page_wire_ratio (from those where it was)
                ← transferred bytes (relative least squares, pattern search);
   2. downtime  downtime_overhead_s ← median of measured downtime − predicted final copy;
-  3. time      bandwidth_efficiency, zero_scan_s_per_gib by pattern search, with setup_s
+  3. time      bandwidth_efficiency, zero_scan_s_per_gib, round_overhead_s by pattern
+               search, with setup_s
                solved in closed form inside the objective (it adds linearly to Tmig)
                ← total time (relative least squares, which is what MAPE rewards);
   4. stages 1-3 again, 4 passes in all (bytes depend on η through the dirty rounds, and
@@ -151,16 +152,18 @@ def _fit_downtime(records: Sequence[MeasuredMigration], cal: Calibration) -> Cal
 
 
 def _fit_time(records: Sequence[MeasuredMigration], cal: Calibration) -> Calibration:
-    names = ("bandwidth_efficiency", "zero_scan_s_per_gib")
+    names = ("bandwidth_efficiency", "zero_scan_s_per_gib", "round_overhead_s")
     measured = np.array([r.total_time_s for r in records], dtype=float)
 
     def objective(x: Sequence[float]) -> float:
         return _time_objective(records, _with(cal, names, x), measured)[0]
 
-    coarse = [[eta, cal.zero_scan_s_per_gib] for eta in np.arange(0.4, 1.45, 0.1)]
-    x0 = min([[cal.bandwidth_efficiency, cal.zero_scan_s_per_gib], *coarse], key=objective)
-    best = pattern_search(objective, x0, steps=[0.05, 0.1],
-                          bounds=[(0.3, 1.5), (0.0, 20.0)])
+    start = [cal.bandwidth_efficiency, cal.zero_scan_s_per_gib, cal.round_overhead_s]
+    coarse = [[eta, cal.zero_scan_s_per_gib, cal.round_overhead_s]
+              for eta in np.arange(0.4, 1.45, 0.1)]
+    x0 = min([start, *coarse], key=objective)
+    best = pattern_search(objective, x0, steps=[0.05, 0.1, 0.02],
+                          bounds=[(0.3, 1.5), (0.0, 20.0), (0.0, 0.5)])
     fitted = _with(cal, names, best)
     return replace(fitted, setup_s=_time_objective(records, fitted, measured)[1])
 

@@ -14,13 +14,17 @@ What QEMU does, and what this module mirrors (symbols used below):
 
     round 0   sends the whole memory: s0 = F + z·(M − F) bytes,
               lasting t0 = s0 / B + scan_s_per_gib·(M − F)/GiB
-    round i   sends what was dirtied during round i−1: s_i = min(W, r·t_{i−1}), t_i = s_i / B
+    round i   sends what was dirtied during round i−1: s_i = min(W, r·t_{i−1}),
+              t_i = s_i / B + c  (c = round_overhead_s: the dirty-bitmap sync and the loop's
+              own cost, during which the guest keeps dirtying; large under TCG)
     switch    as soon as the dirty set d = min(W, r·t_last) ≤ ς: the guest pauses and the
               last d bytes go in the stop-and-copy, downtime = d / B + downtime_overhead_s
     total     Tmig = setup_s + Σ t_i + downtime
     never     when a later round dirties at least as much as it sent (r ≥ B and W > ς):
               the dirty set never shrinks, QEMU iterates until the caller's timeout action
-              (abort, raise the downtime limit, post-copy) — `converges` is False.
+              (abort, raise the downtime limit, post-copy) — `converges` is False. Also
+              when r < B but the dirty set's floor s* = min(W, r·c / (1 − r/B)) (the fixed
+              point of s ↦ r·(s/B + c)) is above ς: the rounds shrink towards s*, never to ς.
 
 `iterations` follows libvirt/QEMU's counter (dirty-bitmap syncs), which is the number of
 live rounds + 2: one sync at setup, one at the end of each round, one in the stop-and-copy.
@@ -130,6 +134,7 @@ class Calibration:
     footprint_base_bytes: float = 73e6  # default footprint when the guest's is unknown…
     footprint_fraction: float = 0.023  # … F = min(M, base + fraction × M)
     downtime_overhead_s: float = 0.03  # device state, pause/resume, announce
+    round_overhead_s: float = 0.0  # per live round after round 0: bitmap sync, loop cost
     time_rel_spread: float = 0.10  # ~90th percentile |relative residual| of Tmig
     time_abs_spread_s: float = 0.2  # residual floor for short migrations
     bytes_rel_spread: float = 0.10  # ~90th percentile |relative residual| of bytes
@@ -257,12 +262,14 @@ class _Run:
 
 
 def _simulate(first_bytes: float, first_extra_s: float, first_dirty_window_s: float | None,
-              dirty_bps: float, bandwidth: float, writable: float, threshold: float) -> _Run:
-    """Rounds until the dirty set fits ς, or until it stops shrinking (never converges).
+              dirty_bps: float, bandwidth: float, writable: float, threshold: float,
+              round_overhead_s: float = 0.0) -> _Run:
+    """Rounds until the dirty set fits ς, or until it cannot get there (never converges).
 
     `first_dirty_window_s` is how long the guest has been dirtying by the end of the first
     round (longer than its duration when a live estimate starts mid-round).
     """
+    floor = _dirty_floor(dirty_bps, bandwidth, writable, round_overhead_s)
     rounds: list[Round] = []
     send, start = first_bytes, 0.0
     duration = first_bytes / bandwidth + first_extra_s
@@ -276,11 +283,20 @@ def _simulate(first_bytes: float, first_extra_s: float, first_dirty_window_s: fl
             # never shrinks again: it grows to W when r > B (stays put when r = B)
             steady = writable if dirty_bps > bandwidth else dirtied
             return _Run(tuple(rounds), steady, False)
+        if floor >= threshold:  # shrinks towards a floor above ς: never gets there
+            return _Run(tuple(rounds), floor, False)
         if len(rounds) >= MAX_ROUNDS:
             return _Run(tuple(rounds), dirtied, False)
         start += duration
         send = dirtied
-        duration = window = send / bandwidth
+        duration = window = send / bandwidth + round_overhead_s
+
+
+def _dirty_floor(dirty_bps: float, bandwidth: float, writable: float, overhead_s: float) -> float:
+    """The fixed point s* of s ↦ min(W, r·(s/B + c)) when r < B; 0 without overhead."""
+    if overhead_s <= 0 or dirty_bps <= 0 or dirty_bps >= bandwidth:
+        return 0.0
+    return min(writable, dirty_bps * overhead_s / (1 - dirty_bps / bandwidth))
 
 
 def _run_for(inputs: MigrationInputs, cal: Calibration, bandwidth_scale: float = 1.0) -> _Run:
@@ -290,7 +306,8 @@ def _run_for(inputs: MigrationInputs, cal: Calibration, bandwidth_scale: float =
     first = footprint + cal.zero_page_wire_ratio * zero_bytes
     scan_s = cal.zero_scan_s_per_gib * zero_bytes / GIB
     return _simulate(first, scan_s, None, inputs.dirty_rate_bytes_s, bandwidth,
-                     float(inputs.writable_bytes), bandwidth * inputs.downtime_limit_s)
+                     float(inputs.writable_bytes), bandwidth * inputs.downtime_limit_s,
+                     cal.round_overhead_s)
 
 
 def _total_time(run: _Run, bandwidth: float, cal: Calibration) -> float:
@@ -357,6 +374,11 @@ def _non_convergence_reason(inputs: MigrationInputs, run: _Run, bandwidth: float
     threshold = bandwidth * inputs.downtime_limit_s
     if len(run.rounds) >= MAX_ROUNDS:
         cause = f"the dirty set still exceeds the threshold after {MAX_ROUNDS} rounds"
+    elif rate < bandwidth:
+        cause = (f"dirty rate {rate / MIB:.1f} MiB/s below effective bandwidth "
+                 f"{bandwidth / MIB:.1f} MiB/s, but each round's fixed cost "
+                 f"({cal.round_overhead_s * 1000:.0f} ms) keeps ~{steady / MIB:.1f} MiB dirty, "
+                 f"above the switch-over threshold ({threshold / MIB:.1f} MiB)")
     else:
         cause = (f"dirty rate {rate / MIB:.1f} MiB/s >= effective bandwidth "
                  f"{bandwidth / MIB:.1f} MiB/s and the writable working set "
@@ -421,7 +443,8 @@ def estimate_remaining(sample: JobSample, inputs: MigrationInputs,
     this_round_s = left / bandwidth
     window = this_round_s + (sample.round_elapsed_s or 0.0)
     run = _simulate(left, 0.0, window, rate_pages * inputs.page_size, bandwidth,
-                    float(inputs.writable_bytes), bandwidth * inputs.downtime_limit_s)
+                    float(inputs.writable_bytes), bandwidth * inputs.downtime_limit_s,
+                    cal.round_overhead_s)
     downtime = run.final_bytes / bandwidth + cal.downtime_overhead_s
     if not run.converges:
         return RemainingEstimate(math.inf, False, len(run.rounds), downtime, math.inf)
