@@ -31,16 +31,22 @@ def command() -> None:
 @click.option("--cloud-mbit", type=float, default=100.0, show_default=True)
 @click.option("--cloud-delay-ms", type=float, default=None)
 @click.option("--subnet", default="10.77.0.0/16", show_default=True)
+@click.option("--core", "core", default="bridge", show_default=True,
+              help="Core: bridge (Linux bridge) or sdn (Open vSwitch + OpenFlow controller).")
+@click.option("--migration-mbit", type=float, default=None,
+              help="SDN core: limit the migration traffic class to R Mbit/s (OpenFlow meter).")
 @prefix_option
 @json_option
 @click.pass_context
 def up(ctx: click.Context, nodes: int, core_mbit: float | None, core_delay_ms: float | None,
        node_memory_mib: int | None, cloud: bool, cloud_mbit: float,
-       cloud_delay_ms: float | None, subnet: str, prefix: str, as_json: bool) -> None:
+       cloud_delay_ms: float | None, subnet: str, core: str, migration_mbit: float | None,
+       prefix: str, as_json: bool) -> None:
     """Bring up the lab."""
     spec = LabSpec(prefix=prefix, nodes=nodes, subnet=subnet, core_mbit=core_mbit,
                    core_delay_ms=core_delay_ms, node_memory_mib=node_memory_mib, cloud=cloud,
-                   cloud_mbit=cloud_mbit, cloud_delay_ms=cloud_delay_ms)
+                   cloud_mbit=cloud_mbit, cloud_delay_ms=cloud_delay_ms, core=core,
+                   migration_mbit=migration_mbit)
     require_root()
     record = Lab(spec, app(ctx).state_path).up()
     if as_json:

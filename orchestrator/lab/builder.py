@@ -36,6 +36,7 @@ from orchestrator.lab.daemons import (
     start_daemons,
 )
 from orchestrator.lab.network import LabNetwork
+from orchestrator.lab.sdn import SdnNetwork, stop_core
 from orchestrator.lab.topology import MAX_NODES, VM_BRIDGE, LabSpec, Topology, plan
 from orchestrator.netguard import LabNetwork as GuardedSubnet
 from orchestrator.netguard import NetworkPolicy
@@ -51,7 +52,8 @@ class Lab:
         self.topology: Topology = plan(spec)
         self.paths = state.LabPaths(state_dir, spec.prefix)
         self.runner = runner or LocalRunner()
-        self.network = LabNetwork(self.topology, self.runner)
+        self.network = (SdnNetwork(self.topology, self.paths.root, self.runner)
+                        if spec.core == "sdn" else LabNetwork(self.topology, self.runner))
         self.source_image = image or local_image()
 
     @property
@@ -155,7 +157,8 @@ class Lab:
             name=node.name, uri=f"qemu+tcp://{node.address}/system", address=node.address,
             vm_bridge=VM_BRIDGE, image_dir=str(self.image.directory), domain_type=domain_type,
             facts={"lab": self.spec.prefix, "namespace": node.namespace, "kind": node.kind,
-                   "core_mbit": node.rate_mbit,
+                   "core_mbit": node.rate_mbit, "core": self.spec.core,
+                   "migration_mbit": self.spec.migration_mbit,
                    "memory_mib": self.spec.node_memory_mib if node.kind == "fog" else None,
                    "subnet": self.spec.subnet, "gateway": self.topology.gateway,
                    "vm_network": str(self.topology.vm_network)},
@@ -180,6 +183,11 @@ class Lab:
             entry["libvirtd_running"] = bool(pid and psutil.pid_exists(pid))
         record["namespaces"] = self.network.lab_namespaces()
         record["core_bytes"] = self.network.core_link_bytes() if record["namespaces"] else {}
+        if isinstance(self.network, SdnNetwork) and record["namespaces"]:
+            try:
+                record["core_stats"] = self.network.core_stats()
+            except OrchestratorError as exc:
+                record["core_stats"] = {"connected": False, "error": str(exc)}
         return record
 
     def _entry(self, record: dict[str, Any], node: str) -> dict[str, Any]:
@@ -225,6 +233,7 @@ class Lab:
                             | {e["namespace"] for e in record.get("nodes", [])})
         pids = [p for ns in namespaces for p in self.network.namespace_pids(ns)]
         killed = terminate(pids)
+        killed += stop_core(self.paths.root, self.spec.prefix)  # SDN core, if any
         self.network.delete_namespaces(namespaces)
         links = self.network.lab_links()
         self.network.delete_links(links)

@@ -22,6 +22,7 @@ from orchestrator.errors import UserError
 PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9]{1,5}$")
 MAX_NODES = 9
 VM_BRIDGE = "br-vm"  # inside each node's namespace; the same name on every node
+CORE_TYPES = ("bridge", "sdn")  # Linux bridge (default) or Open vSwitch + OpenFlow controller
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class LabSpec:
     cloud: bool = False
     cloud_mbit: float = 100.0  # the cloud sits behind a slower link than the fog nodes
     cloud_delay_ms: float | None = None
+    core: str = "bridge"
+    migration_mbit: float | None = None  # SDN core: meter on the migration class (None: none)
 
     def __post_init__(self) -> None:
         if not PREFIX_PATTERN.match(self.prefix):
@@ -53,6 +56,12 @@ class LabSpec:
             raise UserError(f"--cloud-mbit must be > 0, got {self.cloud_mbit}")
         if self.cloud_delay_ms is not None and self.cloud_delay_ms < 0:
             raise UserError(f"--cloud-delay-ms must be >= 0, got {self.cloud_delay_ms}")
+        if self.core not in CORE_TYPES:
+            raise UserError(f"--core must be one of {', '.join(CORE_TYPES)}, got {self.core!r}")
+        if self.migration_mbit is not None and self.migration_mbit <= 0:
+            raise UserError(f"--migration-mbit must be > 0, got {self.migration_mbit}")
+        if self.migration_mbit is not None and self.core != "sdn":
+            raise UserError("--migration-mbit needs the SDN core (--core sdn)")
         net = self.network
         if net.prefixlen > 22 or not net.is_private:
             raise UserError(f"lab subnet {self.subnet} must be a private /22 or larger")
