@@ -28,6 +28,7 @@ pytestmark = pytest.mark.lab
 
 # NOTE: not 10.67.0.0/16 (bench/calibrate.py's bcal lab uses it)
 PREFIX, SUBNET, RATE_MBIT = "esdn", "10.68.0.0/16", 80
+CAP_MIB_S = "9"  # the migration's own cap (r_mig) just under the meter: 80 Mbit/s = 9.5 MiB/s
 lab = lab_fixture(PREFIX, SUBNET, 3, "--core", "sdn", "--migration-mbit", str(RATE_MBIT))
 VM, VM_ADDRESS, VM_MAC = "sdnvm", "10.68.1.1", "52:54:00:44:01:01"
 UDP_SENDER = """
@@ -132,7 +133,7 @@ def test_vm_migrates_within_the_metered_rate_and_stays_reachable(lab, cli):
     sampler = threading.Thread(target=sample_rate, daemon=True)
     sampler.start()
     try:
-        migrated = cli("migrate", VM, "--to", "fog2", "--json")
+        migrated = cli("migrate", VM, "--to", "fog2", "--bandwidth", CAP_MIB_S, "--json")
     finally:
         done = True
         sampler.join()
@@ -142,15 +143,17 @@ def test_vm_migrates_within_the_metered_rate_and_stays_reachable(lab, cli):
     assert moved > 30 * 2**20  # the migration stream was classified as migration
     kbps, burst_kbit = meter_band(RATE_MBIT)
     limit = kbps * 1000 / 8
+    # OVS updates OpenFlow counters from the datapath every ~0.5 s, so a sampled window may
+    # hold up to 0.5 s more traffic than its length; the meter's burst may pass on top.
     for i, (t0, b0) in enumerate(samples):
-        for t1, b1 in samples[i + 2:]:  # windows of at least a second
-            assert b1 - b0 <= limit * (t1 - t0) * 1.05 + burst_kbit * 1000 / 8
+        for t1, b1 in samples[i + 4:]:  # windows of at least two seconds
+            assert b1 - b0 <= limit * (t1 - t0 + 0.5) + burst_kbit * 1000 / 8
 
 
 def test_flow_move_keeps_the_vm_reachable(lab, cli):
     guest = GuestAgent(VM_ADDRESS, lab_fleet(lab.state_dir, PREFIX).policy, timeout_s=0.5)
     with GapProbe(guest.status) as probe:
-        migrated = cli("migrate", VM, "--to", "fog3", "--json")
+        migrated = cli("migrate", VM, "--to", "fog3", "--bandwidth", CAP_MIB_S, "--json")
         moved = cli("core", "move", "--mac", VM_MAC, "--node", "fog3", "--json")
         time.sleep(0.5)
     assert migrated.status == ExitStatus.SUCCESS, migrated.json()["error"]
