@@ -20,7 +20,7 @@ from orchestrator.commands._common import (
     print_table,
     store,
 )
-from orchestrator.edge.migrate import MigrationService
+from orchestrator.edge.migrate import DEFAULT_MAX_PER_NODE, MigrationService
 from orchestrator.edge.reconcile import Reconciler
 from orchestrator.errors import ExitStatus
 from orchestrator.fog.jobstats import JobSample
@@ -50,13 +50,16 @@ from orchestrator.model.precopy import JobSample as ModelSample
 @click.option("--storage", type=click.Choice(["incremental", "full"]), default=None,
               help="Copy local disks too: only overlays (the backing image is already at "
                    "the destination, e.g. a replica) or everything.")
+@click.option("--max-per-node", type=int, envvar="EDGEIOT_MAX_MIGRATIONS_PER_NODE",
+              default=DEFAULT_MAX_PER_NODE, show_default=True,
+              help="Concurrent migrations a node takes part in; more wait for a slot.")
 @inventory_option
 @json_option
 @click.pass_context
 def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: int | None,
             downtime_ms: int | None, auto_converge: bool, postcopy: bool,
-            timeout_s: float | None, storage: str | None, inventory: str | None,
-            as_json: bool) -> ExitStatus:
+            timeout_s: float | None, storage: str | None, max_per_node: int,
+            inventory: str | None, as_json: bool) -> ExitStatus:
     """Live-migrate a VM (pre-copy) to another fog node."""
     validate_name("VM", name)
     request = MigrationRequest(vm=name, destination=destination,
@@ -66,7 +69,8 @@ def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: in
     with fleet_session(ctx, inventory) as session, store(ctx) as records:
         _reconcile_orphans(Reconciler(session, records))
         calibration = calibration_store.load(app(ctx).state_path)
-        service = MigrationService(session, records, app(ctx).state_path, calibration)
+        service = MigrationService(session, records, app(ctx).state_path, calibration,
+                                   max_per_node)
         with _observer(name, not as_json and console.is_terminal, calibration) as observer:
             result = service.migrate(request, observer)
     if as_json:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from orchestrator.edge.capacity import require_room
 from orchestrator.errors import OrchestratorError, UserError
@@ -75,12 +76,53 @@ def vm_lock(state_dir: Path, vm: str) -> Iterator[None]:
         yield
 
 
+DEFAULT_MAX_PER_NODE = 2
+
+
+@contextmanager
+def node_slots(state_dir: Path, nodes: list[str], limit: int, wait_s: float = 600.0,
+               clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep) -> Iterator[None]:
+    """At most `limit` migrations touching a node at once, across processes (like Nova's
+    max_concurrent_live_migrations): a migration waits for a free slot on its source and its
+    destination, taken in name order so two migrations never wait on each other."""
+    if limit < 1:
+        raise UserError(f"--max-per-node must be >= 1, got {limit}")
+    lock_dir = state_dir / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    held: list[IO[str]] = []
+    deadline = clock() + wait_s
+    try:
+        for node in sorted(set(nodes)):
+            held.append(_take_slot(lock_dir, node, limit, deadline, clock, sleep))
+        yield
+    finally:
+        for handle in held:
+            handle.close()  # closing releases the flock
+
+
+def _take_slot(lock_dir: Path, node: str, limit: int, deadline: float,
+               clock: Callable[[], float], sleep: Callable[[float], None]) -> IO[str]:
+    while True:
+        for slot in range(limit):
+            handle = open(lock_dir / f"node-{node}-{slot}.lock", "w")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
+            except BlockingIOError:
+                handle.close()
+        if clock() > deadline:
+            raise OrchestratorError(f"no free migration slot on {node} (limit {limit})")
+        sleep(0.2)
+
+
 @dataclass
 class MigrationService:
     session: FleetSession
     store: Store
     state_dir: Path
     calibration: Calibration | None = None
+    max_per_node: int = DEFAULT_MAX_PER_NODE
 
     def migrate(self, request: MigrationRequest,
                 observer: MigrationObserver | None = None) -> dict[str, Any]:
@@ -90,18 +132,25 @@ class MigrationService:
             guest = self._running_guest(request.vm)
             if guest.node == destination.name:
                 raise UserError(f"VM {request.vm!r} already runs on {destination.name}")
-            memory = guest.memory_bytes()
-            require_room(self.session, destination.name, request.vm, memory)
-            guest_figures = self._guest_figures(request, memory)
-            inputs = predictor_inputs(request, guest_figures, self._observed_bandwidth())
-            prediction = self._predict(inputs)
-            if observer:
-                observer.started(inputs, prediction)
-            record_id = self.store.start_migration(
-                request.vm, guest.node, destination.name, {**asdict(request), **guest_figures},
-                prediction.as_dict() if prediction else None, os.getpid())
-            outcome = self._run(guest, request, self._sample_sink(record_id, observer))
-            return self._finish(record_id, request, guest.node, memory, outcome, prediction)
+            with node_slots(self.state_dir, [guest.node, destination.name], self.max_per_node):
+                return self._migrate(request, guest, observer)
+
+    def _migrate(self, request: MigrationRequest, guest: Guest,
+                 observer: MigrationObserver | None) -> dict[str, Any]:
+        """Room check, prediction, record, the migration itself, verification."""
+        destination = self.session.fleet.node(request.destination)
+        memory = guest.memory_bytes()
+        require_room(self.session, destination.name, request.vm, memory)
+        guest_figures = self._guest_figures(request, memory)
+        inputs = predictor_inputs(request, guest_figures, self._observed_bandwidth())
+        prediction = self._predict(inputs)
+        if observer:
+            observer.started(inputs, prediction)
+        record_id = self.store.start_migration(
+            request.vm, guest.node, destination.name, {**asdict(request), **guest_figures},
+            prediction.as_dict() if prediction else None, os.getpid())
+        outcome = self._run(guest, request, self._sample_sink(record_id, observer))
+        return self._finish(record_id, request, guest.node, memory, outcome, prediction)
 
     def _remove_leftovers(self, vm: str) -> list[str]:
         """After a failed migration the destination may hold a paused incoming domain (e.g.

@@ -45,3 +45,30 @@ def test_parses_nodes_with_defaults_and_group_vars():
 def test_bad_inventories_name_the_problem(text, message):
     with pytest.raises(UserError, match=message):
         parse_inventory(text)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400))
+def test_any_text_is_parsed_or_refused_with_a_user_error(text):
+    """Fuzz: the inventory parser never fails with anything but a one-line UserError."""
+    try:
+        nodes, _ = parse_inventory(text)
+    except UserError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert nodes and all(n.name for n in nodes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True), min_size=1,
+                max_size=5, unique=True))
+def test_well_formed_inventories_round_trip_their_host_names(names):
+    text = "[fog_nodes]\n" + "\n".join(f"{n} ansible_host=192.0.2.{i + 1}"
+                                        for i, n in enumerate(names))
+    nodes, _ = parse_inventory(text)
+    assert [n.name for n in nodes] == names
+    assert all(n.uri.startswith("qemu+tls://192.0.2.") for n in nodes)
