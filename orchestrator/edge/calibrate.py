@@ -119,22 +119,28 @@ _SMALL: dict[int, list[tuple[int, int, int, int]]] = {
 
 
 def _scaled(memory_mib: int) -> list[tuple[int, int, int, int]]:
-    """The full grid's points for one size: working sets scale with the guest's room."""
+    """The full grid's points for one size: working sets scale with the guest's room.
+
+    Ordered so that `max_points` subsets keep every kind of case early: idle at both ends
+    of the bandwidth range, dirtying below the bandwidth, beyond it (never converges) and
+    beyond it on a tiny set (converges), then the remaining bandwidths.
+    """
     room = max(2, (memory_mib - 112) // 2)  # what a busybox+agent guest leaves the dirtier
     small, large = max(2, room // 8), room
-    rows: list[tuple[int, int, int, int]] = []
-    for bandwidth in (5, 20, 50, 100):
-        rows.append((0, 0, bandwidth, 300))
-    for bandwidth, downtime in ((20, 300), (50, 100), (100, 50)):
-        fraction = {20: 0.4, 50: 0.5, 100: 0.3}[bandwidth]
-        pages = int(fraction * bandwidth * MIB / PAGE_SIZE)
-        rows.append((pages, large, bandwidth, downtime))
-        rows.append((pages, small, bandwidth, downtime))
-    for bandwidth, downtime in ((20, 300), (50, 100)):
-        pages = int(1.6 * bandwidth * MIB / PAGE_SIZE)  # beyond the bandwidth
-        rows.append((pages, large, bandwidth, downtime))  # never converges
-        rows.append((pages, 2, bandwidth, downtime))  # converges: W below ς
-    return rows
+
+    def below(bandwidth: int, fraction: float) -> int:
+        return int(fraction * bandwidth * MIB / PAGE_SIZE)
+
+    beyond20, beyond50 = below(20, 1.6), below(50, 1.6)
+    return [
+        (0, 0, 5, 300), (0, 0, 100, 300),
+        (below(20, 0.4), large, 20, 300), (below(20, 0.4), small, 20, 300),
+        (beyond20, large, 20, 300), (beyond20, 2, 20, 300),
+        (below(50, 0.5), large, 50, 100), (below(50, 0.5), small, 50, 100),
+        (below(100, 0.3), large, 100, 50), (below(100, 0.3), small, 100, 50),
+        (0, 0, 20, 300), (0, 0, 50, 100),
+        (beyond50, large, 50, 100), (beyond50, 2, 50, 100),
+    ]
 
 
 def grid(kind: str = "quick", memories: Sequence[int] | None = None,
