@@ -41,6 +41,7 @@ from orchestrator.edge.migrate import MigrationService
 from orchestrator.edge.vms import VmService
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.guest_agent import GuestAgent
+from orchestrator.fog.jobstats import footprint_bytes
 from orchestrator.fog.migration import MigrationRequest
 from orchestrator.fog.session import FleetSession
 from orchestrator.model.calibration import MeasuredMigration
@@ -231,21 +232,6 @@ def _dirty_rate(samples: Sequence[dict[str, Any]], params: dict[str, Any]) -> fl
              if s.get("iteration", 0) >= 2 and s.get("dirty_rate_pages_s")]
     measured = float(statistics.median(rates)) if rates else 0.0
     return max(measured, float(params.get("dirty_rate_pages_s") or 0))
-
-
-def footprint_bytes(final: dict[str, Any], samples: Sequence[dict[str, Any]],
-                    memory: int) -> int | None:
-    """Non-zero bytes sent by round 0 (see the module docstring); None if unknown."""
-    total_normal = int(final.get("normal_bytes") or 0) or None
-    round0 = [s for s in samples if s.get("iteration") == 1]
-    estimate = total_normal
-    if round0:
-        last = round0[-1]
-        upper = int(last.get("normal_pages", 0)) * PAGE_SIZE + int(last.get("remaining_bytes", 0))
-        estimate = upper if total_normal is None else min(upper, total_normal)
-    if estimate is None or estimate <= 0:
-        return None
-    return min(estimate, memory)
 
 
 # --------------------------------------------------------------------------- the runner

@@ -21,7 +21,7 @@ from orchestrator.edge.capacity import require_room
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.fog.hypervisor import Guest
-from orchestrator.fog.jobstats import JobSample
+from orchestrator.fog.jobstats import JobSample, footprint_bytes
 from orchestrator.fog.migration import MigrationOutcome, MigrationRequest, run_migration
 from orchestrator.fog.node import validate_name
 from orchestrator.fog.session import FleetSession
@@ -49,7 +49,8 @@ def predictor_inputs(request: MigrationRequest, guest: dict[str, Any],
     return MigrationInputs(memory_bytes=guest["memory_bytes"],
                            dirty_rate_pages_s=float(guest["dirty_rate_pages_s"] or 0),
                            bandwidth_bytes_s=float(bandwidth), downtime_limit_s=downtime_s,
-                           working_set_bytes=guest["working_set_bytes"] or None)
+                           working_set_bytes=guest["working_set_bytes"] or None,
+                           footprint_bytes=guest.get("footprint_bytes"))
 
 
 def prediction_figures(prediction: Prediction | None,
@@ -194,6 +195,13 @@ class MigrationService:
         except ValueError:
             return None  # e.g. a guest figure outside the model's domain: migrate unpredicted
 
+    def _last_footprint(self, vm: str, memory: int) -> int | None:
+        """The VM's non-zero memory as its last completed migration's round 0 saw it."""
+        for record in self.store.migrations(vm=vm, status="completed", limit=1):
+            final = (record["result"] or {}).get("final") or {}
+            return footprint_bytes(final, self.store.samples(record["id"]), memory)
+        return None
+
     def _observed_bandwidth(self) -> float | None:
         """Median stream rate of recent completed migrations: the best guess when uncapped."""
         rates = sorted(r["result"]["final"]["bandwidth_bps"]
@@ -204,7 +212,8 @@ class MigrationService:
     def _guest_figures(self, request: MigrationRequest, memory: int) -> dict[str, Any]:
         """What the guest says about itself before the migration starts."""
         inputs: dict[str, Any] = {"memory_bytes": memory, "dirty_rate_pages_s": None,
-                                  "working_set_bytes": None}
+                                  "working_set_bytes": None,
+                                  "footprint_bytes": self._last_footprint(request.vm, memory)}
         record = self.store.vm(request.vm)
         if record and record.address:
             try:

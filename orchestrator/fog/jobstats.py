@@ -7,6 +7,7 @@ pre-copy iteration on; before that it is 0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -90,3 +91,26 @@ def parse_completed(raw: dict[str, Any], samples: list[JobSample]) -> FinalStats
         dirty_rate_pages_s=max((s.dirty_rate_pages_s for s in samples), default=0),
         disk_bytes=_int(raw, "disk_processed"),
     )
+
+
+PAGE_SIZE = 4096
+
+
+def footprint_bytes(final: dict[str, Any], samples: Sequence[dict[str, Any]],
+                    memory: int) -> int | None:
+    """Non-zero bytes a migration's round 0 sent, from its record; None if unknown.
+
+    `normal_pages` at the last round-0 sample plus what round 0 still had to send bounds it
+    from above; the completed job's `normal_bytes` (all rounds) bounds it too. The predictor
+    needs this footprint: zero pages cross the wire as markers, so M alone overstates a
+    migration several times (LAB-NOTES)."""
+    total_normal = int(final.get("normal_bytes") or 0) or None
+    round0 = [s for s in samples if s.get("iteration") == 1]
+    estimate = total_normal
+    if round0:
+        last = round0[-1]
+        upper = int(last.get("normal_pages", 0)) * PAGE_SIZE + int(last.get("remaining_bytes", 0))
+        estimate = upper if total_normal is None else min(upper, total_normal)
+    if estimate is None or estimate <= 0:
+        return None
+    return min(estimate, memory)
