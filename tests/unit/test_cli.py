@@ -6,12 +6,7 @@ import pytest
 
 from orchestrator.errors import ExitStatus
 
-
-@pytest.fixture(autouse=True)
-def isolated_state(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGEIOT_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("EDGEIOT_LAB", "eunit")
-    monkeypatch.delenv("EDGEIOT_INVENTORY", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_state")  # tests/unit/conftest.py
 
 
 @pytest.fixture

@@ -15,11 +15,10 @@ from __future__ import annotations
 import heapq
 import json
 import math
-import selectors
-import socket
 import threading
 
 from .control import RequestError
+from .lineserver import Conn, LineServer
 from .metadata import APP_PORT
 
 TYPE_CHECKING = False
@@ -163,75 +162,26 @@ def _point(q: dict[str, Any], key: str) -> float:
     return float(value)
 
 
-class AppVmService:
-    """The app role's service: metadata listener plus `app_*` control ops."""
+class AppVmService(LineServer):
+    """The app role's service: metadata listener plus `app_*` control ops.
+
+    Sends nothing back; a line longer than `MAX_LINE` is dropped and counted as bad."""
 
     name = "appvm"
+    thread_name = "appvm"
+    max_line = MAX_LINE
 
     def __init__(self, host: str = "0.0.0.0", port: int = APP_PORT) -> None:
-        self.host, self.port = host, port
+        super().__init__(host, port)
         self.apps: dict[str, Any] = {}
         self.received: list[str] = []
         self.received_bytes = self.bad_lines = self.unknown_app = 0
         self.lock = threading.Lock()
-        self._sel = selectors.DefaultSelector()
-        self._listener: socket.socket | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self._listener is not None
-        host, port = self._listener.getsockname()[:2]
-        return host, port
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._listener = socket.create_server((self.host, self.port))
-        self._listener.setblocking(False)
-        self._sel.register(self._listener, selectors.EVENT_READ, None)
-        self._thread = threading.Thread(target=self._serve, name="appvm", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        for key in list(self._sel.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            for key, _ in self._sel.select(timeout=0.2):
-                if key.data is None:
-                    self._accept()
-                else:
-                    self._read(key.fileobj, key.data)  # type: ignore[arg-type]
-
-    def _accept(self) -> None:
-        assert self._listener is not None
-        try:
-            sock, _ = self._listener.accept()
-        except OSError:
-            return
-        sock.setblocking(False)
-        self._sel.register(sock, selectors.EVENT_READ, [b""])
-
-    def _read(self, sock: socket.socket, buf: list[bytes]) -> None:
-        try:
-            data = sock.recv(65536)
-        except OSError:
-            data = b""
-        if not data:
-            self._sel.unregister(sock)
-            sock.close()
-            return
-        buf[0] += data
-        *lines, buf[0] = buf[0].split(b"\n")
-        if len(buf[0]) > MAX_LINE:
-            buf[0], self.bad_lines = b"", self.bad_lines + 1
-        for line in lines:
+    def handle_line(self, conn: Conn, line: bytes | None) -> None:
+        if line is None:
+            self.bad_lines += 1
+        else:
             self.ingest_line(line)
 
     def ingest_line(self, line: bytes) -> None:

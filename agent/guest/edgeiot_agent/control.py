@@ -11,9 +11,8 @@ never block. Bad input gets `{"ok": false, "error": ...}`; the server itself nev
 from __future__ import annotations
 
 import json
-import selectors
-import socket
-import threading
+
+from .lineserver import Conn, LineServer
 
 # NOTE: `typing` costs ~0.1 s to import under TCG, so it is imported for type checkers only.
 TYPE_CHECKING = False
@@ -77,18 +76,14 @@ def error(message: str) -> Response:
     return {"ok": False, "error": message}
 
 
-class _Conn:
-    """Per-connection buffers."""
+class ControlServer(LineServer):
+    """Serves a `Dispatcher` on host:port from one selector thread; `port=0` picks a free port.
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.inbuf = b""
-        self.outbuf = b""
-        self.closing = False
+    Binds at construction. A request line longer than `max_line` gets an error and the
+    connection is closed once the reply is sent.
+    """
 
-
-class ControlServer:
-    """Serves a `Dispatcher` on host:port from one selector thread; `port=0` picks a free port."""
+    thread_name = "control"
 
     def __init__(
         self,
@@ -97,83 +92,14 @@ class ControlServer:
         port: int = 7070,
         max_line: int = MAX_LINE_BYTES,
     ) -> None:
+        super().__init__(host, port)
         self._dispatcher = dispatcher
-        self._max_line = max_line
-        self._sel = selectors.DefaultSelector()
-        self._listener = socket.create_server((host, port), reuse_port=False)
-        self._listener.setblocking(False)
-        self._sel.register(self._listener, selectors.EVENT_READ, None)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.max_line = max_line
+        self.listen()
 
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._listener.getsockname()[:2]
-        return host, port
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self.serve, name="control", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        for key in list(self._sel.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-        self._sel.close()
-
-    def serve(self) -> None:
-        while not self._stop.is_set():
-            for key, events in self._sel.select(timeout=0.2):
-                if key.data is None:
-                    self._accept()
-                else:
-                    self._service(key.data, events)
-
-    def _accept(self) -> None:
-        try:
-            sock, _ = self._listener.accept()
-        except OSError:
-            return
-        sock.setblocking(False)
-        self._sel.register(sock, selectors.EVENT_READ, _Conn(sock))
-
-    def _service(self, conn: _Conn, events: int) -> None:
-        try:
-            if events & selectors.EVENT_READ:
-                self._read(conn)
-            if events & selectors.EVENT_WRITE or conn.outbuf:
-                self._write(conn)
-        except OSError:
-            conn.closing, conn.outbuf = True, b""
-        if conn.closing and not conn.outbuf:
-            self._close(conn)
-        else:
-            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
-            self._sel.modify(conn.sock, mask, conn)
-
-    def _read(self, conn: _Conn) -> None:
-        data = conn.sock.recv(65536)
-        if not data:
+    def handle_line(self, conn: Conn, line: bytes | None) -> bytes | None:
+        if line is None:
             conn.closing = True
-            return
-        conn.inbuf += data
-        while b"\n" in conn.inbuf:
-            line, conn.inbuf = conn.inbuf.split(b"\n", 1)
-            if line.strip():
-                conn.outbuf += self._dispatcher.handle_line(line)
-        if len(conn.inbuf) > self._max_line:
-            msg = error(f"request line longer than {self._max_line} bytes")
-            conn.outbuf += json.dumps(msg).encode() + b"\n"
-            conn.inbuf, conn.closing = b"", True
-
-    def _write(self, conn: _Conn) -> None:
-        if conn.outbuf:
-            sent = conn.sock.send(conn.outbuf)
-            conn.outbuf = conn.outbuf[sent:]
-
-    def _close(self, conn: _Conn) -> None:
-        self._sel.unregister(conn.sock)
-        conn.sock.close()
+            msg = error(f"request line longer than {self.max_line} bytes")
+            return json.dumps(msg).encode() + b"\n"
+        return self._dispatcher.handle_line(line) if line.strip() else None

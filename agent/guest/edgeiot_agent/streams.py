@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import selectors
-import socket
 import threading
 
 from .buffer import RawBuffer
 from .classify import DATA_TYPES, ClassifyError, classify
-from .codec import FrameError, LineSplitter, decode_frame, encode
+from .codec import MAX_FRAME_BYTES, FrameError, LineSplitter, decode_frame, encode
 from .control import RequestError
+from .lineserver import Conn, LineServer
 from .metadata import APP_PORT, MetadataSink, SchemaError, check, envelope
 from .models import MODELS, Record
 from .permissions import Gate, PermissionDenied, check_grants
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from typing import Any
 
 STREAM_PORT = 7071
@@ -69,13 +70,12 @@ class Installed:
                 "model_errors": self.model_errors, "sink": self.sink.status()}
 
 
-class _Conn:
+class _Conn(Conn):
+    """A device's connection; its lines are split by the frame codec's `LineSplitter`."""
+
     def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.splitter = LineSplitter()
-        self.out = b""
+        super().__init__(sock, LineSplitter())
         self.device: DeviceState | None = None
-        self.closing = False
 
 
 class ProxyCore:
@@ -188,97 +188,44 @@ class ProxyCore:
                     "buffer": self.buffer.status(), "frame_errors": self.frame_errors}
 
 
-class StreamService:
+class StreamService(LineServer):
     """The proxy role's service: the stream listener plus its control ops."""
 
     name = "streams"
+    thread_name = "streams"
+    max_line = MAX_FRAME_BYTES
+    max_conns = MAX_CONNECTIONS
 
     def __init__(self, name: str, host: str = "0.0.0.0", port: int = STREAM_PORT,
                  buffer_bytes: int = 4 * 1024 * 1024) -> None:
+        super().__init__(host, port)
         self.core = ProxyCore(name, RawBuffer(buffer_bytes))
-        self.host, self.port = host, port
-        self._sel = selectors.DefaultSelector()
-        self._listener: socket.socket | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._conns = 0
-
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self._listener is not None
-        host, port = self._listener.getsockname()[:2]
-        return host, port
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._listener = socket.create_server((self.host, self.port))
-        self._listener.setblocking(False)
-        self._sel.register(self._listener, selectors.EVENT_READ, None)
-        self._thread = threading.Thread(target=self._serve, name="streams", daemon=True)
-        self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        for key in list(self._sel.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
+        super().stop()
         for inst in list(self.core.models.values()):
             inst.sink.close()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            for key, events in self._sel.select(timeout=0.2):
-                if key.data is None:
-                    self._accept()
-                else:
-                    self._service(key.data, events)
+    def new_conn(self, sock: socket.socket) -> _Conn:
+        return _Conn(sock)
 
-    def _accept(self) -> None:
-        assert self._listener is not None
-        try:
-            sock, _ = self._listener.accept()
-        except OSError:
-            return
-        if self._conns >= MAX_CONNECTIONS:
-            sock.close()
-            return
-        self._conns += 1
-        sock.setblocking(False)
-        self._sel.register(sock, selectors.EVENT_READ, _Conn(sock))
+    def conn_closed(self, conn: _Conn) -> None:  # type: ignore[override]
+        if conn.device is not None and conn.device.conn is conn:
+            conn.device.conn = None
 
-    def _service(self, conn: _Conn, events: int) -> None:
-        try:
-            if events & selectors.EVENT_READ:
-                data = conn.sock.recv(65536)
-                if data:
-                    self._handle(conn, data)
-                else:
-                    conn.closing = True
-            if conn.out:
-                sent = conn.sock.send(conn.out)
-                conn.out = conn.out[sent:]
-        except OSError:
-            conn.closing, conn.out = True, b""
-        if conn.closing and not conn.out:
-            self._close(conn)
-        else:
-            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
-            self._sel.modify(conn.sock, mask, conn)
-
-    def _handle(self, conn: _Conn, data: bytes) -> None:
-        last_ack: dict[str, Any] | None = None
-        for line in conn.splitter.feed(data):
+    def handle_lines(self, conn: _Conn, lines: list[bytes | None]) -> bytes:  # type: ignore[override]
+        out, last_ack = b"", None
+        for line in lines:
             reply = self._frame(conn, line)
             if reply is None:
                 continue
             if reply["t"] == "ack":
                 last_ack = reply  # cumulative: one ack per read is enough
                 continue
-            conn.out += encode(reply)
+            out += encode(reply)
         if last_ack is not None:
-            conn.out += encode(last_ack)
+            out += encode(last_ack)
+        return out
 
     def _frame(self, conn: _Conn, line: bytes | None) -> dict[str, Any] | None:
         try:
@@ -299,16 +246,6 @@ class StreamService:
             self.core.frame_errors += 1
             return {"t": "error", "error": "send hello first"}
         return self.core.record(conn.device, frame, line)  # type: ignore[arg-type]
-
-    def _close(self, conn: _Conn) -> None:
-        self._conns -= 1
-        if conn.device is not None and conn.device.conn is conn:
-            conn.device.conn = None
-        try:
-            self._sel.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
-        conn.sock.close()
 
     # --- control ops ---------------------------------------------------------------------
 

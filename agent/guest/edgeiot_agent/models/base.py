@@ -75,3 +75,25 @@ class FixJoin:
         if abs(ts - record.ts) > self.tolerance_s:
             return None
         return record, lat, lon
+
+
+class FixJoinModel:
+    """A model of a group's sensor readings placed by the group's GPS fix (ParkNet, traffic).
+
+    `feed` joins each reading with its fix (`params["tolerance_s"]`, default 0.5 s) and hands
+    every joined reading to `observe`, which returns a metadata dict or None.
+    """
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.join = FixJoin(float(params.get("tolerance_s", 0.5)))
+
+    def feed(self, record: Record) -> list[dict[str, Any]]:
+        if record.dtype == "gps":
+            joined = self.join.add_fix(record.group, record.ts, record.value["lat"],
+                                       record.value["lon"])
+        else:
+            joined = self.join.add_reading(record)
+        return [m for r, lat, lon in joined if (m := self.observe(r, lat, lon))]
+
+    def observe(self, record: Record, lat: float, lon: float) -> dict[str, Any] | None:
+        raise NotImplementedError

@@ -8,7 +8,7 @@ change leaves the proxy (spot id, its grid centre, free or not, when) — never 
 
 from __future__ import annotations
 
-from .base import FixJoin, Record
+from .base import FixJoinModel, Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -25,25 +25,17 @@ def spot_id(lat: float, lon: float) -> str:
     return f"{snap(lat):.4f},{snap(lon):.4f}"
 
 
-class ParkNet:
+class ParkNet(FixJoinModel):
     READS = frozenset({"gps", "ultrasonic"})
     SCHEMA = {"spot": str, "lat": float, "lon": float, "free": bool, "ts": float}
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         params = params or {}
         self.free_above_cm = float(params.get("free_above_cm", 150.0))
-        self.join = FixJoin(float(params.get("tolerance_s", 0.5)))
+        super().__init__(params)  # the fix join
         self.state: dict[str, bool] = {}
 
-    def feed(self, record: Record) -> list[dict[str, Any]]:
-        if record.dtype == "gps":
-            joined = self.join.add_fix(record.group, record.ts, record.value["lat"],
-                                       record.value["lon"])
-        else:
-            joined = self.join.add_reading(record)
-        return [m for r, lat, lon in joined if (m := self._observe(r, lat, lon))]
-
-    def _observe(self, record: Record, lat: float, lon: float) -> dict[str, Any] | None:
+    def observe(self, record: Record, lat: float, lon: float) -> dict[str, Any] | None:
         spot = spot_id(lat, lon)
         free = record.value["range_cm"] > self.free_above_cm
         if self.state.get(spot) is free:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .base import FixJoin, Record
+from .base import FixJoinModel, Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def degree(mean_kmh: float, free_flow_kmh: float) -> float:
     return round(min(1.0, max(0.0, 1.0 - mean_kmh / free_flow_kmh)), 3)
 
 
-class Traffic:
+class Traffic(FixJoinModel):
     READS = frozenset({"gps", "speed"})
     SCHEMA = {"area": str, "degree": float, "samples": int, "ts": float}
 
@@ -37,20 +37,12 @@ class Traffic:
         self.free_flow_kmh = float(params.get("free_flow_kmh", 50.0))
         self.window = int(params.get("window", 20))
         self.emit_every = int(params.get("emit_every", 10))
-        self.join = FixJoin(float(params.get("tolerance_s", 0.5)))
+        super().__init__(params)  # the fix join
         self.speeds: dict[str, list[float]] = {}
         self.since: dict[str, int] = {}
         self.last: dict[str, float] = {}
 
-    def feed(self, record: Record) -> list[dict[str, Any]]:
-        if record.dtype == "gps":
-            joined = self.join.add_fix(record.group, record.ts, record.value["lat"],
-                                       record.value["lon"])
-        else:
-            joined = self.join.add_reading(record)
-        return [m for r, lat, lon in joined if (m := self._observe(r, lat, lon))]
-
-    def _observe(self, record: Record, lat: float, lon: float) -> dict[str, Any] | None:
+    def observe(self, record: Record, lat: float, lon: float) -> dict[str, Any] | None:
         area = area_of(lat, lon)
         speeds = self.speeds.setdefault(area, [])
         speeds.append(record.value["kmh"])
