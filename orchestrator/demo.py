@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.fog.migration import MigrationRequest
 from orchestrator.fog.session import FleetSession
 from orchestrator.lab.builder import Lab, require_root
+from orchestrator.lab.sdn import controller_client, ovs_files
 from orchestrator.lab.topology import LabSpec
 from orchestrator.store import open_store
 
@@ -59,12 +61,12 @@ class CounterWatch(threading.Thread):
         return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0) * 1000
 
 
-def run_demo(state_dir: Path, prefix: str, memory_mib: int, bandwidth: int) -> int:
-    lab = Lab(LabSpec(prefix=prefix, nodes=3), state_dir)
+def run_demo(state_dir: Path, prefix: str, memory_mib: int, bandwidth: int, core: str) -> int:
+    lab = Lab(LabSpec(prefix=prefix, nodes=3, core=core), state_dir)
     console.rule("[bold]edgeIoT lab-in-a-box")
     record = lab.up()
     console.print(f"lab up in {record['up_seconds']:.1f} s: 3 fog nodes, each its own libvirtd "
-                  f"(domain type {record['domain_type']})")
+                  f"(domain type {record['domain_type']}), {core} core")
     try:
         return _migrate_around(lab, state_dir, memory_mib, bandwidth)
     finally:
@@ -84,7 +86,8 @@ def _migrate_around(lab: Lab, state_dir: Path, memory_mib: int, bandwidth: int) 
         watch = CounterWatch(agent)
         watch.start()
         service = MigrationService(session, store, state_dir,
-                                   calibration_store.load(state_dir))
+                                   calibration_store.load(state_dir),
+                                   on_switchover=_flow_mover(lab, vm.mac))
         try:
             for hop in HOPS:
                 request = MigrationRequest(vm=VM, destination=hop, bandwidth_mib_s=bandwidth)
@@ -97,6 +100,14 @@ def _migrate_around(lab: Lab, state_dir: Path, memory_mib: int, bandwidth: int) 
     store.close()
     _render(results, watch)
     return 0 if _consistent(results, watch) else 1
+
+
+def _flow_mover(lab: Lab, mac: str) -> Callable[[str, str], object] | None:
+    """On the SDN core the controller moves the VM's flows at each switch-over."""
+    client = controller_client(ovs_files(lab.paths.root, lab.spec.prefix))
+    if client is None:
+        return None
+    return lambda _vm, destination: client.move(mac, destination)
 
 
 def _consistent(results: list[dict[str, Any]], watch: CounterWatch) -> bool:
@@ -138,10 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default=os.environ.get("EDGEIOT_LAB", "eiot"))
     parser.add_argument("--memory", type=int, default=256, help="VM memory in MiB")
     parser.add_argument("--bandwidth", type=int, default=50, help="migration MiB/s")
+    parser.add_argument("--core", choices=("sdn", "bridge"), default="sdn",
+                        help="the lab's core: Open vSwitch + OpenFlow controller, or a bridge")
     args = parser.parse_args(argv)
     try:
         require_root()
-        return run_demo(Path(args.state_dir), args.prefix, args.memory, args.bandwidth)
+        return run_demo(Path(args.state_dir), args.prefix, args.memory, args.bandwidth,
+                        args.core)
     except OrchestratorError as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
         return 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,10 +22,13 @@ from orchestrator.commands._common import (
 )
 from orchestrator.edge.migrate import DEFAULT_MAX_PER_NODE, MigrationService
 from orchestrator.edge.reconcile import Reconciler
-from orchestrator.errors import ExitStatus
+from orchestrator.errors import ExitStatus, OrchestratorError
+from orchestrator.fleet import default_lab_prefix
 from orchestrator.fog.jobstats import JobSample
 from orchestrator.fog.migration import MigrationRequest
 from orchestrator.fog.node import validate_name
+from orchestrator.lab.sdn import controller_client, ovs_files
+from orchestrator.lab.state import LabPaths
 from orchestrator.model.precopy import (
     Calibration,
     EtaState,
@@ -35,6 +38,7 @@ from orchestrator.model.precopy import (
     monotone_eta,
 )
 from orchestrator.model.precopy import JobSample as ModelSample
+from orchestrator.store import Store
 
 
 @click.command("migrate")
@@ -53,13 +57,15 @@ from orchestrator.model.precopy import JobSample as ModelSample
 @click.option("--max-per-node", type=int, envvar="EDGEIOT_MAX_MIGRATIONS_PER_NODE",
               default=DEFAULT_MAX_PER_NODE, show_default=True,
               help="Concurrent migrations a node takes part in; more wait for a slot.")
+@click.option("--flow-move/--no-flow-move", default=True, show_default=True,
+              help="With the lab's SDN core: move the VM's flows at the switch-over.")
 @inventory_option
 @json_option
 @click.pass_context
 def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: int | None,
             downtime_ms: int | None, auto_converge: bool, postcopy: bool,
             timeout_s: float | None, storage: str | None, max_per_node: int,
-            inventory: str | None, as_json: bool) -> ExitStatus:
+            flow_move: bool, inventory: str | None, as_json: bool) -> ExitStatus:
     """Live-migrate a VM (pre-copy) to another fog node."""
     validate_name("VM", name)
     request = MigrationRequest(vm=name, destination=destination,
@@ -70,7 +76,9 @@ def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: in
         _reconcile_orphans(Reconciler(session, records))
         calibration = calibration_store.load(app(ctx).state_path)
         service = MigrationService(session, records, app(ctx).state_path, calibration,
-                                   max_per_node)
+                                   max_per_node,
+                                   _flow_mover(ctx, inventory, records, name) if flow_move
+                                   else None)
         with _observer(name, not as_json and console.is_terminal, calibration) as observer:
             result = service.migrate(request, observer)
     if as_json:
@@ -80,6 +88,28 @@ def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: in
         if result["error"]:
             click.echo(f"migration {result['status']}: {result['error']}", err=True)
     return ExitStatus.SUCCESS if result["status"] == "completed" else ExitStatus.ERROR
+
+
+def _flow_mover(ctx: click.Context, inventory: str | None, records: Store,
+                vm: str) -> Callable[[str, str], object] | None:
+    """With the lab's SDN core up, move the VM's flows at the switch-over (not after the
+    migration returns, when QEMU's own announcement has already gone out)."""
+    record = records.vm(vm)
+    if inventory or record is None:
+        return None
+    prefix = default_lab_prefix()
+    client = controller_client(ovs_files(LabPaths(app(ctx).state_path, prefix).root, prefix))
+    if client is None:
+        return None
+    mac = record.mac  # read here: the hook runs in another thread, the store may not
+
+    def move(_vm: str, destination: str) -> object:
+        try:
+            return client.move(mac, destination)
+        except OrchestratorError as exc:
+            click.echo(f"orchestrator: warning: flow move failed: {exc}", err=True)
+            return None
+    return move
 
 
 def _reconcile_orphans(reconciler: Reconciler) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -124,6 +125,9 @@ class MigrationService:
     state_dir: Path
     calibration: Calibration | None = None
     max_per_node: int = DEFAULT_MAX_PER_NODE
+    # Told (vm, destination) at the switch-over, when the source pauses; e.g. the SDN
+    # controller moves the VM's flows then instead of waiting for MAC learning.
+    on_switchover: Callable[[str, str], object] | None = None
 
     def migrate(self, request: MigrationRequest,
                 observer: MigrationObserver | None = None) -> dict[str, Any]:
@@ -227,10 +231,34 @@ class MigrationService:
     def _run(self, guest: Guest, request: MigrationRequest,
              on_sample: Callable[[JobSample], None] | None) -> MigrationOutcome:
         dest_hv = self.session.hypervisor(request.destination)
+        with self._switchover_watch(guest, request) as fired:
+            try:
+                outcome = run_migration(guest, dest_hv, request, on_sample=on_sample)
+            except OrchestratorError as exc:  # e.g. the downtime limit was refused
+                outcome = MigrationOutcome("failed", [], None, 0.0, "none", str(exc))
+        if self.on_switchover and outcome.status == "completed" and not fired.is_set():
+            self.on_switchover(request.vm, request.destination)  # the event was missed
+        return outcome
+
+    @contextmanager
+    def _switchover_watch(self, guest: Guest,
+                          request: MigrationRequest) -> Iterator[threading.Event]:
+        fired = threading.Event()
+        if self.on_switchover is None:
+            yield fired
+            return
+        hook = self.on_switchover
+
+        def paused() -> None:
+            fired.set()
+            hook(request.vm, request.destination)
+
+        source = self.session.hypervisor(guest.node)
+        handle = source.on_migration_pause(guest, paused)
         try:
-            return run_migration(guest, dest_hv, request, on_sample=on_sample)
-        except OrchestratorError as exc:  # e.g. the downtime limit was refused
-            return MigrationOutcome("failed", [], None, 0.0, "none", str(exc))
+            yield fired
+        finally:
+            source.drop_event(handle)
 
     def _finish(self, record_id: int, request: MigrationRequest, source: str, memory: int,
                 outcome: MigrationOutcome, prediction: Prediction | None) -> dict[str, Any]:

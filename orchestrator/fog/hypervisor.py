@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -245,6 +245,29 @@ class Hypervisor:
             return Guest(self.conn.createXML(xml, 0), self.node.name)
         except libvirt.libvirtError as exc:
             raise _error(f"start transient domain on {self.node.name}", exc) from exc
+
+    def on_migration_pause(self, guest: Guest, callback: Callable[[], None]) -> int:
+        """Call `callback` (in its own thread) when the domain pauses for a migration's
+        switch-over; returns a handle for `drop_event`. Needs the event loop (always on)."""
+        pauses = (libvirt.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED,
+                  libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY)
+
+        def lifecycle(_conn: object, _dom: object, event: int, detail: int,
+                      _opaque: object) -> None:
+            if event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED and detail in pauses:
+                threading.Thread(target=callback, name="switchover", daemon=True).start()
+
+        try:
+            return int(self.conn.domainEventRegisterAny(
+                guest.dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle, None))
+        except libvirt.libvirtError as exc:
+            raise _error(f"watch {guest.name} on {self.node.name}", exc) from exc
+
+    def drop_event(self, handle: int) -> None:
+        try:
+            self.conn.domainEventDeregisterAny(handle)
+        except libvirt.libvirtError:
+            pass  # the connection is gone, and the registration with it
 
     def free_memory_bytes(self) -> int:
         try:
