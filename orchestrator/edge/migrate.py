@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -133,6 +133,9 @@ class MigrationService:
                 observer: MigrationObserver | None = None) -> dict[str, Any]:
         validate_name("VM", request.vm)
         destination = self.session.fleet.node(request.destination)
+        if destination.uri.startswith("qemu+tls://"):
+            # Real hosts talk TLS to libvirt: the memory stream gets QEMU's TLS too.
+            request = replace(request, tls=True)
         with vm_lock(self.state_dir, request.vm):
             guest = self._running_guest(request.vm)
             if guest.node == destination.name:

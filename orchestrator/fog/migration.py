@@ -38,6 +38,7 @@ class MigrationRequest:
     timeout_s: float | None = None
     storage: str | None = None  # None (shared or no disks) | "incremental" | "full"
     disks: tuple[str, ...] = ()  # disk targets to copy with storage (default: all)
+    tls: bool = False  # encrypt the migration stream (set for nodes reached over qemu+tls)
 
     def __post_init__(self) -> None:
         if self.storage not in (None, "incremental", "full"):
@@ -64,6 +65,8 @@ def migration_flags(request: MigrationRequest) -> int:
         flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
     if request.postcopy:
         flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    if request.tls:
+        flags |= libvirt.VIR_MIGRATE_TLS
     if request.storage == "incremental":  # only the overlay: the backing image is there
         flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
     elif request.storage == "full":

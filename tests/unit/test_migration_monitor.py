@@ -148,6 +148,8 @@ def test_request_validation_and_flags():
     assert not flags & libvirt.VIR_MIGRATE_POSTCOPY
     assert migration_params(request) == {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 20}
     assert migration_params(MigrationRequest("vm", "fog2")) == {}
+    assert not flags & libvirt.VIR_MIGRATE_TLS
+    assert migration_flags(MigrationRequest("vm", "fog2", tls=True)) & libvirt.VIR_MIGRATE_TLS
 
 
 def rounds(starts, per_round=3):
