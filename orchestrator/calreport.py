@@ -18,6 +18,7 @@ from orchestrator.model.calibration import (
     MeasuredMigration,
     compare,
     evaluate,
+    held_out_flags,
     meets_targets,
     split_train_held_out,
 )
@@ -40,15 +41,19 @@ def summary(records: Sequence[MeasuredMigration], calibration: Calibration,
     """Held-out accuracy against the naive baseline, targets, and the non-convergence check.
 
     Non-converged migrations never enter the fit (their time is set by the abort), so every
-    one of them is effectively held out: the non-convergence verdict is given over the
-    held-out part and over the whole grid.
+    one of them is held out (see `split_train_held_out`): the non-convergence verdict is
+    given over the held-out part and over the whole grid. `figures` is the one-line view:
+    each held-out error with the number of migrations behind it.
     """
     train, held_out = split_train_held_out(records, every)
     report = evaluate(held_out, calibration)
     whole = evaluate(records, calibration)
+    flags = held_out_flags(records, every)
     data: dict[str, Any] = _finite({
         "migrations": len(records), "train": len(train), "held_out": len(held_out),
+        "held_out_converged": sum(r.converged for r in held_out), "every": every,
         "non_converged": sum(not r.converged for r in records),
+        "figures": _figures(report, whole),
         "held_out_accuracy": _report_dict(report),
         "train_accuracy": _report_dict(evaluate(train, calibration)),
         "non_convergence_all": whole.as_dict()["convergence"],
@@ -56,10 +61,31 @@ def summary(records: Sequence[MeasuredMigration], calibration: Calibration,
                     whole.convergence.non_converged_predicted
                     == whole.convergence.non_converged},
         "calibration": calibration.to_dict()["parameters"],
-        "rows": [_row(c, i % every == every - 1)
-                 for i, c in enumerate(compare(records, calibration))],
+        "rows": [_row(c, held)
+                 for c, held in zip(compare(records, calibration), flags, strict=True)],
     })
     return data
+
+
+def _figures(held_out: AccuracyReport, whole: AccuracyReport) -> dict[str, Any]:
+    """Held-out MAPE / p90 and n per quantity, the naive baseline beside it."""
+    def pair(stats: Any, base: Any = None) -> dict[str, Any]:
+        out = {"mape_pct": stats.mape, "p90_pct": stats.p90_ape, "n": stats.n}
+        if base is not None:
+            out.update(naive_mape_pct=base.mape, naive_p90_pct=base.p90_ape, naive_n=base.n)
+        return out
+
+    conv = whole.convergence
+    return {
+        "total_time": pair(held_out.total_time, held_out.baseline_total_time),
+        "transferred_bytes": pair(held_out.transferred_bytes,
+                                  held_out.baseline_transferred_bytes),
+        "downtime": {**pair(held_out.downtime), "mae_ms": held_out.downtime.mae * 1000},
+        "non_convergence": {"predicted": conv.non_converged_predicted,
+                            "measured": conv.non_converged, "verdicts_right": conv.correct,
+                            "n": conv.n},
+        "excluded": held_out.excluded,
+    }
 
 
 def _report_dict(report: AccuracyReport) -> dict[str, Any]:

@@ -7,7 +7,9 @@ well-posed and explainable (no scipy needed):
   1. bytes     footprint_base_bytes, footprint_fraction (from migrations whose footprint
                was not measured), zero_page_wire_ratio (from those where it was)
                ← transferred bytes (relative least squares, pattern search);
-  2. downtime  downtime_overhead_s ← median of measured downtime − predicted final copy;
+  2. downtime  downtime_overhead_s o and stop_copy_s_per_mib k ← measured downtime, by
+               relative least squares on downtime = o + k·p (p: the predicted stop-and-copy
+               payload, which depends on η through ς; closed form, both ≥ 0);
   3. time      bandwidth_efficiency, zero_scan_s_per_gib, round_overhead_s by pattern
                search, with setup_s
                solved in closed form inside the objective (it adds linearly to Tmig)
@@ -19,8 +21,8 @@ well-posed and explainable (no scipy needed):
 Migrations that did not converge are left out of stages 1-3 (their time and bytes are set
 by the timeout action, not the model); they count for the non-convergence accuracy.
 
-Accuracy is judged on held-out migrations (a deterministic split) against the naive
-baseline M ÷ r_mig; `meets_targets` checks issue 4's targets.
+Accuracy is judged on held-out migrations (a deterministic split over the converged
+ones) against the naive baseline M ÷ r_mig; `meets_targets` checks issue 4's targets.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.model.precopy import (
+    MIB,
     Calibration,
     MigrationInputs,
     Prediction,
@@ -41,6 +44,7 @@ from orchestrator.model.precopy import (
 )
 
 MIN_CONVERGED_TO_FIT = 2
+MAX_STOP_COPY_S_PER_MIB = 0.5  # 2 MiB/s: a pause slower than this is not a pause-rate fit
 
 
 @dataclass(frozen=True)
@@ -72,18 +76,35 @@ class MeasuredMigration:
 # --------------------------------------------------------------------------- split
 
 
-def split_train_held_out(records: Sequence[MeasuredMigration], every: int = 3
+def split_train_held_out(records: Sequence[MeasuredMigration], every: int = 2
                          ) -> tuple[list[MeasuredMigration], list[MeasuredMigration]]:
-    """Every `every`-th record (the 3rd, 6th, …) is held out; the rest trains.
+    """Every `every`-th converged record (the 2nd, 4th, …) is held out; the rest trains.
 
     Deterministic and order-based on purpose: a calibration grid is run in a fixed order,
-    so striding through it holds out cases from every part of the grid.
+    so striding through it holds out cases from every part of the grid. The stride counts
+    converged migrations only, and every non-converged one is held out: those never enter
+    the fit anyway (their time is set by the abort), so letting them take held-out slots
+    only starved the time/bytes/downtime figures (3 of 20 on the first quick grid).
     """
     if every < 2:
         raise ValueError(f"every must be >= 2 (something must train), got {every}")
-    train = [r for i, r in enumerate(records) if i % every != every - 1]
-    held_out = [r for i, r in enumerate(records) if i % every == every - 1]
+    train: list[MeasuredMigration] = []
+    held_out: list[MeasuredMigration] = []
+    converged = 0
+    for record in records:
+        if not record.converged:
+            held_out.append(record)
+            continue
+        converged += 1
+        (held_out if converged % every == 0 else train).append(record)
     return train, held_out
+
+
+def held_out_flags(records: Sequence[MeasuredMigration], every: int = 2) -> list[bool]:
+    """For each record, in order: is it in the held-out part of `split_train_held_out`?"""
+    _, held_out = split_train_held_out(records, every)
+    ids = {id(r) for r in held_out}
+    return [id(r) in ids for r in records]
 
 
 # --------------------------------------------------------------------------- fitting
@@ -145,10 +166,29 @@ def _fit_bytes(records: Sequence[MeasuredMigration], cal: Calibration) -> Calibr
 
 
 def _fit_downtime(records: Sequence[MeasuredMigration], cal: Calibration) -> Calibration:
-    bare = replace(cal, downtime_overhead_s=0.0)
-    gaps = [r.downtime_s - p.downtime_s
-            for p, r in zip(_predict_all(records, bare), records, strict=True)]
-    return replace(cal, downtime_overhead_s=max(0.0, float(np.median(gaps))))
+    """o and k of downtime = o + k·p, relative least squares (MAPE is what is reported).
+
+    Minimises Σ((o + k·p − m)/m)²: the 2×2 normal equations, then the best one-parameter
+    fit on the boundary when either comes out negative. Payloads p come from the current
+    calibration (ς moves with η), which is why this stage runs inside every pass.
+    """
+    preds = _predict_all(records, cal)
+    m = np.array([max(r.downtime_s, 1e-3) for r in records], dtype=float)
+    p = np.array([q.stop_copy_bytes / MIB for q in preds], dtype=float)
+    w = 1.0 / m**2
+    sw, sp, spp = float(np.sum(w)), float(np.sum(w * p)), float(np.sum(w * p * p))
+    sm, spm = float(np.sum(w * m)), float(np.sum(w * p * m))
+    det = sw * spp - sp * sp
+    o, k = -1.0, -1.0
+    if det > 1e-12 * max(1.0, sw * spp):
+        o, k = (sm * spp - sp * spm) / det, (sw * spm - sp * sm) / det
+    if o < 0 or k < 0:
+        candidates = [(sm / sw, 0.0)]  # overhead only
+        if spp > 0:
+            candidates.append((0.0, spm / spp))  # per-MiB cost only
+        o, k = min(candidates, key=lambda ok: float(np.sum(w * (ok[0] + ok[1] * p - m) ** 2)))
+    return replace(cal, downtime_overhead_s=max(0.0, o),
+                   stop_copy_s_per_mib=min(max(0.0, k), MAX_STOP_COPY_S_PER_MIB))
 
 
 def _fit_time(records: Sequence[MeasuredMigration], cal: Calibration) -> Calibration:
@@ -370,7 +410,7 @@ class CalibrationResult:
     held_out_report: AccuracyReport
 
 
-def calibrate(records: Sequence[MeasuredMigration], every: int = 3,
+def calibrate(records: Sequence[MeasuredMigration], every: int = 2,
               start: Calibration | None = None) -> CalibrationResult:
     """Split, fit on the training part, report on both parts: the runner's one call."""
     train, held_out = split_train_held_out(records, every)

@@ -17,9 +17,22 @@ What QEMU does, and what this module mirrors (symbols used below):
     round i   sends what was dirtied during round i−1: s_i = min(W, r·t_{i−1}),
               t_i = s_i / B + c  (c = round_overhead_s: the dirty-bitmap sync and the loop's
               own cost, during which the guest keeps dirtying; large under TCG)
-    switch    as soon as the dirty set d = min(W, r·t_last) ≤ ς: the guest pauses and the
-              last d bytes go in the stop-and-copy, downtime = d / B + downtime_overhead_s
-    total     Tmig = setup_s + Σ t_i + downtime
+    switch    QEMU 7.2 (migration_iteration_run → ram_save_pending) checks once per 100 ms
+              rate-limit slot whether `remaining` (dirty pages not yet sent, 4 KiB each,
+              zero pages included) is below ς; only then does it sync the dirty bitmap, and
+              it switches over if what is pending after the sync is still below ς. So a
+              pass stops with a leftover ℓ unsent — ℓ = ς − min(ς, B·0.1 s)/2 on average —
+              and the pause sends ℓ plus the dirty set d = min(W, r·t_last) found by the
+              sync. The model switches when d ≤ ς (when ℓ + d ≥ ς QEMU runs one more short
+              pass, folded into the last round here) and the stop-and-copy payload is
+              p = d + ℓ, at most ς; the last round's live part is shorter by ℓ's wire
+              bytes.
+    pause     QEMU lifts the rate limit for the stop-and-copy (migration_completion), so p
+              goes at link/CPU speed, not at B: downtime = min(k, 1/B)·p + o, with k =
+              stop_copy_s_per_mib (never slower than B itself, so more bandwidth is never
+              slower overall) and o = downtime_overhead_s (device state, pause/resume,
+              announce), both fitted on measured downtimes
+    total     Tmig = setup_s + Σ t_i (last one shortened by ℓ) + downtime
     never     when a later round dirties at least as much as it sent (r ≥ B and W > ς):
               the dirty set never shrinks, QEMU iterates until the caller's timeout action
               (abort, raise the downtime limit, post-copy) — `converges` is False. Also
@@ -30,16 +43,20 @@ What QEMU does, and what this module mirrors (symbols used below):
 live rounds + 2: one sync at setup, one at the end of each round, one in the stop-and-copy.
 LAB-NOTES saw 3 for an idle guest: round 0 then straight to switch-over.
 
-Worked example (ideal calibration: setup 0, η = 1, z = 0, no overhead), M = 1 GiB,
-bandwidth 100 MiB/s, downtime limit 0.3 s, so ς = 30 MiB:
+Worked example (ideal calibration: setup 0, η = 1, z = 0, no fixed overheads, pause cost
+k = 4 ms/MiB, i.e. 250 MiB/s uncapped), M = 1 GiB, bandwidth 100 MiB/s, downtime limit
+0.3 s, so ς = 30 MiB and ℓ = 30 − 10/2 = 25 MiB; "live" is what each round sends while the
+guest runs, p the stop-and-copy payload:
 
-    case                          rounds sent (MiB)            final  downtime  Tmig     bytes
-    idle (r = 0)                  1024                         0      0.00 s    10.24 s  1024
-    r = 50 MiB/s (half of B)      1024 512 256 128 64 32       16     0.16 s    20.32 s  2032
-    r = 50 MiB/s, W = 64 MiB      1024 64 32                   16     0.16 s    11.36 s  1136
-    r = 150 MiB/s, W = 16 MiB     1024                         16     0.16 s    10.40 s  1040
-    r = 150 MiB/s, W = M          1024 1024 1024 ...           -      never     ∞        ∞
+    case                          live rounds (MiB)            p (MiB)  downtime  Tmig     bytes
+    idle (r = 0)                  999                          25       0.10 s    10.09 s  1024
+    r = 50 MiB/s (half of B)      1024 512 256 128 64 18       30       0.12 s    20.14 s  2032
+    r = 50 MiB/s, W = 64 MiB      1024 64 18                   30       0.12 s    11.18 s  1136
+    r = 150 MiB/s, W = 16 MiB     1010                         30       0.12 s    10.22 s  1040
+    r = 150 MiB/s, W = M          1024 1024 1024 ...           -        never     ∞        ∞
 
+In the r = 50 MiB/s rows the last sync finds d = 16 MiB, so only 14 of the 25 MiB leftover
+fit under ς: the last round sends 32 − 14 = 18 MiB live and the pause sends 16 + 14 = 30.
 (r = 50 MiB/s is 12 800 pages/s of 4 KiB.) Everything is pure: numbers in, numbers out.
 """
 
@@ -48,12 +65,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
 GIB = 1024**3
 MIB = 1024**2
 SYNCS_BEYOND_ROUNDS = 2  # NOTE: QEMU syncs the dirty bitmap at setup and in the stop-and-copy too
+RATE_LIMIT_SLOT_S = 0.1  # QEMU's BUFFER_DELAY: the pending check runs once per 100 ms slot
 MAX_ROUNDS = 10_000  # QEMU has no cap; a model that needs more rounds calls it non-convergent
 CALIBRATION_SCHEMA = "edgeiot.calibration"
 CALIBRATION_VERSION = 1
@@ -133,7 +151,8 @@ class Calibration:
     zero_scan_s_per_gib: float = 0.0  # CPU time scanning zero pages in round 0 (TCG)
     footprint_base_bytes: float = 73e6  # default footprint when the guest's is unknown…
     footprint_fraction: float = 0.023  # … F = min(M, base + fraction × M)
-    downtime_overhead_s: float = 0.03  # device state, pause/resume, announce
+    downtime_overhead_s: float = 0.02  # device state, pause/resume, announce
+    stop_copy_s_per_mib: float = 0.004  # pause cost per MiB pending at the switch (uncapped)
     round_overhead_s: float = 0.0  # per live round after round 0: bitmap sync, loop cost
     time_rel_spread: float = 0.10  # ~90th percentile |relative residual| of Tmig
     time_abs_spread_s: float = 0.2  # residual floor for short migrations
@@ -242,6 +261,7 @@ class Prediction:
     downtime_uncertainty_s: float = 0.0
     rounds: tuple[Round, ...] = ()
     switchover_threshold_bytes: float = 0.0
+    stop_copy_bytes: float = 0.0  # page data pending at the switch (sent during the pause)
     effective_bandwidth_bytes_s: float = 0.0
     footprint_bytes: float = 0.0
     reason: str = ""  # why it does not converge, and what QEMU would do then
@@ -257,17 +277,34 @@ class Prediction:
 @dataclass(frozen=True)
 class _Run:
     rounds: tuple[Round, ...]
-    final_bytes: float  # stop-and-copy payload; if never converging, the steady dirty set
+    final_bytes: float  # page data pending at the switch; if never converging, the steady set
     converges: bool
+    final_wire_bytes: float = 0.0  # what the stop-and-copy puts on the wire
+
+
+def leftover_bytes(threshold: float, bandwidth: float, pass_bytes: float,
+                   slot_s: float = RATE_LIMIT_SLOT_S) -> float:
+    """Page data of a pass still unsent when QEMU first sees `remaining < ς` and syncs.
+
+    QEMU checks once per rate-limit slot, each slot sending ~bandwidth × slot_s. A pass that
+    starts within one slot of ς stops after that slot; a longer one crosses ς at a random
+    phase of a slot, leaving ς − chunk/2 on average (ς/2 when a slot exceeds ς).
+    """
+    chunk = bandwidth * slot_s
+    expected = threshold - min(threshold, chunk) / 2
+    return max(0.0, min(expected, pass_bytes - chunk, pass_bytes))
 
 
 def _simulate(first_bytes: float, first_extra_s: float, first_dirty_window_s: float | None,
               dirty_bps: float, bandwidth: float, writable: float, threshold: float,
-              round_overhead_s: float = 0.0) -> _Run:
+              round_overhead_s: float = 0.0, first_pages: float | None = None) -> _Run:
     """Rounds until the dirty set fits ς, or until it cannot get there (never converges).
 
     `first_dirty_window_s` is how long the guest has been dirtying by the end of the first
-    round (longer than its duration when a live estimate starts mid-round).
+    round (longer than its duration when a live estimate starts mid-round). `first_pages`
+    is the first pass's page data (QEMU's `remaining` counts zero pages at 4 KiB) when it
+    differs from its wire bytes. At the switch the last pass's leftover (see
+    `leftover_bytes`) moves from the live round to the stop-and-copy.
     """
     floor = _dirty_floor(dirty_bps, bandwidth, writable, round_overhead_s)
     rounds: list[Round] = []
@@ -278,18 +315,35 @@ def _simulate(first_bytes: float, first_extra_s: float, first_dirty_window_s: fl
         dirtied = min(writable, dirty_bps * window)
         rounds.append(Round(len(rounds), start, duration, send, dirtied))
         if dirtied <= threshold:
-            return _Run(tuple(rounds), dirtied, True)
+            return _switch(rounds, dirtied, threshold, bandwidth, first_pages)
         if len(rounds) > 1 and dirtied >= send:
             # never shrinks again: it grows to W when r > B (stays put when r = B)
             steady = writable if dirty_bps > bandwidth else dirtied
-            return _Run(tuple(rounds), steady, False)
+            return _Run(tuple(rounds), steady, False, steady)
         if floor >= threshold:  # shrinks towards a floor above ς: never gets there
-            return _Run(tuple(rounds), floor, False)
+            return _Run(tuple(rounds), floor, False, floor)
         if len(rounds) >= MAX_ROUNDS:
-            return _Run(tuple(rounds), dirtied, False)
+            return _Run(tuple(rounds), dirtied, False, dirtied)
         start += duration
         send = dirtied
         duration = window = send / bandwidth + round_overhead_s
+
+
+def _switch(rounds: list[Round], dirtied: float, threshold: float, bandwidth: float,
+            first_pages: float | None) -> _Run:
+    """The stop-and-copy payload: the dirty set found by the last sync plus the last pass's
+    leftover, at most ς (QEMU switches only below it). After round 0 both are pages of the
+    working set, so at most W too; that bound never binds here (a round after round 0
+    means W > ς)."""
+    last = rounds[-1]
+    pages = last.sent_bytes if last.index or first_pages is None else max(first_pages,
+                                                                          last.sent_bytes)
+    wire_per_page = last.sent_bytes / pages if pages > 0 else 1.0
+    left = min(leftover_bytes(threshold, bandwidth, pages), max(0.0, threshold - dirtied))
+    left_wire = left * wire_per_page
+    rounds[-1] = replace(last, duration_s=last.duration_s - left_wire / bandwidth,
+                         sent_bytes=last.sent_bytes - left_wire)
+    return _Run(tuple(rounds), dirtied + left, True, dirtied + left_wire)
 
 
 def _dirty_floor(dirty_bps: float, bandwidth: float, writable: float, overhead_s: float) -> float:
@@ -307,14 +361,21 @@ def _run_for(inputs: MigrationInputs, cal: Calibration, bandwidth_scale: float =
     scan_s = cal.zero_scan_s_per_gib * zero_bytes / GIB
     return _simulate(first, scan_s, None, inputs.dirty_rate_bytes_s, bandwidth,
                      float(inputs.writable_bytes), bandwidth * inputs.downtime_limit_s,
-                     cal.round_overhead_s)
+                     cal.round_overhead_s, first_pages=float(inputs.memory_bytes))
 
 
-def _total_time(run: _Run, bandwidth: float, cal: Calibration) -> float:
+def _downtime(pending_bytes: float, cal: Calibration, bandwidth: float) -> float:
+    """The pause: QEMU lifts the rate limit for the stop-and-copy (migration_completion),
+    so the pending pages go at link/CPU speed — never slower than the capped B itself."""
+    per_mib = min(cal.stop_copy_s_per_mib, MIB / bandwidth)
+    return cal.downtime_overhead_s + per_mib * pending_bytes / MIB
+
+
+def _total_time(run: _Run, cal: Calibration, bandwidth: float) -> float:
     if not run.converges:
         return math.inf
     live = sum(r.duration_s for r in run.rounds)
-    return cal.setup_s + live + run.final_bytes / bandwidth + cal.downtime_overhead_s
+    return cal.setup_s + live + _downtime(run.final_bytes, cal, bandwidth)
 
 
 def predict(inputs: MigrationInputs, calibration: Calibration | None = None, *,
@@ -327,9 +388,9 @@ def predict(inputs: MigrationInputs, calibration: Calibration | None = None, *,
     cal = calibration or DEFAULT_CALIBRATION
     bandwidth = inputs.bandwidth_bytes_s * cal.bandwidth_efficiency
     run = _run_for(inputs, cal)
-    total = _total_time(run, bandwidth, cal)
-    downtime = run.final_bytes / bandwidth + cal.downtime_overhead_s
-    sent = sum(r.sent_bytes for r in run.rounds) + run.final_bytes
+    total = _total_time(run, cal, bandwidth)
+    downtime = _downtime(run.final_bytes, cal, bandwidth)
+    sent = sum(r.sent_bytes for r in run.rounds) + run.final_wire_bytes
     transferred = sent if run.converges else math.inf
     return Prediction(
         total_time_s=total,
@@ -342,6 +403,7 @@ def predict(inputs: MigrationInputs, calibration: Calibration | None = None, *,
         downtime_uncertainty_s=cal.downtime_abs_spread_s,
         rounds=run.rounds,
         switchover_threshold_bytes=bandwidth * inputs.downtime_limit_s,
+        stop_copy_bytes=run.final_bytes,
         effective_bandwidth_bytes_s=bandwidth,
         footprint_bytes=cal.footprint_for(inputs),
         reason="" if run.converges else _non_convergence_reason(inputs, run, bandwidth, cal),
@@ -362,9 +424,8 @@ def _time_uncertainty(inputs: MigrationInputs, cal: Calibration, total: float,
         return residual
     times = []
     for scale in (1 - cal.bandwidth_rel_sd, 1 + cal.bandwidth_rel_sd):
-        run = _run_for(inputs, cal, scale)
         bandwidth = inputs.bandwidth_bytes_s * cal.bandwidth_efficiency * scale
-        times.append(_total_time(run, bandwidth, cal))
+        times.append(_total_time(_run_for(inputs, cal, scale), cal, bandwidth))
     return residual + (max(times) - min(times)) / 2
 
 
@@ -388,7 +449,7 @@ def _non_convergence_reason(inputs: MigrationInputs, run: _Run, bandwidth: float
             f"~{steady / MIB:.0f} MiB every {steady / bandwidth:.1f} s, until the migration "
             f"timeout action fires (abort, raise the downtime limit, or post-copy); "
             f"forcing the switch-over would pause the guest "
-            f"~{steady / bandwidth + cal.downtime_overhead_s:.1f} s")
+            f"~{_downtime(steady, cal, bandwidth):.1f} s")
 
 
 def naive_time_s(inputs: MigrationInputs) -> float:
@@ -444,8 +505,9 @@ def estimate_remaining(sample: JobSample, inputs: MigrationInputs,
     window = this_round_s + (sample.round_elapsed_s or 0.0)
     run = _simulate(left, 0.0, window, rate_pages * inputs.page_size, bandwidth,
                     float(inputs.writable_bytes), bandwidth * inputs.downtime_limit_s,
-                    cal.round_overhead_s)
-    downtime = run.final_bytes / bandwidth + cal.downtime_overhead_s
+                    cal.round_overhead_s,
+                    first_pages=max(left, float(sample.remaining_bytes)))
+    downtime = _downtime(run.final_bytes, cal, bandwidth)
     if not run.converges:
         return RemainingEstimate(math.inf, False, len(run.rounds), downtime, math.inf)
     remaining = sum(r.duration_s for r in run.rounds) + downtime

@@ -12,6 +12,7 @@ from orchestrator.model.calibration import (
     error_stats,
     evaluate,
     fit_calibration,
+    held_out_flags,
     meets_targets,
     pattern_search,
     split_train_held_out,
@@ -54,7 +55,9 @@ def grid() -> list[MeasuredMigration]:
 
 @pytest.fixture(scope="module")
 def result():  # type: ignore[no-untyped-def]
-    return calibrate(grid())
+    # every=3: this synthetic grid alternates unknown/known footprint innermost, so the
+    # default stride of 2 would train on unknown-footprint migrations only, leaving z unpinned
+    return calibrate(grid(), every=3)
 
 
 def test_fit_recovers_known_parameters(result) -> None:  # type: ignore[no-untyped-def]
@@ -66,6 +69,7 @@ def test_fit_recovers_known_parameters(result) -> None:  # type: ignore[no-untyp
     assert cal.footprint_fraction == pytest.approx(0.05, abs=0.005)
     assert cal.zero_page_wire_ratio == pytest.approx(0.004, abs=0.001)
     assert cal.downtime_overhead_s == pytest.approx(0.02, abs=0.005)
+    assert cal.stop_copy_s_per_mib == pytest.approx(TRUTH.stop_copy_s_per_mib, rel=0.05)
     assert cal.fitted_on == len(result.train)
     assert "fit on" in cal.source
 
@@ -92,13 +96,32 @@ def test_default_calibration_misses_targets_on_a_different_lab() -> None:
 
 
 def test_split_is_deterministic_and_strides_the_grid() -> None:
+    """Every 2nd converged migration is held out, and every non-converged one (they never
+    train): the old stride over all records let aborted migrations take held-out slots."""
     records = grid()
     train, held = split_train_held_out(records)
     assert len(train) + len(held) == len(records)
-    assert held == records[2::3]
+    converged = [r for r in records if r.converged]
+    assert [r for r in held if r.converged] == converged[1::2]
+    assert train == converged[0::2]
+    assert [r for r in held if not r.converged] == [r for r in records if not r.converged]
     assert split_train_held_out(records) == (train, held)
+    assert held_out_flags(records) == [r in held for r in records]
+    _, third = split_train_held_out(records, every=3)
+    assert [r for r in third if r.converged] == converged[2::3]
     with pytest.raises(ValueError, match="every must be >= 2"):
         split_train_held_out(records, every=1)
+
+
+def test_downtime_fit_recovers_overhead_and_pause_rate() -> None:
+    truth = Calibration(downtime_overhead_s=0.015, stop_copy_s_per_mib=0.006)
+    records = [measured(MigrationInputs(256 * MIB, rate, bw * MIB, downtime_limit_s=limit,
+                                        working_set_bytes=ws * MIB), truth)
+               for bw, limit, rate, ws in ((20, 0.3, 0, 0), (100, 0.3, 0, 0), (50, 0.1, 4000, 8),
+                                           (100, 0.05, 2000, 16), (10, 0.3, 1000, 4))]
+    cal = fit_calibration(records, Calibration())
+    assert cal.downtime_overhead_s == pytest.approx(0.015, abs=0.002)
+    assert cal.stop_copy_s_per_mib == pytest.approx(0.006, rel=0.1)
 
 
 def test_fit_needs_converged_migrations() -> None:
