@@ -75,7 +75,7 @@ def _check_every(every: int) -> None:
 @click.option("--memory", "memories", type=int, multiple=True, metavar="MIB",
               help="Keep only these memory sizes of the grid (repeatable).")
 @click.option("--max-points", type=int, default=None, help="First N points per memory size.")
-@click.option("--every", type=int, default=3, show_default=True,
+@click.option("--every", type=int, default=2, show_default=True,
               help="Hold out every N-th migration from the fit.")
 @click.option("--nodes", default="fog1,fog2", show_default=True,
               help="The two fog nodes the VMs travel between.")
