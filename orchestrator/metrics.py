@@ -171,12 +171,28 @@ def core_family(core: dict[str, dict[str, int]]) -> CounterMetricFamily:
     return family
 
 
+def core_class_families(stats: dict[str, Any]) -> list[CounterMetricFamily]:
+    """The SDN core's per-class counters (OpenFlow flow stats of the classifier table)."""
+    byte_family = CounterMetricFamily("edgeiot_core_class_bytes",
+                                      "Bytes over the SDN core by traffic class.",
+                                      labels=["class"])
+    packet_family = CounterMetricFamily("edgeiot_core_class_packets",
+                                        "Packets over the SDN core by traffic class.",
+                                        labels=["class"])
+    for name, counters in sorted(stats.get("classes", {}).items()):
+        byte_family.add_metric([name], float(counters.get("bytes", 0)))
+        packet_family.add_metric([name], float(counters.get("packets", 0)))
+    return [byte_family, packet_family]
+
+
 class OrchestratorCollector(Collector):
     """Reads the records (and the lab's core counters) at every scrape."""
 
-    def __init__(self, open_store: StoreOpener, core_bytes: CoreBytes | None = None) -> None:
+    def __init__(self, open_store: StoreOpener, core_bytes: CoreBytes | None = None,
+                 core_classes: Callable[[], dict[str, Any] | None] | None = None) -> None:
         self.open_store = open_store
         self.core_bytes = core_bytes
+        self.core_classes = core_classes
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("edgeiot_exporter_source_up",
@@ -187,6 +203,10 @@ class OrchestratorCollector(Collector):
             core, ok = self._from_lab()
             families.extend(core)
             up.add_metric(["lab"], 1.0 if ok else 0.0)
+        if self.core_classes is not None:
+            classes, ok = self._from_controller()
+            families.extend(classes)
+            up.add_metric(["sdn_controller"], 1.0 if ok else 0.0)
         yield up
         yield from families
 
@@ -216,6 +236,18 @@ class OrchestratorCollector(Collector):
         except Exception as exc:  # noqa: BLE001
             log.warning("lab counters unreadable: %s", exc)
             return [], False
+
+
+    def _from_controller(self) -> tuple[list[Metric], bool]:
+        assert self.core_classes is not None
+        try:
+            stats = self.core_classes()
+        except Exception as exc:  # noqa: BLE001 - a scrape must never fail
+            log.warning("SDN controller unreadable: %s", exc)
+            return [], False
+        if stats is None:  # the lab has no SDN core (or is down): nothing to report
+            return [], True
+        return list(core_class_families(stats)), True
 
 
 def _newest(store: Store, migration_id: int) -> dict[str, Any] | None:

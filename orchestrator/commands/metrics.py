@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import click
 from prometheus_client import CollectorRegistry, start_http_server
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from orchestrator.commands._common import app
 from orchestrator.errors import UserError
 from orchestrator.lab.builder import Lab
+from orchestrator.lab.sdn import controller_client, ovs_files
 from orchestrator.lab.state import LabPaths, load
 from orchestrator.lab.topology import LabSpec
 from orchestrator.metrics import OrchestratorCollector
@@ -41,6 +43,12 @@ def lab_core_bytes(state_dir: Path, prefix: str) -> dict[str, dict[str, int]]:
     return core
 
 
+def lab_core_classes(state_dir: Path, prefix: str) -> dict[str, Any] | None:
+    """The SDN controller's per-class counters, None when the lab has no SDN core."""
+    client = controller_client(ovs_files(LabPaths(state_dir, prefix).root, prefix))
+    return None if client is None else dict(client.stats())
+
+
 @click.group("metrics")
 def command() -> None:
     """Prometheus metrics of the orchestrator."""
@@ -60,7 +68,8 @@ def serve(ctx: click.Context, listen: str, prefix: str) -> None:
     LabSpec(prefix=prefix)  # validates the prefix
     registry = CollectorRegistry(auto_describe=False)
     registry.register(OrchestratorCollector(lambda: open_store(state_dir),
-                                            lambda: lab_core_bytes(state_dir, prefix)))
+                                            lambda: lab_core_bytes(state_dir, prefix),
+                                            lambda: lab_core_classes(state_dir, prefix)))
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:

@@ -113,3 +113,25 @@ def test_real_scrape_over_loopback(store_path):
     assert families["edgeiot_migrations"].type == "counter"
     assert families["edgeiot_migration_downtime_seconds"].type == "histogram"
     assert "edgeiot_migrations_total" in text
+
+
+def test_sdn_core_classes_are_exported_and_a_dead_controller_shows_as_down():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from orchestrator.metrics import OrchestratorCollector, core_class_families
+
+    stats = {"classes": {"migration": {"bytes": 1000, "packets": 3},
+                         "raw": {"bytes": 20, "packets": 1}}}
+    byte_family, packet_family = core_class_families(stats)
+    assert {s.labels["class"]: s.value for s in byte_family.samples
+            if s.name.endswith("_total")} == {"migration": 1000.0, "raw": 20.0}
+    assert len(packet_family.samples) >= 2
+
+    def dead() -> dict:
+        raise OSError("connection refused")
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OrchestratorCollector(lambda: (_ for _ in ()).throw(OSError("no db")),
+                                            core_classes=dead))
+    text = generate_latest(registry).decode()
+    assert 'edgeiot_exporter_source_up{source="sdn_controller"} 0.0' in text
