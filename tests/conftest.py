@@ -13,7 +13,6 @@ from hypothesis import settings
 from orchestrator.cli import main
 from orchestrator.errors import ExitStatus
 
-
 # CI runs the property tests on a fixed example set, so a submission's result does not depend
 # on the draw; developers keep hypothesis' random exploration (and its failure database).
 settings.register_profile("ci", derandomize=True, deadline=None)
