@@ -105,6 +105,10 @@ class Lab:
         if state.load(self.paths) is not None or self.network.lab_namespaces():
             raise UserError(f"lab {self.spec.prefix!r} is already up (or left by a crash): "
                             "run 'orchestrator lab down' first")
+        taken = self.network.subnet_routes()
+        if taken:
+            raise UserError(f"subnet {self.spec.subnet} is already routed ({taken[0]}): "
+                            "choose another --subnet")
 
     def _build(self, record: dict[str, Any]) -> None:
         self.network.create_core()

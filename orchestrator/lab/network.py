@@ -7,6 +7,7 @@ tolerance of objects that are already gone (teardown is idempotent).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterable
 
@@ -23,6 +24,23 @@ def parse_link_names(ip_json: str) -> list[str]:
 def parse_netns_names(ip_json: str) -> list[str]:
     """Namespace names from `ip -j netns list` output (empty output when there are none)."""
     return [str(ns["name"]) for ns in json.loads(ip_json or "[]")]
+
+
+def overlapping_routes(ip_json: str, subnet: ipaddress.IPv4Network) -> list[str]:
+    """Routes in `ip -j route show` output that overlap `subnet` (the default route aside):
+    a lab must own its subnet alone, or its traffic could take another device."""
+    found = []
+    for route in json.loads(ip_json or "[]"):
+        dst = route.get("dst", "")
+        if dst in ("", "default"):
+            continue
+        try:
+            net = ipaddress.IPv4Network(dst if "/" in dst else f"{dst}/32", strict=False)
+        except ValueError:
+            continue
+        if net.overlaps(subnet):
+            found.append(f"{dst} dev {route.get('dev', '?')}")
+    return found
 
 
 def shaping_args(rate_mbit: float | None, delay_ms: float | None) -> list[str]:
@@ -81,6 +99,10 @@ class LabNetwork:
             ["tc", "qdisc", "replace", "dev", node.node_veth, "root", *args])
 
     # --- discovery and teardown -------------------------------------------------------
+
+    def subnet_routes(self) -> list[str]:
+        out = self.runner.run(["ip", "-j", "route", "show"], check=False).stdout
+        return overlapping_routes(out, self.topology.spec.network)
 
     def lab_namespaces(self) -> list[str]:
         out = self.runner.run(["ip", "-j", "netns", "list"], check=False).stdout

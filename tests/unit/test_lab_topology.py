@@ -56,3 +56,18 @@ def test_cloud_node_sits_behind_its_own_slower_link():
     assert (cloud.kind, cloud.address, cloud.namespace) == ("cloud", "10.77.0.100", "eiot-cloud")
     assert len(cloud.core_veth) <= 15
     assert (fog.rate_mbit, cloud.rate_mbit) == (1000, 50)
+
+
+def test_a_subnet_already_routed_elsewhere_is_found():
+    import ipaddress
+
+    from orchestrator.lab.network import overlapping_routes
+
+    routes = ('[{"dst":"default","gateway":"192.0.2.1","dev":"eth0"},'
+              '{"dst":"192.0.2.0/24","dev":"eth0"},{"dst":"10.77.0.0/16","dev":"other-core"},'
+              '{"dst":"10.80.1.5","dev":"tun0"}]')
+    assert overlapping_routes(routes, ipaddress.IPv4Network("10.77.0.0/16")) == [
+        "10.77.0.0/16 dev other-core"]
+    assert overlapping_routes(routes, ipaddress.IPv4Network("10.80.0.0/16")) == [
+        "10.80.1.5 dev tun0"]
+    assert overlapping_routes(routes, ipaddress.IPv4Network("10.90.0.0/16")) == []
