@@ -66,3 +66,13 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     for row in rows:
         table.add_row(*("-" if v is None else str(v) for v in row))
     console.print(table)
+
+
+def print_listing(rows: Sequence[dict[str, Any]], as_json: bool, title: str,
+                  columns: Sequence[str], cells: Callable[[dict[str, Any]], Sequence[Any]]
+                  ) -> None:
+    """A list command's output: the rows as JSON, or a table of `cells(row)`."""
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(title, columns, [cells(r) for r in rows])

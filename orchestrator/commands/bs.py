@@ -10,8 +10,7 @@ from orchestrator.commands._common import (
     fleet_session,
     inventory_option,
     json_option,
-    print_json,
-    print_table,
+    print_listing,
     store,
 )
 from orchestrator.errors import UserError
@@ -51,8 +50,5 @@ def listing(ctx: click.Context, as_json: bool) -> None:
     """List base stations."""
     with store(ctx) as records:
         rows = records.base_stations()
-    if as_json:
-        print_json(rows)
-        return
-    print_table("base stations", ["bs", "node", "alternates"],
-                [(r["bs_id"], r["node"], ",".join(r["alternates"])) for r in rows])
+    print_listing(rows, as_json, "base stations", ["bs", "node", "alternates"],
+                  lambda r: (r["bs_id"], r["node"], ",".join(r["alternates"])))

@@ -10,7 +10,7 @@ from orchestrator.commands._common import (
     inventory_option,
     json_option,
     print_json,
-    print_table,
+    print_listing,
     store,
 )
 from orchestrator.edge.proxies import ProxyService
@@ -56,10 +56,8 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     """List users and their proxy VMs."""
     with store(ctx) as records:
         rows = records.users()
-    if as_json:
-        print_json(rows)
-    else:
-        print_table("users", ["name", "proxy VM"], [(r["name"], r["proxy_vm"]) for r in rows])
+    print_listing(rows, as_json, "users", ["name", "proxy VM"],
+                  lambda r: (r["name"], r["proxy_vm"]))
 
 
 @command.command("stats")

@@ -9,7 +9,7 @@ from orchestrator.commands._common import (
     inventory_option,
     json_option,
     print_json,
-    print_table,
+    print_listing,
     store,
 )
 from orchestrator.edge.vms import VmService
@@ -55,12 +55,9 @@ def list_(ctx: click.Context, inventory: str | None, as_json: bool) -> None:
         rows = VmService(session, records).listing()
         for node, why in sorted(session.unreachable.items()):
             click.echo(f"orchestrator: warning: fog node {node} unreachable: {why}", err=True)
-    if as_json:
-        print_json(rows)
-    else:
-        print_table("VMs", ["name", "node", "state", "memory MiB", "address", "role"],
-                    [(r["name"], r["node"], r["state"], r["memory_mib"], r["address"], r["role"])
-                     for r in rows])
+    print_listing(rows, as_json, "VMs", ["name", "node", "state", "memory MiB", "address", "role"],
+                  lambda r: (r["name"], r["node"], r["state"], r["memory_mib"], r["address"],
+                             r["role"]))
 
 
 @command.command("destroy")
