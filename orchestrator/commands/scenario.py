@@ -75,7 +75,7 @@ def replay(state: Path, trace: sc.Trace, policies: list[str],
            cfg: sc.ReplayConfig) -> dict[str, Any]:
     lab = Lab.recorded(state, default_lab_prefix())
     record = lab.require_up()
-    hooks = sc.LabHooks(core_bytes=lambda: lab.status()["core_bytes"], enter=lab.enter_argv,
+    hooks = sc.LabHooks(core_bytes=lab.core_counters, enter=lab.enter_argv,
                         subnet=record["spec"]["subnet"], bridge="br-vm")
     calibration = calibration_store.load(state)
     records = open_store(state)

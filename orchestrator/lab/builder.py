@@ -194,6 +194,15 @@ class Lab:
                 record["core_stats"] = {"connected": False, "error": str(exc)}
         return record
 
+    def core_counters(self) -> dict[str, dict[str, int]]:
+        """Bytes over each node's core link: on the SDN core the switch's own port counters
+        (what the controller reports), else the root-side veths' counters."""
+        if isinstance(self.network, SdnNetwork):
+            stats = self.network.core_stats()
+            if stats.get("connected"):
+                return dict(stats["links"])
+        return self.network.core_link_bytes()
+
     def _entry(self, record: dict[str, Any], node: str) -> dict[str, Any]:
         entry = next((e for e in record["nodes"] if e["name"] == node), None)
         if entry is None:
