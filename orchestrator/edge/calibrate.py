@@ -104,9 +104,12 @@ def _check(condition: bool, message: str) -> None:
 # per size: idle at low/high bandwidth, dirtying well below the bandwidth, near it, above it
 # with a working set bigger than ς (never converges) and above it with a tiny one (does).
 _QUICK: dict[int, list[tuple[int, int, int, int]]] = {
-    128: [(0, 0, 100, 300), (0, 0, 20, 100), (1000, 8, 20, 300), (2000, 12, 20, 50),
-          (8000, 12, 20, 300), (4000, 12, 50, 100), (6000, 2, 10, 300), (0, 0, 5, 300),
-          (3000, 8, 10, 300), (1500, 12, 10, 50)],
+    # NOTE: a 128 MiB guest has ~20 MiB free with the data-plane agent and the dirtier keeps
+    # 16 MiB in reserve, so its working sets stay at 4 MiB; a 50 ms limit (ς = 1 MiB at
+    # 20 MiB/s) still puts such a set above ς for the never-converging cases.
+    128: [(0, 0, 100, 300), (0, 0, 20, 100), (1000, 4, 20, 300), (2000, 4, 20, 50),
+          (8000, 4, 20, 50), (4000, 4, 50, 100), (6000, 2, 10, 300), (0, 0, 5, 300),
+          (3000, 4, 10, 50), (1500, 4, 10, 50)],
     256: [(0, 0, 100, 300), (0, 0, 40, 100), (4000, 32, 40, 300), (8000, 48, 50, 100),
           (16000, 48, 40, 300), (20000, 4, 100, 300), (12000, 32, 100, 50),
           (6000, 40, 20, 300), (2000, 16, 10, 300), (1000, 48, 100, 100)],
@@ -114,8 +117,8 @@ _QUICK: dict[int, list[tuple[int, int, int, int]]] = {
 
 # The integration tier's grid: both outcomes, two bandwidths, two downtime limits, ~6 runs.
 _SMALL: dict[int, list[tuple[int, int, int, int]]] = {
-    128: [(0, 0, 100, 300), (0, 0, 40, 100), (2000, 8, 40, 300), (1000, 8, 40, 100),
-          (8000, 12, 20, 300), (0, 0, 60, 300), (3000, 4, 60, 100)],
+    128: [(0, 0, 100, 300), (0, 0, 40, 100), (2000, 4, 40, 300), (1000, 4, 40, 100),
+          (8000, 4, 20, 50), (0, 0, 60, 300), (3000, 4, 60, 100)],
 }
 
 
@@ -126,7 +129,7 @@ def _scaled(memory_mib: int) -> list[tuple[int, int, int, int]]:
     of the bandwidth range, dirtying below the bandwidth, beyond it (never converges) and
     beyond it on a tiny set (converges), then the remaining bandwidths.
     """
-    room = max(2, (memory_mib - 112) // 2)  # what a busybox+agent guest leaves the dirtier
+    room = max(2, (memory_mib - 120) // 2)  # what the guest (image + agent) leaves the dirtier
     small, large = max(2, room // 8), room
 
     def below(bandwidth: int, fraction: float) -> int:
