@@ -1,11 +1,10 @@
-"""What every command shares: the state directory, and lazily opened store and fleet."""
+"""What every command shares: the state directory (records, lab state, calibration)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 DEFAULT_STATE_DIR = "/var/lib/edgeiot"
 
@@ -19,7 +18,6 @@ class AppContext:
     """Per-invocation context handed to subcommands through click's `ctx.obj`."""
 
     state_dir: str
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def state_path(self) -> Path:
