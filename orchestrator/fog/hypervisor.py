@@ -146,7 +146,10 @@ class Guest:
             if self.dom.isActive():
                 self.dom.destroy()
         except libvirt.libvirtError as exc:
-            raise _error(f"destroy {self.name} on {self.node}", exc) from exc
+            # NOTE: libvirt may remove a failed migration's incoming domain itself while we
+            # clean up; gone is what we wanted.
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise _error(f"destroy {self.name} on {self.node}", exc) from exc
 
     def undefine(self) -> None:
         try:
