@@ -12,7 +12,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.fog.migration import MigrationRequest
 from orchestrator.fog.session import FleetSession
 from orchestrator.lab.builder import Lab, require_root
-from orchestrator.lab.sdn import controller_client, ovs_files
+from orchestrator.lab.sdn import switchover_mover
 from orchestrator.lab.topology import LabSpec
 from orchestrator.store import open_store
 
@@ -87,7 +86,9 @@ def _migrate_around(lab: Lab, state_dir: Path, memory_mib: int, bandwidth: int) 
         watch.start()
         service = MigrationService(session, store, state_dir,
                                    calibration_store.load(state_dir),
-                                   on_switchover=_flow_mover(lab, vm.mac))
+                                   on_switchover=switchover_mover(
+                                       lab.paths.root, lab.spec.prefix, vm.mac,
+                                       lambda msg: console.print(f"[yellow]{msg}")))
         try:
             for hop in HOPS:
                 request = MigrationRequest(vm=VM, destination=hop, bandwidth_mib_s=bandwidth)
@@ -100,14 +101,6 @@ def _migrate_around(lab: Lab, state_dir: Path, memory_mib: int, bandwidth: int) 
     store.close()
     _render(results, watch)
     return 0 if _consistent(results, watch) else 1
-
-
-def _flow_mover(lab: Lab, mac: str) -> Callable[[str, str], object] | None:
-    """On the SDN core the controller moves the VM's flows at each switch-over."""
-    client = controller_client(ovs_files(lab.paths.root, lab.spec.prefix))
-    if client is None:
-        return None
-    return lambda _vm, destination: client.move(mac, destination)
 
 
 def _consistent(results: list[dict[str, Any]], watch: CounterWatch) -> bool:

@@ -22,12 +22,12 @@ from orchestrator.commands._common import (
 )
 from orchestrator.edge.migrate import DEFAULT_MAX_PER_NODE, MigrationService
 from orchestrator.edge.reconcile import Reconciler
-from orchestrator.errors import ExitStatus, OrchestratorError
+from orchestrator.errors import ExitStatus
 from orchestrator.fleet import default_lab_prefix
 from orchestrator.fog.jobstats import JobSample
 from orchestrator.fog.migration import MigrationRequest
 from orchestrator.fog.node import validate_name
-from orchestrator.lab.sdn import controller_client, ovs_files
+from orchestrator.lab.sdn import switchover_mover
 from orchestrator.lab.state import LabPaths
 from orchestrator.model.precopy import (
     Calibration,
@@ -94,22 +94,12 @@ def _flow_mover(ctx: click.Context, inventory: str | None, records: Store,
                 vm: str) -> Callable[[str, str], object] | None:
     """With the lab's SDN core up, move the VM's flows at the switch-over (not after the
     migration returns, when QEMU's own announcement has already gone out)."""
-    record = records.vm(vm)
+    record = records.vm(vm)  # read here: the hook runs in another thread, the store may not
     if inventory or record is None:
         return None
     prefix = default_lab_prefix()
-    client = controller_client(ovs_files(LabPaths(app(ctx).state_path, prefix).root, prefix))
-    if client is None:
-        return None
-    mac = record.mac  # read here: the hook runs in another thread, the store may not
-
-    def move(_vm: str, destination: str) -> object:
-        try:
-            return client.move(mac, destination)
-        except OrchestratorError as exc:
-            click.echo(f"orchestrator: warning: flow move failed: {exc}", err=True)
-            return None
-    return move
+    return switchover_mover(LabPaths(app(ctx).state_path, prefix).root, prefix, record.mac,
+                            lambda msg: click.echo(f"orchestrator: warning: {msg}", err=True))
 
 
 def _reconcile_orphans(reconciler: Reconciler) -> None:

@@ -160,19 +160,18 @@ class MigrationService:
         outcome = self._run(guest, request, self._sample_sink(record_id, observer))
         return self._finish(record_id, request, guest.node, memory, outcome, prediction)
 
-    def _remove_leftovers(self, vm: str) -> list[str]:
-        """After a failed migration the destination may hold a paused incoming domain (e.g.
-        when the core link died and the nodes could not agree); it must not outlive us."""
+    def _settle(self, vm: str) -> tuple[list[str], list[str]]:
+        """(nodes where the VM runs, nodes whose leftover copy was removed), from one scan.
+
+        After a failed migration the destination may hold a paused incoming domain (e.g.
+        when the core link died and the nodes could not agree); it must not outlive us. If
+        nothing runs, every copy stays for reconcile to judge."""
         guests = self.session.locate(vm)
-        if not any(g.is_running() for g in guests):
-            return []  # nothing runs: keep every copy for reconcile to judge
-        removed = []
-        for guest in guests:
-            if not guest.is_running():
-                guest.destroy()
-                guest.undefine()
-                removed.append(guest.node)
-        return removed
+        running = [g for g in guests if g.is_running()]
+        leftovers = [g for g in guests if g not in running] if running else []
+        for guest in leftovers:
+            guest.remove()
+        return [g.node for g in running], [g.node for g in leftovers]
 
     def _sample_sink(self, record_id: int,
                      observer: MigrationObserver | None) -> Callable[[JobSample], None]:
@@ -265,8 +264,7 @@ class MigrationService:
 
     def _finish(self, record_id: int, request: MigrationRequest, source: str, memory: int,
                 outcome: MigrationOutcome, prediction: Prediction | None) -> dict[str, Any]:
-        leftovers = self._remove_leftovers(request.vm)
-        placement = self.session.running_on(request.vm)
+        placement, leftovers = self._settle(request.vm)
         final = outcome.final.as_dict() if outcome.final else {}
         status, error = outcome.status, outcome.error
         expected = [request.destination] if status == "completed" else [source]

@@ -125,8 +125,7 @@ class Reconciler:
         for vm, node in plan.remove_leftovers:
             guest = self.session.hypervisor(node).lookup(vm)
             if guest is not None and not guest.is_running():
-                guest.destroy()
-                guest.undefine()
+                guest.remove()
         for record_id, status, why in plan.close_records:
             self.store.finish_migration(record_id, status, {"reconciled": True}, [], why)
         for vm, node in plan.set_placement:

@@ -450,8 +450,7 @@ class Replay:
         for vm in vms:
             for guest in self.session.locate(vm):
                 try:
-                    guest.destroy()
-                    guest.undefine()
+                    guest.remove()
                 except OrchestratorError:
                     pass
             self.store.remove_vm(vm)

@@ -116,11 +116,12 @@ class VmService:
                 self.session.unreachable[node] = str(exc)
                 continue
             for guest in guests:
+                state = guest.state()
                 row = rows.setdefault(guest.name, {"name": guest.name, "nodes": [],
-                                                   "state": guest.state(),
+                                                   "state": state,
                                                    "memory_mib": guest.memory_bytes() >> 20})
                 row["nodes"].append(node)
-                if guest.is_running():
+                if state == "running":
                     row["state"] = "running"
         for name, row in rows.items():
             record = records.get(name)
@@ -135,8 +136,7 @@ class VmService:
         if not guests and self.store.vm(name) is None:
             raise UserError(f"unknown VM {name!r}")
         for guest in guests:
-            guest.destroy()
-            guest.undefine()
+            guest.remove()
         self.store.remove_vm(name)
         return [g.node for g in guests]
 

@@ -151,6 +151,11 @@ class Guest:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise _error(f"destroy {self.name} on {self.node}", exc) from exc
 
+    def remove(self) -> None:
+        """Stop the domain if it runs and forget its definition: gone from this node."""
+        self.destroy()
+        self.undefine()
+
     def undefine(self) -> None:
         try:
             if self.dom.isPersistent():

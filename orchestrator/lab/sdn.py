@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,26 @@ def controller_client(files: OvsFiles) -> ControllerClient | None:
     if config is None:
         return None
     return ControllerClient(f"http://{config['api_host']}:{config['api_port']}")
+
+
+def switchover_mover(lab_root: Path, prefix: str, mac: str,
+                     warn: Callable[[str], None]) -> Callable[[str, str], object] | None:
+    """The migration service's switch-over hook on a lab with the SDN core: the controller
+    moves the VM's flows to the destination as the source pauses. None without the core.
+
+    A failed move only costs the client a longer gap (the network still learns from QEMU's
+    announcement), so it is a warning, never a failed migration."""
+    client = controller_client(ovs_files(lab_root, prefix))
+    if client is None:
+        return None
+
+    def move(_vm: str, destination: str) -> object:
+        try:
+            return client.move(mac, destination)
+        except OrchestratorError as exc:
+            warn(f"flow move failed: {exc}")
+            return None
+    return move
 
 
 class SdnNetwork(LabNetwork):
