@@ -109,7 +109,8 @@ def run_campaign(ctx: click.Context, points: list[GridPoint], every: int,
     started = time.monotonic()
     with fleet_session(ctx, inventory) as session, store(ctx) as records:
         runner = CalibrationRunner(session, records, state, nodes,
-                                   calibration_store.load(state))
+                                   calibration_store.load(state),
+                                   notify=lambda line: click.echo(line, err=True))
         results = runner.run(points, _progress)
         log_campaign(records, kind, results, every)
         measured = campaign_measurements(records, [r.record_id for r in results
@@ -121,7 +122,8 @@ def run_campaign(ctx: click.Context, points: list[GridPoint], every: int,
     path = calibration_store.save(fitted.calibration, state)
     summary = calreport.summary(measured, fitted.calibration, every)
     return {"grid": kind, "duration_s": round(time.monotonic() - started, 1),
-            "calibration_file": str(path), "points": [r.as_dict() for r in results],
+            "calibration_file": str(path), "warm_up": runner.warm_up,
+            "points": [r.as_dict() for r in results],
             **summary}
 
 

@@ -43,6 +43,20 @@ def overlapping_routes(ip_json: str, subnet: ipaddress.IPv4Network) -> list[str]
     return found
 
 
+def bridge_mac(address: str) -> str:
+    """A fixed, locally administered MAC for a lab bridge, derived from its IPv4 address.
+
+    NOTE: a Linux bridge without an explicit MAC takes the lowest MAC among its ports and
+    changes it when a port comes or goes. libvirt gives each tap the guest's MAC with the
+    first byte FE, so the same VM's taps on the source and the destination node share one
+    MAC; when the destination's bridge took it at a migration's start, the source node's
+    replies to that MAC stayed inside the source (a local address of its own bridge) and the
+    two nodes could not reach each other until libvirt's keepalive gave up.
+    """
+    packed = ipaddress.IPv4Address(address).packed
+    return "02:1e:" + ":".join(f"{b:02x}" for b in packed)
+
+
 def shaping_args(rate_mbit: float | None, delay_ms: float | None) -> list[str]:
     """tc qdisc shaping one direction of a core link; [] when nothing is asked.
 
@@ -66,7 +80,8 @@ class LabNetwork:
     def create_core(self) -> None:
         """Core bridge with the gateway address: the lab subnet's route, before anything else."""
         t = self.topology
-        self.runner.run(["ip", "link", "add", t.bridge, "type", "bridge"])
+        self.runner.run(["ip", "link", "add", t.bridge, "address", bridge_mac(t.gateway),
+                         "type", "bridge"])
         self.runner.run(["ip", "addr", "add", f"{t.gateway}/{t.prefix_len}", "dev", t.bridge])
         self.runner.run(["ip", "link", "set", t.bridge, "up"])
 
@@ -78,7 +93,8 @@ class LabNetwork:
         r.run(["ip", "link", "add", node.core_veth, "type", "veth",
                "peer", "name", node.node_veth, "netns", node.namespace])
         r.run(["ip", "link", "set", node.core_veth, "master", self.topology.bridge, "up"])
-        ns.run(["ip", "link", "add", VM_BRIDGE, "type", "bridge"])
+        ns.run(["ip", "link", "add", VM_BRIDGE, "address", bridge_mac(node.address),
+                "type", "bridge"])
         ns.run(["ip", "link", "set", node.node_veth, "master", VM_BRIDGE, "up"])
         ns.run(["ip", "addr", "add", f"{node.address}/{self.topology.prefix_len}",
                 "dev", VM_BRIDGE])

@@ -40,7 +40,7 @@ import psutil
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.lab.controller.api import ControllerClient
-from orchestrator.lab.network import LabNetwork
+from orchestrator.lab.network import LabNetwork, bridge_mac
 from orchestrator.lab.topology import VM_BRIDGE, NodePlan, Topology
 from orchestrator.runner import NamespaceRunner, Runner
 
@@ -239,12 +239,9 @@ class SdnNetwork(LabNetwork):
         r.run(["ip", "link", "set", node.core_veth, "up"])
         self.vsctl("add-port", self.topology.bridge, node.core_veth, "--", "set", "interface",
                    node.core_veth, f"ofport_request={port}")
-        ns.run(["ip", "link", "add", VM_BRIDGE, "type", "bridge"])
+        mac = bridge_mac(node.address)  # pinned: see bridge_mac; the proactive rule needs it
+        ns.run(["ip", "link", "add", VM_BRIDGE, "address", mac, "type", "bridge"])
         ns.run(["ip", "link", "set", node.node_veth, "master", VM_BRIDGE, "up"])
-        mac = ns.run(["cat", f"/sys/class/net/{VM_BRIDGE}/address"]).stdout.strip()
-        # NOTE: a Linux bridge takes the lowest MAC of its ports unless one is set; pin it so
-        # a VM tap joining later cannot move the node's MAC away from its proactive rule.
-        ns.run(["ip", "link", "set", VM_BRIDGE, "address", mac])
         ns.run(["ip", "addr", "add", f"{node.address}/{self.topology.prefix_len}",
                 "dev", VM_BRIDGE])
         ns.run(["ip", "link", "set", VM_BRIDGE, "up"])

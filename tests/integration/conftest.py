@@ -25,6 +25,14 @@ class LabHandle:
     state_dir: Path
     nodes: int
 
+    def daemon_log_tails(self, lines: int = 12) -> str:
+        """The end of each node's libvirtd and QEMU logs, for a failing test's message."""
+        parts = []
+        for log in sorted((self.state_dir / "labs" / self.prefix).glob("*/log/**/*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {log.relative_to(self.state_dir)}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
 
 def lab_fixture(prefix: str, subnet: str, nodes: int = 3, *extra: str):
     """A module-scoped fixture bringing up one lab for the whole module."""

@@ -29,7 +29,7 @@ def campaign(lab):
     out = io.StringIO()
     with redirect_stdout(out):
         status = main(["calibrate", "--grid", "small", "--json"])
-    assert status == ExitStatus.SUCCESS
+    assert status == ExitStatus.SUCCESS, lab.daemon_log_tails()
     return json.loads(out.getvalue())
 
 
@@ -44,6 +44,8 @@ def test_campaign_writes_a_fitted_calibration(lab, campaign):
     stalled = [p for p in campaign["points"] if p["stalled"]]
     assert all(p["status"] == "aborted" for p in stalled)
     assert campaign["migrations"] >= 6
+    warm_up = campaign["warm_up"]
+    assert warm_up["id"] not in [p["record_id"] for p in campaign["points"]]
 
 
 def test_every_migration_is_a_normal_record(lab, cli, campaign):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 from orchestrator import calibration_store, calreport
 from orchestrator.cli import main
 from orchestrator.edge.calibrate import (
+    CalibrationRunner,
     GridPoint,
     PointResult,
     campaign_measurements,
@@ -22,6 +25,7 @@ from orchestrator.edge.calibrate import (
     measured_from_record,
 )
 from orchestrator.errors import ExitStatus, UserError
+from orchestrator.fog.migration import MigrationRequest
 from orchestrator.model.precopy import MIB, Calibration, predict
 from orchestrator.store import open_store
 
@@ -249,3 +253,60 @@ def test_export_import_round_trip(state, capsys):
     assert main(["calibrate", "import", str(out)]) == ExitStatus.SUCCESS
     assert calibration_store.read(calibration_store.default_path(state)) == fitted
     assert "lab A" in capsys.readouterr().out
+
+
+class _Fleet:
+    def node(self, name: str) -> str:
+        return name
+
+
+class _Session:
+    fleet = _Fleet()
+
+    def running_on(self, vm: str) -> list[str]:
+        return ["fog1"]
+
+
+class ScriptedRunner(CalibrationRunner):
+    """The runner's own sequencing over scripted point outcomes: no VM, no lab."""
+
+    def __init__(self, statuses: list[str]) -> None:
+        self.lines: list[str] = []
+        super().__init__(_Session(), None, Path("/nonexistent"),  # type: ignore[arg-type]
+                         sleep=lambda _s: None, notify=self.lines.append)
+        self.statuses = statuses
+        self.migrations: list[MigrationRequest] = []
+
+    @contextmanager
+    def _vm(self, memory_mib: int) -> Iterator[tuple[str, Any]]:
+        yield f"cal-m{memory_mib}", None
+
+    def _migrate(self, request: MigrationRequest) -> dict[str, Any]:
+        self.migrations.append(request)
+        return {"id": len(self.migrations), "status": "completed", "error": None}
+
+    def _run_point(self, vm: str, agent: Any, point: GridPoint) -> PointResult:
+        status = self.statuses.pop(0)
+        return PointResult(point, 100 + len(self.statuses), status, note=f"{status} note")
+
+
+def test_one_warm_up_migration_before_the_grid_kept_out_of_the_results():
+    points = grid("quick", [128], 2) + grid("quick", [256], 1)
+    runner = ScriptedRunner(["completed"] * 3)
+    results = runner.run(points)
+    assert [r.status for r in results] == ["completed"] * 3
+    assert len(runner.migrations) == 1  # the warm-up, at the grid's top bandwidth
+    assert runner.migrations[0].bandwidth_mib_s == max(p.bandwidth_mib_s for p in points)
+    assert runner.migrations[0].destination == "fog2"
+    assert runner.warm_up == {"id": 1, "status": "completed", "error": None}
+    assert "warm-up migration to fog2: completed" in runner.lines
+
+
+def test_a_failed_point_is_run_once_more_and_the_second_outcome_kept():
+    points = grid("quick", [128], 3)
+    runner = ScriptedRunner(["failed", "completed", "aborted", "failed", "failed"])
+    results = runner.run(points)
+    assert [r.status for r in results] == ["completed", "aborted", "failed"]
+    assert results[0].note.startswith("retried after: failed note")
+    assert results[1].note == "aborted note"  # aborted by policy: a measurement, not retried
+    assert runner.statuses == []

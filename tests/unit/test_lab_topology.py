@@ -71,3 +71,14 @@ def test_a_subnet_already_routed_elsewhere_is_found():
     assert overlapping_routes(routes, ipaddress.IPv4Network("10.80.0.0/16")) == [
         "10.80.1.5 dev tun0"]
     assert overlapping_routes(routes, ipaddress.IPv4Network("10.90.0.0/16")) == []
+
+
+def test_bridge_macs_are_fixed_unicast_local_and_distinct_per_address():
+    from orchestrator.lab.network import bridge_mac
+    macs = {bridge_mac(f"10.70.0.{i}") for i in range(1, 255)}
+    assert len(macs) == 254
+    assert bridge_mac("10.70.0.12") == "02:1e:0a:46:00:0c"
+    for mac in macs:
+        first = int(mac[:2], 16)
+        assert first & 0x02 and not first & 0x01  # locally administered, unicast
+        assert not mac.startswith("fe:")  # never a libvirt tap's MAC
