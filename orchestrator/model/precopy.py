@@ -5,58 +5,70 @@ non-zero memory and its writable working set, not by M (LAB-NOTES: an idle busyb
 sends ~72 MB at 128 MiB and ~99 MB at 1024 MiB). The naive quotient overestimates such
 migrations 2-10x, and it cannot say when a migration will never finish.
 
-What QEMU does, and what this module mirrors (symbols used below):
+What QEMU 7.2 does, and what this module mirrors (symbols used below):
 
     M   memory_bytes           B   bandwidth_bytes_s × η (η = calibration.bandwidth_efficiency)
     F   footprint (non-zero)   z   zero_page_wire_ratio (a zero page goes as a ~9 byte marker)
     W   writable working set   r   dirty rate in bytes/s = dirty_rate_pages_s × page_size
-    ς   switch-over threshold = B × downtime_limit_s   (QEMU: threshold_size)
+    H   hot_set_bytes          c   round_overhead_s (the dirty-bitmap sync's cost)
+    ς   switch-over threshold = B × downtime_limit_s  (QEMU: threshold_size, from the bytes
+        the stream moved in its last 100 ms slot, i.e. the achieved rate)
+    χ   what one 100 ms rate-limit slot sends = B × 0.1 s
 
-    round 0   sends the whole memory: s0 = F + z·(M − F) bytes,
-              lasting t0 = s0 / B + scan_s_per_gib·(M − F)/GiB
-    round i   sends what was dirtied during round i−1: s_i = min(W, r·t_{i−1}),
-              t_i = s_i / B + c  (c = round_overhead_s: the dirty-bitmap sync and the loop's
-              own cost, during which the guest keeps dirtying; large under TCG)
-    switch    QEMU 7.2 (migration_iteration_run → ram_save_pending) checks once per 100 ms
-              rate-limit slot whether `remaining` (dirty pages not yet sent, 4 KiB each,
-              zero pages included) is below ς; only then does it sync the dirty bitmap, and
-              it switches over if what is pending after the sync is still below ς. So a
-              pass stops with a leftover ℓ unsent — ℓ = ς − min(ς, B·0.1 s)/2 on average —
-              and the pause sends ℓ plus the dirty set d = min(W, r·t_last) found by the
-              sync. The model switches when d ≤ ς (when ℓ + d ≥ ς QEMU runs one more short
-              pass, folded into the last round here) and the stop-and-copy payload is
-              p = d + ℓ, at most ς; the last round's live part is shorter by ℓ's wire
-              bytes.
-    pause     QEMU lifts the rate limit for the stop-and-copy (migration_completion), so p
-              goes at link/CPU speed, not at B: downtime = min(k, 1/B)·p + o, with k =
-              stop_copy_s_per_mib (never slower than B itself, so more bandwidth is never
-              slower overall) and o = downtime_overhead_s (device state, pause/resume,
-              announce), both fitted on measured downtimes
-    total     Tmig = setup_s + Σ t_i (last one shortened by ℓ) + downtime
-    never     when a later round dirties at least as much as it sent (r ≥ B and W > ς):
-              the dirty set never shrinks, QEMU iterates until the caller's timeout action
-              (abort, raise the downtime limit, post-copy) — `converges` is False. Also
-              when r < B but the dirty set's floor s* = min(W, r·c / (1 − r/B)) (the fixed
-              point of s ↦ r·(s/B + c)) is above ς: the rounds shrink towards s*, never to ς.
+    pages     a page costs the same wherever it goes: wire bytes (4 KiB of data, or z·4 KiB
+              for a zero page) at B live or at min(k, 1/B) in the pause, plus σ =
+              zero_scan_s_per_gib of CPU per zero byte in both. So moving a page from the
+              last pass into the pause never makes a migration slower.
+    passes    round 0 sends all M pages (F of them data). QEMU checks `remaining` (pending
+              pages, zero pages included) once per slot, and only when it is below ς does
+              it sync the dirty bitmap: a pass ends with ℓ = ς − min(ς, χ_p)/2 unsent on
+              average (none when it fits one slot), χ_p the pages a slot gets through
+              (χ of wire; far more pages where they are zero). The next pass starts with
+              round 0's unsent tail, just ahead of QEMU's cursor. A pass lasts
+              wire/B + σ·zero + c.
+    sync      finds d = min(W, r·t) + H new dirty pages, t the time since the previous
+              sync: the cyclic writer's pages plus the hot set H that any guest rewrites
+              every round however short (kernel stacks, timers, the agent; with pti=on
+              under TCG each user/kernel switch re-arms dirty tracking). Pending after it:
+              P = ℓ + d, never more than ℓ's round-0 tail + W + H.
+    switch    when P ≤ ς (migration_iteration_run); the pause sends P. Otherwise the next
+              pass sends P − ℓ'.
+    pause     QEMU lifts the rate limit for the stop-and-copy (migration_completion):
+              downtime = o + min(k, 1/B)·wire(P) + σ·zero(P), with k = stop_copy_s_per_mib
+              and o = downtime_overhead_s (device state, pause/resume, announce)
+    total     Tmig = setup_s + Σ passes + downtime
+    never     the smallest set a sync can find is d* = min(W + H, (H + r·c) / (1 − r/B))
+              (the fixed point of d ↦ r·(d/B + c) + H; W + H when r ≥ B). Once P > ς,
+              with W + H > ς: if χ ≥ ς a pass sends everything, so the next P ≥ d*; if
+              χ < ς each pass keeps ≥ ς − χ unsent, so P only shrinks when a sync finds
+              less than one slot's χ. Hence the migration never converges when
+              d* ≥ min(ς, χ): a dirty rate close to B, or a small ς, stalls below B.
+              QEMU then iterates until the caller's timeout action (abort, raise the
+              downtime limit, post-copy) — `converges` is False.
 
 `iterations` follows libvirt/QEMU's counter (dirty-bitmap syncs), which is the number of
-live rounds + 2: one sync at setup, one at the end of each round, one in the stop-and-copy.
+passes + 2: one sync at setup, one at the end of each pass, one in the stop-and-copy.
 LAB-NOTES saw 3 for an idle guest: round 0 then straight to switch-over.
 
-Worked example (ideal calibration: setup 0, η = 1, z = 0, no fixed overheads, pause cost
-k = 4 ms/MiB, i.e. 250 MiB/s uncapped), M = 1 GiB, bandwidth 100 MiB/s, downtime limit
-0.3 s, so ς = 30 MiB and ℓ = 30 − 10/2 = 25 MiB; "live" is what each round sends while the
-guest runs, p the stop-and-copy payload:
+Worked example (ideal calibration: setup 0, η = 1, z = 0, σ = 0, c = 0, H = 0, o = 0,
+pause cost k = 4 ms/MiB, i.e. 250 MiB/s uncapped), M = F = 1 GiB, bandwidth 100 MiB/s,
+downtime limit 0.3 s, so ς = 30 MiB, χ = 10 MiB and ℓ = min(25 MiB, pass − 10 MiB):
 
-    case                          live rounds (MiB)            p (MiB)  downtime  Tmig     bytes
-    idle (r = 0)                  999                          25       0.10 s    10.09 s  1024
-    r = 50 MiB/s (half of B)      1024 512 256 128 64 18       30       0.12 s    20.14 s  2032
-    r = 50 MiB/s, W = 64 MiB      1024 64 18                   30       0.12 s    11.18 s  1136
-    r = 150 MiB/s, W = 16 MiB     1010                         30       0.12 s    10.22 s  1040
-    r = 150 MiB/s, W = M          1024 1024 1024 ...           -        never     ∞        ∞
+    case                        passes (MiB)                           P (MiB)  Tmig      bytes
+    idle (r = 0)                999                                    25       10.09 s   1024
+    r = 50 MiB/s (half of B)    999 499.5 249.75 124.875 62.4375       27.80    20.035 s  2020.2
+                                31.21875 15.609375 10
+    r = 50 MiB/s, W = 64 MiB    999 64 32 16 10                        28       11.322 s  1149
+    r = 150 MiB/s, W = 16 MiB   999 35                                 16       10.404 s  1050
+    r = 150 MiB/s, W = M        999, then W again and again            -        never     ∞
 
-In the r = 50 MiB/s rows the last sync finds d = 16 MiB, so only 14 of the 25 MiB leftover
-fit under ς: the last round sends 32 − 14 = 18 MiB live and the pause sends 16 + 14 = 30.
+Half bandwidth: round 0 leaves ℓ = 25 MiB and the sync finds 50 × 9.99 = 499.5 MiB, so
+P = 524.5 and pass 1 sends 499.5; each pass halves until P = 25 + 15.609 = 40.6, then
+25 + 7.805 = 32.8 > ς: that pass keeps only 32.8 − 10 = 22.8 MiB, sends one slot (0.1 s),
+and the sync finds 5 MiB: P = 27.8 ≤ ς, a 0.111 s pause. W = 16 MiB beyond B converges
+because W ≤ ς: the pass after round 0 sends round 0's 25 MiB tail and all of W but
+ℓ = 16 − 10 = 6 MiB, and the sync finds W rewritten: P = 6 + 16 capped by W, 16 MiB.
+W = M beyond B: the sync after round 0 finds d* = W > ς, never.
 (r = 50 MiB/s is 12 800 pages/s of 4 KiB.) Everything is pure: numbers in, numbers out.
 """
 
@@ -65,7 +77,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 GIB = 1024**3
@@ -143,17 +155,24 @@ class Calibration:
     Defaults come from LAB-NOTES (busybox guest under TCG, Debian 12): footprint
     F(M) ≈ 73 MB + 2.3 % of M fits the idle-guest measurements at 128-1024 MiB, and a
     20 MiB/s migration took ~1.09 × bytes ÷ bandwidth. Spreads are generous until fitted.
+    The hot set H is not fitted (iteration counts barely tell it apart from c): idle
+    guests in the lab's campaigns showed 15-100 pages/s of QEMU-measured dirtying, i.e.
+    ~0.03-0.2 MiB over the ~0.5 s round that ends round 0; 0.1 MiB is the middle, and the
+    iteration counts of both campaigns' converged migrations fit best at 0.05-0.15 MiB. c
+    is what the quick campaign's counts gave (0.0175-0.025 s); the job-stats samples agree:
+    each sync found ~r·0.02-0.03 s more new dirty pages than r·Δt.
     """
 
     setup_s: float = 0.3  # before round 0 moves bytes: destination start, handshake
     bandwidth_efficiency: float = 0.95  # B = η × configured bandwidth (framing, TCP, pacing)
     zero_page_wire_ratio: float = 9 / 4096  # wire bytes per zero byte (8 B header + 1 B)
-    zero_scan_s_per_gib: float = 0.0  # CPU time scanning zero pages in round 0 (TCG)
+    zero_scan_s_per_gib: float = 0.0  # σ: CPU time per GiB of zero pages, live or paused
     footprint_base_bytes: float = 73e6  # default footprint when the guest's is unknown…
     footprint_fraction: float = 0.023  # … F = min(M, base + fraction × M)
     downtime_overhead_s: float = 0.02  # device state, pause/resume, announce
-    stop_copy_s_per_mib: float = 0.004  # pause cost per MiB pending at the switch (uncapped)
-    round_overhead_s: float = 0.0  # per live round after round 0: bitmap sync, loop cost
+    stop_copy_s_per_mib: float = 0.004  # k: pause cost per MiB on the wire (uncapped)
+    round_overhead_s: float = 0.02  # c: each dirty-bitmap sync's cost; the guest dirties on
+    hot_set_bytes: float = 0.1 * MIB  # H: pages every sync finds dirty, however short a round
     time_rel_spread: float = 0.10  # ~90th percentile |relative residual| of Tmig
     time_abs_spread_s: float = 0.2  # residual floor for short migrations
     bytes_rel_spread: float = 0.10  # ~90th percentile |relative residual| of bytes
@@ -238,13 +257,13 @@ DEFAULT_CALIBRATION = Calibration()
 
 @dataclass(frozen=True)
 class Round:
-    """One live pre-copy round (round 0 is the full-memory pass)."""
+    """One live pre-copy pass, ended by a dirty-bitmap sync (round 0: the full memory)."""
 
     index: int
     start_s: float  # since the migration started (after setup)
     duration_s: float
-    sent_bytes: float
-    dirtied_bytes: float  # dirty set at the end of the round: what the next step must send
+    sent_bytes: float  # wire bytes this pass put on the stream
+    dirtied_bytes: float  # new dirty pages the sync at its end found (min(W, r·t) + H)
 
 
 @dataclass(frozen=True)
@@ -261,10 +280,12 @@ class Prediction:
     downtime_uncertainty_s: float = 0.0
     rounds: tuple[Round, ...] = ()
     switchover_threshold_bytes: float = 0.0
-    stop_copy_bytes: float = 0.0  # page data pending at the switch (sent during the pause)
+    stop_copy_bytes: float = 0.0  # pages pending at the switch (QEMU's `remaining`)
     effective_bandwidth_bytes_s: float = 0.0
     footprint_bytes: float = 0.0
     reason: str = ""  # why it does not converge, and what QEMU would do then
+    stop_copy_wire_bytes: float = 0.0  # what the pause puts on the wire (zero pages ~0)
+    stop_copy_zero_bytes: float = 0.0  # zero pages among the pending ones (scanned, not sent)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe: infinities become None."""
@@ -275,107 +296,185 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class _Pages:
+    """Pages QEMU still has to send: round 0's unvisited tail (non-zero share `share` of the
+    guest's pages) and dirty pages (always non-zero). Page bytes, as `remaining` counts."""
+
+    tail: float = 0.0
+    data: float = 0.0
+
+    @property
+    def pages(self) -> float:
+        return self.tail + self.data
+
+
+@dataclass(frozen=True)
+class _Link:
+    """What one byte costs: on the stream, in the pause, and in CPU for zero pages."""
+
+    bandwidth: float  # B, bytes/s
+    threshold: float  # ς = B × downtime limit
+    share: float  # non-zero share of the tail's pages (F / M for round 0)
+    wire_ratio: float  # z: wire bytes per zero byte
+    scan_s_per_byte: float  # CPU time per zero byte, live or paused alike
+    pause_s_per_byte: float  # min(k, 1/B) per wire byte: the pause is never slower than B
+    sync_s: float  # c: what each dirty-bitmap sync costs (the guest keeps dirtying)
+
+    @property
+    def chunk(self) -> float:
+        """What one 100 ms rate-limit slot sends: QEMU checks `remaining` once per slot."""
+        return self.bandwidth * RATE_LIMIT_SLOT_S
+
+    def wire(self, p: _Pages) -> float:
+        return p.tail * (self.share + self.wire_ratio * (1 - self.share)) + p.data
+
+    def zero(self, p: _Pages) -> float:
+        return p.tail * (1 - self.share)
+
+    def transfer_s(self, p: _Pages) -> float:
+        """Stream and CPU time to move `p` live: wire bytes at B, zero pages scanned."""
+        return self.wire(p) / self.bandwidth + self.scan_s_per_byte * self.zero(p)
+
+    def slot_pages(self, p: _Pages) -> float:
+        """Page bytes of `p` one 100 ms slot gets through. The rate limit counts wire bytes,
+        so a slot covers many zero pages; CPU scanning them shares the slot's time."""
+        cost = self.transfer_s(p)
+        return RATE_LIMIT_SLOT_S * p.pages / cost if cost > 0 else math.inf
+
+    def pause_s(self, p: _Pages) -> float:
+        """The pause's payload part (without the fixed overhead o). Never above
+        `transfer_s`: moving a page from the last pass into the pause never costs time."""
+        return self.pause_s_per_byte * self.wire(p) + self.scan_s_per_byte * self.zero(p)
+
+
+@dataclass(frozen=True)
+class _Guest:
+    dirty_bps: float  # r
+    writable: float  # W
+    hot: float  # H
+
+    def dirtied(self, window_s: float) -> float:
+        """New dirty pages at a sync `window_s` after the previous one: the cyclic writer's
+        min(W, r·t) plus the hot set, which any round rewrites however short it is."""
+        return min(self.writable, self.dirty_bps * window_s) + self.hot
+
+    @property
+    def bound(self) -> float:
+        """After round 0 the pending set is a subset of W ∪ hot: it can never be larger."""
+        return self.writable + self.hot
+
+
+@dataclass(frozen=True)
 class _Run:
     rounds: tuple[Round, ...]
-    final_bytes: float  # page data pending at the switch; if never converging, the steady set
+    payload: _Pages  # pending at the switch; if never converging, the steady dirty set
     converges: bool
-    final_wire_bytes: float = 0.0  # what the stop-and-copy puts on the wire
 
 
 def leftover_bytes(threshold: float, bandwidth: float, pass_bytes: float,
                    slot_s: float = RATE_LIMIT_SLOT_S) -> float:
     """Page data of a pass still unsent when QEMU first sees `remaining < ς` and syncs.
 
-    QEMU checks once per rate-limit slot, each slot sending ~bandwidth × slot_s. A pass that
-    starts within one slot of ς stops after that slot; a longer one crosses ς at a random
-    phase of a slot, leaving ς − chunk/2 on average (ς/2 when a slot exceeds ς).
+    QEMU checks once per rate-limit slot, each slot getting through ~bandwidth × slot_s of
+    pages (`bandwidth` in page bytes/s). A pass that fits in one slot is sent whole; a
+    longer one crosses ς at a random phase of a slot, leaving ς − chunk/2 on average (ς/2
+    when a slot exceeds ς).
     """
     chunk = bandwidth * slot_s
     expected = threshold - min(threshold, chunk) / 2
     return max(0.0, min(expected, pass_bytes - chunk, pass_bytes))
 
 
-def _simulate(first_bytes: float, first_extra_s: float, first_dirty_window_s: float | None,
-              dirty_bps: float, bandwidth: float, writable: float, threshold: float,
-              round_overhead_s: float = 0.0, first_pages: float | None = None) -> _Run:
-    """Rounds until the dirty set fits ς, or until it cannot get there (never converges).
-
-    `first_dirty_window_s` is how long the guest has been dirtying by the end of the first
-    round (longer than its duration when a live estimate starts mid-round). `first_pages`
-    is the first pass's page data (QEMU's `remaining` counts zero pages at 4 KiB) when it
-    differs from its wire bytes. At the switch the last pass's leftover (see
-    `leftover_bytes`) moves from the live round to the stop-and-copy.
-    """
-    floor = _dirty_floor(dirty_bps, bandwidth, writable, round_overhead_s)
+def _simulate(first: _Pages, link: _Link, guest: _Guest, elapsed_s: float = 0.0) -> _Run:
+    """Passes and syncs until the pending pages fit ς (QEMU 7.2's switch rule), or until
+    they provably never will. `first` is the pass under way; `elapsed_s` how long it has
+    already been running (the guest has been dirtying since its sync)."""
     rounds: list[Round] = []
-    send, start = first_bytes, 0.0
-    duration = first_bytes / bandwidth + first_extra_s
-    window = duration if first_dirty_window_s is None else first_dirty_window_s
+    pending, start = first, 0.0
+    floor = _dirty_floor(guest, link)
     while True:
-        dirtied = min(writable, dirty_bps * window)
-        rounds.append(Round(len(rounds), start, duration, send, dirtied))
-        if dirtied <= threshold:
-            return _switch(rounds, dirtied, threshold, bandwidth, first_pages)
-        if len(rounds) > 1 and dirtied >= send:
-            # never shrinks again: it grows to W when r > B (stays put when r = B)
-            steady = writable if dirty_bps > bandwidth else dirtied
-            return _Run(tuple(rounds), steady, False, steady)
-        if floor >= threshold:  # shrinks towards a floor above ς: never gets there
-            return _Run(tuple(rounds), floor, False, floor)
+        sent, kept = _split(pending, link)
+        duration = link.transfer_s(sent) + link.sync_s
+        dirtied = guest.dirtied(duration + (elapsed_s if not rounds else 0.0))
+        rounds.append(Round(len(rounds), start, duration, link.wire(sent), dirtied))
+        pending = _Pages(kept.tail, min(max(guest.bound, kept.data), kept.data + dirtied))
+        if pending.pages <= link.threshold:
+            return _Run(tuple(rounds), pending, True)
+        if floor >= min(link.threshold, link.chunk):
+            return _Run(tuple(rounds), _Pages(data=floor), False)
         if len(rounds) >= MAX_ROUNDS:
-            return _Run(tuple(rounds), dirtied, False, dirtied)
+            return _Run(tuple(rounds), pending, False)
         start += duration
-        send = dirtied
-        duration = window = send / bandwidth + round_overhead_s
 
 
-def _switch(rounds: list[Round], dirtied: float, threshold: float, bandwidth: float,
-            first_pages: float | None) -> _Run:
-    """The stop-and-copy payload: the dirty set found by the last sync plus the last pass's
-    leftover, at most ς (QEMU switches only below it). After round 0 both are pages of the
-    working set, so at most W too; that bound never binds here (a round after round 0
-    means W > ς)."""
-    last = rounds[-1]
-    pages = last.sent_bytes if last.index or first_pages is None else max(first_pages,
-                                                                          last.sent_bytes)
-    wire_per_page = last.sent_bytes / pages if pages > 0 else 1.0
-    left = min(leftover_bytes(threshold, bandwidth, pages), max(0.0, threshold - dirtied))
-    left_wire = left * wire_per_page
-    rounds[-1] = replace(last, duration_s=last.duration_s - left_wire / bandwidth,
-                         sent_bytes=last.sent_bytes - left_wire)
-    return _Run(tuple(rounds), dirtied + left, True, dirtied + left_wire)
+def _split(pending: _Pages, link: _Link) -> tuple[_Pages, _Pages]:
+    """(sent, kept): what a pass sends, and what it leaves pending when QEMU syncs.
+
+    Round 0's unsent tail lies just ahead of QEMU's cursor, so the next pass starts with
+    it and sends it whole; what stays is dirty pages, by `leftover_bytes` over them. A
+    pass of tail only (round 0) keeps part of the tail. Why the tail is never split with
+    dirty pages: a left-over tail page is not rewritten like a dirty one, so letting the
+    mix decide what stays would make more dirtying finish sooner in the model (in QEMU,
+    whose cursor keeps moving, it never does).
+    """
+    part = _Pages(data=pending.data) if pending.data > 0 else pending
+    rate = link.slot_pages(part) / RATE_LIMIT_SLOT_S
+    keep = leftover_bytes(link.threshold, rate, part.pages)
+    kept = _Pages(data=keep) if pending.data > 0 else _Pages(tail=keep)
+    return _Pages(pending.tail - kept.tail, pending.data - kept.data), kept
 
 
-def _dirty_floor(dirty_bps: float, bandwidth: float, writable: float, overhead_s: float) -> float:
-    """The fixed point s* of s ↦ min(W, r·(s/B + c)) when r < B; 0 without overhead."""
-    if overhead_s <= 0 or dirty_bps <= 0 or dirty_bps >= bandwidth:
-        return 0.0
-    return min(writable, dirty_bps * overhead_s / (1 - dirty_bps / bandwidth))
+def _dirty_floor(guest: _Guest, link: _Link) -> float:
+    """The least dirty set a sync can find, d* = min(W + H, (H + r·c) / (1 − r/B)): the
+    fixed point of d ↦ r·(d/B + c) + H, or W + H when r ≥ B.
+
+    Why it decides convergence (once the pending set exceeds ς and W + H > ς): with one
+    slot's chunk ≥ ς a pass sends everything and the next sync finds ≥ d*, so d* ≥ ς never
+    switches; with chunk < ς each pass ends with ≥ ς − chunk unsent, so the pending set only
+    shrinks if a sync finds less than one chunk: d* ≥ chunk never switches either.
+    """
+    if guest.bound <= link.threshold:
+        return 0.0  # the pending set is bounded below ς: it always gets there
+    if guest.dirty_bps >= link.bandwidth:
+        return guest.bound
+    fixed = (guest.hot + guest.dirty_bps * link.sync_s) / (1 - guest.dirty_bps / link.bandwidth)
+    return min(guest.bound, fixed)
 
 
-def _run_for(inputs: MigrationInputs, cal: Calibration, bandwidth_scale: float = 1.0) -> _Run:
+def _link_for(inputs: MigrationInputs, cal: Calibration, bandwidth: float,
+              share: float) -> _Link:
+    return _Link(bandwidth=bandwidth, threshold=bandwidth * inputs.downtime_limit_s,
+                 share=share, wire_ratio=cal.zero_page_wire_ratio,
+                 scan_s_per_byte=cal.zero_scan_s_per_gib / GIB,
+                 pause_s_per_byte=min(cal.stop_copy_s_per_mib / MIB, 1 / bandwidth),
+                 sync_s=cal.round_overhead_s)
+
+
+def _guest_for(inputs: MigrationInputs, cal: Calibration, dirty_bps: float) -> _Guest:
+    memory = float(inputs.memory_bytes)
+    return _Guest(dirty_bps, float(inputs.writable_bytes), min(cal.hot_set_bytes, memory))
+
+
+def _run_for(inputs: MigrationInputs, cal: Calibration,
+             bandwidth_scale: float = 1.0) -> tuple[_Run, _Link]:
     bandwidth = inputs.bandwidth_bytes_s * cal.bandwidth_efficiency * bandwidth_scale
-    footprint = cal.footprint_for(inputs)
-    zero_bytes = inputs.memory_bytes - footprint
-    first = footprint + cal.zero_page_wire_ratio * zero_bytes
-    scan_s = cal.zero_scan_s_per_gib * zero_bytes / GIB
-    return _simulate(first, scan_s, None, inputs.dirty_rate_bytes_s, bandwidth,
-                     float(inputs.writable_bytes), bandwidth * inputs.downtime_limit_s,
-                     cal.round_overhead_s, first_pages=float(inputs.memory_bytes))
+    share = cal.footprint_for(inputs) / inputs.memory_bytes
+    link = _link_for(inputs, cal, bandwidth, share)
+    guest = _guest_for(inputs, cal, inputs.dirty_rate_bytes_s)
+    return _simulate(_Pages(tail=float(inputs.memory_bytes)), link, guest), link
 
 
-def _downtime(pending_bytes: float, cal: Calibration, bandwidth: float) -> float:
-    """The pause: QEMU lifts the rate limit for the stop-and-copy (migration_completion),
-    so the pending pages go at link/CPU speed — never slower than the capped B itself."""
-    per_mib = min(cal.stop_copy_s_per_mib, MIB / bandwidth)
-    return cal.downtime_overhead_s + per_mib * pending_bytes / MIB
+def _downtime(run: _Run, link: _Link, cal: Calibration) -> float:
+    """The pause: o + min(k, 1/B)·wire + scan·zero. QEMU lifts the rate limit for the
+    stop-and-copy (migration_completion), so its pages go at link/CPU speed."""
+    return cal.downtime_overhead_s + link.pause_s(run.payload)
 
 
-def _total_time(run: _Run, cal: Calibration, bandwidth: float) -> float:
+def _total_time(run: _Run, link: _Link, cal: Calibration) -> float:
     if not run.converges:
         return math.inf
     live = sum(r.duration_s for r in run.rounds)
-    return cal.setup_s + live + _downtime(run.final_bytes, cal, bandwidth)
+    return cal.setup_s + live + _downtime(run, link, cal)
 
 
 def predict(inputs: MigrationInputs, calibration: Calibration | None = None, *,
@@ -386,27 +485,27 @@ def predict(inputs: MigrationInputs, calibration: Calibration | None = None, *,
     fit calls the model thousands of times); the uncertainty is then the residual part only.
     """
     cal = calibration or DEFAULT_CALIBRATION
-    bandwidth = inputs.bandwidth_bytes_s * cal.bandwidth_efficiency
-    run = _run_for(inputs, cal)
-    total = _total_time(run, cal, bandwidth)
-    downtime = _downtime(run.final_bytes, cal, bandwidth)
-    sent = sum(r.sent_bytes for r in run.rounds) + run.final_wire_bytes
+    run, link = _run_for(inputs, cal)
+    total = _total_time(run, link, cal)
+    sent = sum(r.sent_bytes for r in run.rounds) + link.wire(run.payload)
     transferred = sent if run.converges else math.inf
     return Prediction(
         total_time_s=total,
         transferred_bytes=transferred,
         iterations=len(run.rounds) + SYNCS_BEYOND_ROUNDS,
-        downtime_s=downtime,
+        downtime_s=_downtime(run, link, cal),
         converges=run.converges,
         total_time_uncertainty_s=_time_uncertainty(inputs, cal, total, with_uncertainty),
         transferred_bytes_uncertainty=cal.bytes_rel_spread * transferred,
         downtime_uncertainty_s=cal.downtime_abs_spread_s,
         rounds=run.rounds,
-        switchover_threshold_bytes=bandwidth * inputs.downtime_limit_s,
-        stop_copy_bytes=run.final_bytes,
-        effective_bandwidth_bytes_s=bandwidth,
+        switchover_threshold_bytes=link.threshold,
+        stop_copy_bytes=run.payload.pages,
+        effective_bandwidth_bytes_s=link.bandwidth,
         footprint_bytes=cal.footprint_for(inputs),
-        reason="" if run.converges else _non_convergence_reason(inputs, run, bandwidth, cal),
+        reason="" if run.converges else _non_convergence_reason(inputs, run, link, cal),
+        stop_copy_wire_bytes=link.wire(run.payload),
+        stop_copy_zero_bytes=link.zero(run.payload),
     )
 
 
@@ -422,34 +521,34 @@ def _time_uncertainty(inputs: MigrationInputs, cal: Calibration, total: float,
     residual = cal.time_rel_spread * total + cal.time_abs_spread_s
     if not with_swing:
         return residual
-    times = []
-    for scale in (1 - cal.bandwidth_rel_sd, 1 + cal.bandwidth_rel_sd):
-        bandwidth = inputs.bandwidth_bytes_s * cal.bandwidth_efficiency * scale
-        times.append(_total_time(_run_for(inputs, cal, scale), cal, bandwidth))
+    times = [_total_time(*_run_for(inputs, cal, scale), cal)
+             for scale in (1 - cal.bandwidth_rel_sd, 1 + cal.bandwidth_rel_sd)]
     return residual + (max(times) - min(times)) / 2
 
 
-def _non_convergence_reason(inputs: MigrationInputs, run: _Run, bandwidth: float,
+def _non_convergence_reason(inputs: MigrationInputs, run: _Run, link: _Link,
                             cal: Calibration) -> str:
-    rate, steady = inputs.dirty_rate_bytes_s, run.final_bytes
-    threshold = bandwidth * inputs.downtime_limit_s
+    rate, steady, bandwidth = inputs.dirty_rate_bytes_s, run.payload.pages, link.bandwidth
     if len(run.rounds) >= MAX_ROUNDS:
-        cause = f"the dirty set still exceeds the threshold after {MAX_ROUNDS} rounds"
+        cause = f"the pending pages still exceed the threshold after {MAX_ROUNDS} rounds"
     elif rate < bandwidth:
         cause = (f"dirty rate {rate / MIB:.1f} MiB/s below effective bandwidth "
-                 f"{bandwidth / MIB:.1f} MiB/s, but each round's fixed cost "
-                 f"({cal.round_overhead_s * 1000:.0f} ms) keeps ~{steady / MIB:.1f} MiB dirty, "
-                 f"above the switch-over threshold ({threshold / MIB:.1f} MiB)")
+                 f"{bandwidth / MIB:.1f} MiB/s, but every sync finds ≥ {steady / MIB:.2f} MiB "
+                 f"dirty (the guest's {cal.hot_set_bytes / MIB:.2f} MiB hot set plus what it "
+                 f"writes in a pass and its {cal.round_overhead_s * 1000:.0f} ms sync), not "
+                 f"less than the {min(link.threshold, link.chunk) / MIB:.2f} MiB a switch-over "
+                 f"needs (threshold {link.threshold / MIB:.2f} MiB, one "
+                 f"{RATE_LIMIT_SLOT_S * 1000:.0f} ms slot {link.chunk / MIB:.2f} MiB)")
     else:
         cause = (f"dirty rate {rate / MIB:.1f} MiB/s >= effective bandwidth "
                  f"{bandwidth / MIB:.1f} MiB/s and the writable working set "
                  f"({inputs.writable_bytes / MIB:.0f} MiB) exceeds the switch-over threshold "
-                 f"({threshold / MIB:.1f} MiB)")
+                 f"({link.threshold / MIB:.1f} MiB)")
     return (f"will not converge: {cause}; QEMU would keep iterating, resending "
-            f"~{steady / MIB:.0f} MiB every {steady / bandwidth:.1f} s, until the migration "
+            f"~{steady / MIB:.1f} MiB every {steady / bandwidth:.2f} s, until the migration "
             f"timeout action fires (abort, raise the downtime limit, or post-copy); "
             f"forcing the switch-over would pause the guest "
-            f"~{_downtime(steady, cal, bandwidth):.1f} s")
+            f"~{_downtime(run, link, cal) * 1000:.0f} ms")
 
 
 def naive_time_s(inputs: MigrationInputs) -> float:
@@ -488,26 +587,24 @@ class RemainingEstimate:
 
 def estimate_remaining(sample: JobSample, inputs: MigrationInputs,
                        calibration: Calibration | None = None) -> RemainingEstimate:
-    """Time left from a live sample: finish this round, then the model from here on.
+    """Time left from a live sample: finish this pass, then the model from here on.
 
     Live measurements win over the plan: the sample's bandwidth (memory_bps) is already an
     achieved rate, so no efficiency factor applies; its dirty rate replaces the planned one
     once QEMU reports it. In round 0, QEMU's `remaining` still counts unvisited zero pages,
-    so the wire bytes left are the planned round-0 bytes not yet processed.
+    so the pass left is `remaining` pages of which only the planned round-0 bytes not yet
+    processed are data.
     """
     cal = calibration or DEFAULT_CALIBRATION
     bandwidth = (sample.bandwidth_bytes_s if sample.bandwidth_bytes_s > 0
                  else inputs.bandwidth_bytes_s * cal.bandwidth_efficiency)
     rate_pages = (sample.dirty_rate_pages_s if sample.iteration >= 2
                   and sample.dirty_rate_pages_s > 0 else inputs.dirty_rate_pages_s)
-    left = _wire_bytes_left(sample, inputs, cal)
-    this_round_s = left / bandwidth
-    window = this_round_s + (sample.round_elapsed_s or 0.0)
-    run = _simulate(left, 0.0, window, rate_pages * inputs.page_size, bandwidth,
-                    float(inputs.writable_bytes), bandwidth * inputs.downtime_limit_s,
-                    cal.round_overhead_s,
-                    first_pages=max(left, float(sample.remaining_bytes)))
-    downtime = _downtime(run.final_bytes, cal, bandwidth)
+    first, share = _pass_left(sample, inputs, cal)
+    link = _link_for(inputs, cal, bandwidth, share)
+    guest = _guest_for(inputs, cal, rate_pages * inputs.page_size)
+    run = _simulate(first, link, guest, elapsed_s=sample.round_elapsed_s or 0.0)
+    downtime = _downtime(run, link, cal)
     if not run.converges:
         return RemainingEstimate(math.inf, False, len(run.rounds), downtime, math.inf)
     remaining = sum(r.duration_s for r in run.rounds) + downtime
@@ -515,14 +612,19 @@ def estimate_remaining(sample: JobSample, inputs: MigrationInputs,
     return RemainingEstimate(remaining, True, len(run.rounds), downtime, spread)
 
 
-def _wire_bytes_left(sample: JobSample, inputs: MigrationInputs, cal: Calibration) -> float:
+def _pass_left(sample: JobSample, inputs: MigrationInputs,
+               cal: Calibration) -> tuple[_Pages, float]:
+    """The pass under way as pages, and the non-zero share of its round-0 tail."""
     remaining = max(0.0, sample.remaining_bytes)
     if sample.iteration >= 2:
-        return remaining
+        return _Pages(data=remaining), 1.0
+    z = cal.zero_page_wire_ratio
     footprint = cal.footprint_for(inputs)
-    planned = footprint + cal.zero_page_wire_ratio * (inputs.memory_bytes - footprint)
-    floor = cal.zero_page_wire_ratio * remaining  # even an all-zero rest costs its markers
-    return min(remaining, max(planned - sample.processed_bytes, floor))
+    planned = footprint + z * (inputs.memory_bytes - footprint)
+    floor = z * remaining  # even an all-zero rest costs its markers
+    wire = min(remaining, max(planned - sample.processed_bytes, floor))
+    share = (wire / remaining - z) / (1 - z) if remaining > 0 and z < 1 else 1.0
+    return _Pages(tail=remaining), min(1.0, max(0.0, share))
 
 
 # --------------------------------------------------------------------------- monotone ETA

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from orchestrator.model.calibration import (
@@ -13,9 +15,11 @@ from orchestrator.model.calibration import (
     evaluate,
     fit_calibration,
     held_out_flags,
+    lad_line,
     meets_targets,
     pattern_search,
     split_train_held_out,
+    weighted_median,
 )
 from orchestrator.model.precopy import MIB, Calibration, MigrationInputs, predict
 
@@ -122,6 +126,53 @@ def test_downtime_fit_recovers_overhead_and_pause_rate() -> None:
     cal = fit_calibration(records, Calibration())
     assert cal.downtime_overhead_s == pytest.approx(0.015, abs=0.002)
     assert cal.stop_copy_s_per_mib == pytest.approx(0.006, rel=0.1)
+
+
+def _downtime_records(truth: Calibration) -> list[MeasuredMigration]:
+    return [measured(MigrationInputs(256 * MIB, rate, bw * MIB, downtime_limit_s=limit,
+                                     working_set_bytes=ws * MIB), truth)
+            for bw, limit, rate, ws in ((20, 0.3, 0, 0), (100, 0.3, 0, 0), (50, 0.1, 4000, 8),
+                                        (100, 0.05, 2000, 16), (10, 0.3, 1000, 4),
+                                        (40, 0.3, 0, 0), (100, 0.1, 3000, 32))]
+
+
+def test_downtime_fit_is_not_dragged_by_one_slow_pause() -> None:
+    """Least absolute deviations: one pause 5× too long (the lab's 134 ms where ~30 ms was
+    the rule) leaves o and k where the other six put them; least squares moved them."""
+    truth = Calibration(downtime_overhead_s=0.015, stop_copy_s_per_mib=0.006)
+    records = _downtime_records(truth)
+    slow = replace(records[1], downtime_s=records[1].downtime_s * 5)
+    cal = fit_calibration([records[0], slow, *records[2:]], Calibration())
+    assert cal.downtime_overhead_s == pytest.approx(0.015, abs=0.001)
+    assert cal.stop_copy_s_per_mib == pytest.approx(0.006, rel=0.05)
+
+
+def test_rounds_fit_recovers_the_sync_cost_from_iteration_counts() -> None:
+    """c decides how fast the dirty set shrinks near the bandwidth: how many passes a
+    migration takes. Counts from guests dirtying at 40 % of B pin c from either side."""
+    truth = Calibration(round_overhead_s=0.03)
+    records = [measured(MigrationInputs(512 * MIB, share * bw * MIB / 4096, bw * MIB,
+                                        downtime_limit_s=limit, working_set_bytes=ws * MIB),
+                        truth)
+               for bw in (10, 20) for share in (0.4, 0.7) for ws in (8, 64)
+               for limit in (0.05, 0.3)]
+    converged = [r for r in records if r.converged]
+    assert len(converged) == 8  # 70 % of B never converges with the default hot set
+    for start in (0.0, 0.1):
+        fitted = fit_calibration(converged, replace(truth, round_overhead_s=start))
+        assert fitted.round_overhead_s == pytest.approx(0.03, abs=0.0025)  # one grid step
+        # at most one of the 8 one pass off: η still moves a little after c is fitted
+        assert evaluate(converged, fitted).iterations.mae <= 1 / 8
+
+
+def test_lad_line_and_weighted_median_by_hand() -> None:
+    x, y = np.arange(5.0), np.array([1.0, 2.0, 3.0, 4.0, 20.0])
+    assert lad_line(x, y, np.ones(5)) == pytest.approx((1.0, 1.0))  # through the four
+    assert weighted_median(y, np.ones(5)) == 3.0
+    assert weighted_median(y[:4], np.ones(4)) == 2.0  # the lower of the middle two
+    assert weighted_median(y, np.array([1.0, 1.0, 1.0, 1.0, 5.0])) == 20.0
+    # slopes are bounded at 0: a falling cloud gets the flat line at its median
+    assert lad_line(x, y[::-1], np.ones(5)) == pytest.approx((3.0, 0.0))
 
 
 def test_fit_needs_converged_migrations() -> None:

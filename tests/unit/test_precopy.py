@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.model.precopy import (
@@ -28,7 +29,8 @@ BW = 100 * MIB  # 100 MiB/s, so ς = 30 MiB at the default 0.3 s limit
 HALF_BW_PAGES = 12_800  # 50 MiB/s of 4 KiB pages
 TRIPLE_BW_PAGES = 38_400  # 150 MiB/s
 IDEAL = Calibration(setup_s=0.0, bandwidth_efficiency=1.0, zero_page_wire_ratio=0.0,
-                    downtime_overhead_s=0.0, time_abs_spread_s=0.0)
+                    downtime_overhead_s=0.0, time_abs_spread_s=0.0, round_overhead_s=0.0,
+                    hot_set_bytes=0.0)
 
 
 def full(dirty_pages_s: float, working_set: int | None = None, **kw: object) -> MigrationInputs:
@@ -40,22 +42,25 @@ def full(dirty_pages_s: float, working_set: int | None = None, **kw: object) -> 
 # --------------------------------------------------------------------------- hand-worked
 
 
-# Updated with the QEMU 7.2 switch-over model (module docstring): each pass stops with a
-# leftover ℓ = ς − B·0.1 s / 2 = 25 MiB unsent, which the pause sends together with the last
-# dirty set (at most ς = 30 MiB), at the uncapped stop-and-copy rate (IDEAL keeps the default
-# 4 ms/MiB). The old expectations sent the whole last dirty set at B during the pause, which
-# QEMU does not do (it lifts the rate limit in migration_completion), and overpredicted the
-# measured downtimes 2-6x. Total bytes are unchanged: the leftover only moves to the pause.
+# The module docstring's table, by hand. ς = 30 MiB, a slot χ = 10 MiB, ℓ = min(25, pass − 10);
+# each sync finds r·t of the pass before it, and P = ℓ + that must fit ς (QEMU 7.2). E.g. half
+# bandwidth: 999 MiB of round 0 take 9.99 s, so the sync finds 499.5 MiB next to the 25 MiB
+# tail; the passes halve down to 15.609 (P = 25 + 15.609 = 40.6 > ς), then P = 25 + 7.805 =
+# 32.8 > ς keeps only 22.8 and sends one 10 MiB slot (0.1 s) in which 5 MiB get dirty:
+# P = 27.8 ≤ ς. Live 19.92390625 s + pause 27.8046875 × 4 ms. Beyond B with W = 16 MiB ≤ ς:
+# the pass after round 0 sends the 25 MiB tail and all of W but ℓ = 16 − 10 = 6 MiB (0.35 s)
+# while W is rewritten: P = 6 + 16, capped by W = 16.
 @pytest.mark.parametrize(
     ("case", "inputs", "rounds_mib", "pause_mib", "downtime", "total", "mib"),
     [
-        ("idle", full(0), [999], 25, 0.10, 10.09, 1024),
-        ("half bandwidth", full(HALF_BW_PAGES), [1024, 512, 256, 128, 64, 18], 30, 0.12,
-         20.14, 2032),
-        ("working set 64 MiB", full(HALF_BW_PAGES, 64 * MIB), [1024, 64, 18], 30, 0.12,
-         11.18, 1136),
-        ("above bandwidth, W <= ς", full(TRIPLE_BW_PAGES, 16 * MIB), [1010], 30, 0.12, 10.22,
-         1040),
+        ("idle", full(0), [999], 25, 0.1, 10.09, 1024),
+        ("half bandwidth", full(HALF_BW_PAGES),
+         [999, 499.5, 249.75, 124.875, 62.4375, 31.21875, 15.609375, 10], 27.8046875,
+         27.8046875 * 0.004, 19.92390625 + 27.8046875 * 0.004, 1992.390625 + 27.8046875),
+        ("working set 64 MiB", full(HALF_BW_PAGES, 64 * MIB), [999, 64, 32, 16, 10], 28,
+         0.112, 11.21 + 0.112, 1149),
+        ("above bandwidth, W <= ς", full(TRIPLE_BW_PAGES, 16 * MIB), [999, 35], 16, 0.064,
+         10.34 + 0.064, 1050),
     ],
 )
 def test_hand_worked_cases(case: str, inputs: MigrationInputs, rounds_mib: list[float],
@@ -81,19 +86,20 @@ def test_leftover_follows_the_100_ms_check() -> None:
     assert leftover_bytes(30 * MIB, BW, 8 * MIB) == 0.0
 
 
-def test_tiny_working_set_switches_after_round_zero_with_the_tail_leftover() -> None:
-    """W < ς: the sync after round 0 finds W dirty; the pause sends it plus part of round
-    0's unsent tail, never more than ς (ς = 5 MiB at 50 ms, a slot is 10 MiB > ς)."""
+def test_tiny_working_set_sends_the_tail_then_switches() -> None:
+    """W < ς = 5 MiB (50 ms), a slot χ = 10 MiB > ς: round 0 keeps ς/2 = 2.5 MiB; the sync
+    finds all of W, P = 6.5 > ς, so one more pass sends it whole (it fits a slot) in
+    0.065 s, during which 7.8125 MiB/s dirty 0.5078 MiB: P = 0.5078 ≤ ς."""
     tiny = predict(MigrationInputs(GIB, 2000, BW, downtime_limit_s=0.05,
                                    working_set_bytes=4 * MIB, footprint_bytes=GIB), IDEAL)
-    assert len(tiny.rounds) == 1 and tiny.iterations == 3
-    assert tiny.stop_copy_bytes == pytest.approx(5 * MIB)  # 4 MiB of W + 1 MiB of leftover
-    assert tiny.transferred_bytes == pytest.approx(GIB + 4 * MIB)
+    assert [r.sent_bytes / MIB for r in tiny.rounds] == pytest.approx([1021.5, 6.5])
+    assert tiny.iterations == 4
+    assert tiny.stop_copy_bytes / MIB == pytest.approx(7.8125 * 0.065)
+    assert tiny.transferred_bytes / MIB == pytest.approx(1028 + 7.8125 * 0.065)
 
 
 def test_pause_is_never_slower_than_the_capped_bandwidth() -> None:
-    slow_link = Calibration(setup_s=0, bandwidth_efficiency=1, zero_page_wire_ratio=0,
-                            downtime_overhead_s=0, stop_copy_s_per_mib=1.0)
+    slow_link = replace(IDEAL, stop_copy_s_per_mib=1.0)
     p = predict(full(0), slow_link)
     assert p.downtime_s == pytest.approx(25 / 100)  # 25 MiB at B, not at 1 MiB/s
 
@@ -106,6 +112,7 @@ def test_dirty_rate_above_bandwidth_never_converges_and_says_what_qemu_does() ->
     assert "timeout" in p.reason
     # forcing it would pause for all of W, at the uncapped stop-and-copy rate (4 ms/MiB)
     assert p.downtime_s == pytest.approx(1024 * 0.004)
+    assert p.iterations == 3  # a lower bound: the first sync already proves it
     data = p.as_dict()
     assert data["total_time_s"] is None and data["converges"] is False
     json.dumps(data)  # JSON-safe
@@ -115,16 +122,79 @@ def test_dirty_rate_equal_to_bandwidth_never_converges() -> None:
     assert not predict(full(25_600), IDEAL).converges  # exactly 100 MiB/s
 
 
+SLOW = 10 * MIB  # 10 MiB/s: a 100 ms slot sends χ = 1 MiB
+
+
+def _slow(rate_mib_s: float, working_set_mib: int, limit_s: float) -> MigrationInputs:
+    return MigrationInputs(128 * MIB, rate_mib_s * MIB / 4096, SLOW, downtime_limit_s=limit_s,
+                           working_set_bytes=working_set_mib * MIB, footprint_bytes=64 * MIB)
+
+
+def test_hot_set_and_sync_cost_stall_a_dirty_rate_well_below_bandwidth() -> None:
+    """Issue 4: a 50 ms limit at 10 MiB/s (ς = 0.5 MiB < χ): a pass sends all that is pending,
+    and the next sync finds d = H + r·(d/B + c). Its floor is (0.1 + 6 × 0.02) / (1 − 0.6)
+    = 0.55 MiB ≥ ς: never, although r is only 60 % of B. Without either cost the floor is
+    0.25 or 0.3 MiB and the passes shrink under ς."""
+    both = replace(IDEAL, hot_set_bytes=0.1 * MIB, round_overhead_s=0.02)
+    stuck = predict(_slow(6, 4, 0.05), both)
+    assert not stuck.converges and math.isinf(stuck.total_time_s)
+    assert "below effective bandwidth" in stuck.reason and "≥ 0.55 MiB" in stuck.reason
+    assert stuck.iterations == 3  # proved at the first sync after round 0
+    for one in (replace(both, hot_set_bytes=0.0), replace(both, round_overhead_s=0.0)):
+        assert predict(_slow(6, 4, 0.05), one).converges
+
+
+def test_a_sync_must_find_less_than_one_slot_when_the_threshold_exceeds_it() -> None:
+    """ς = 3 MiB > χ = 1 MiB: each pass keeps ≥ ς − χ unsent, so the pending set shrinks only
+    if a sync finds less than one slot. At r = 8 MiB/s the floor (0.1 + 0.16) / 0.2 = 1.3 MiB
+    is far below ς yet above χ: never (the old floor ≥ ς rule said it converges). At
+    7 MiB/s it is (0.1 + 0.14) / 0.3 = 0.8 MiB < χ: the passes creep down and it switches."""
+    cal = replace(IDEAL, hot_set_bytes=0.1 * MIB, round_overhead_s=0.02)
+    assert not predict(_slow(8, 16, 0.3), cal).converges
+    creeps = predict(_slow(7, 16, 0.3), cal)
+    assert creeps.converges and creeps.stop_copy_bytes <= 3 * MIB
+    assert creeps.iterations > predict(_slow(7, 16, 0.3), IDEAL).iterations
+
+
+def test_default_calibration_stalls_near_the_bandwidth() -> None:
+    """The default hot set and sync cost put the edge below B: 90 % of it never finishes."""
+    near = MigrationInputs(256 * MIB, 0.9 * 40 * MIB * 0.95 / 4096, 40 * MIB,
+                           working_set_bytes=48 * MIB)
+    assert not predict(near).converges
+    assert predict(replace(near, dirty_rate_pages_s=near.dirty_rate_pages_s / 3)).converges
+
+
 def test_round_zero_sends_footprint_not_memory() -> None:
     inputs = MigrationInputs(GIB, 0, BW, footprint_bytes=100 * MIB)
-    # 100 MiB of data at 100 MiB/s; the 25 MiB leftover of QEMU's `remaining` (page bytes,
-    # wire share 100/1024) moves to the pause at 4 ms/MiB: 1.0 − 0.0244 + 0.1
-    assert predict(inputs, IDEAL).total_time_s == pytest.approx(1.0 - 25 * 100 / 1024 / 100
-                                                                + 0.1)
-    with_markers = Calibration(setup_s=0, bandwidth_efficiency=1, zero_page_wire_ratio=9 / 4096,
-                               downtime_overhead_s=0)
+    # 100 MiB of data at 100 MiB/s. A slot's 10 MiB of wire covers 102.4 MiB of pages here
+    # (> ς = 30), so round 0 stops with ς/2 = 15 MiB of pages unsent, 100/1024 of them data:
+    # 1.46 MiB move from the stream (1/B) to the pause (4 ms/MiB); zero pages cost nothing
+    moved = 15 * 100 / 1024
+    assert predict(inputs, IDEAL).total_time_s == pytest.approx(1.0 - moved / 100
+                                                                + moved * 0.004)
+    with_markers = replace(IDEAL, zero_page_wire_ratio=9 / 4096)
     p = predict(inputs, with_markers)
     assert p.transferred_bytes == pytest.approx(100 * MIB + 924 * MIB * 9 / 4096)
+
+
+def test_zero_pages_cost_their_scan_time_live_and_in_the_pause_alike() -> None:
+    """The monotonicity bug of issue 4: leftover zero pages were charged 4 ms per MiB of
+    page bytes in the pause while costing nothing live, so more bandwidth (a larger ς,
+    more leftover) predicted a slower migration. Now a page costs its wire bytes (1/B live,
+    k paused) plus σ per zero byte in either phase: here 4 s/GiB of zero pages."""
+    scan = replace(IDEAL, zero_scan_s_per_gib=4.0)
+    inputs = MigrationInputs(GIB, 0, BW, footprint_bytes=100 * MIB)
+    # a MiB of round-0 pages costs 0.000977 s of wire (100/1024 of it data at 100 MiB/s) and
+    # 0.003525 s of scanning (924/1024 of it zero at 4 s/GiB): 0.0045 s, so a 100 ms slot
+    # gets through 22.2 MiB of pages (< ς) and round 0 stops with ℓ = 30 − 11.1 = 18.9 MiB
+    # unsent: scanned in the pause just as live, its data at 4 ms/MiB instead of 1/B
+    per_mib = (100 / 1024) / 100 + (924 / 1024) * 4 / 1024
+    left = 30 - 0.1 / per_mib / 2
+    pause = left * (100 / 1024) * 0.004 + left * (924 / 1024) * 4 / 1024
+    p = predict(inputs, scan)
+    assert p.stop_copy_bytes / MIB == pytest.approx(left)
+    assert p.total_time_s == pytest.approx((1024 - left) * per_mib + pause)
+    assert p.downtime_s == pytest.approx(pause)
 
 
 def test_defaults_reproduce_lab_notes_idle_migration() -> None:
@@ -225,6 +295,10 @@ def _inputs(memory: int, rate: float, bandwidth: float, ws_fraction: float,
 @settings(max_examples=60, deadline=None)
 @given(memories, rates, bandwidths, st.floats(min_value=1.0, max_value=4.0), fractions,
        st.none() | fractions)
+# issue 4: leftover zero pages charged per page byte in the pause (0.1 % slower at 4×)
+@example(16 * MIB, 0.0, 14.0 * MIB, 4.0, 1.0, 0.03125)
+# a bigger first slot scanned more zero pages live (more dirt) before slots counted CPU time
+@example(16 * MIB, 15791.0, 51.0 * MIB, 2.0, 1.0, 0.015625)
 def test_more_bandwidth_is_never_slower(memory: int, rate: float, bandwidth: float,
                                         factor: float, ws: float, fp: float | None) -> None:
     slow = predict(_inputs(memory, rate, bandwidth, ws, fp), LAB, with_uncertainty=False)
@@ -237,6 +311,8 @@ def test_more_bandwidth_is_never_slower(memory: int, rate: float, bandwidth: flo
 @settings(max_examples=60, deadline=None)
 @given(memories, rates, bandwidths, st.floats(min_value=1.0, max_value=4.0), fractions,
        st.none() | fractions)
+# a leftover of round 0's tail pages (not rewritten) outlived one of dirty pages (rewritten)
+@example(16 * MIB, 1.0, 1.0 * MIB, 2.0, 0.01, None)
 def test_more_dirtying_is_never_faster(memory: int, rate: float, bandwidth: float,
                                        factor: float, ws: float, fp: float | None) -> None:
     calm = predict(_inputs(memory, rate, bandwidth, ws, fp), LAB, with_uncertainty=False)
@@ -267,8 +343,8 @@ def test_live_estimate_later_round_uses_measured_rates() -> None:
     sample = JobSample(elapsed_s=12.0, iteration=3, remaining_bytes=50 * MIB,
                        dirty_rate_pages_s=0.0, bandwidth_bytes_s=50 * MIB)
     est = estimate_remaining(sample, PLAN, IDEAL)
-    # 50 MiB at 50 MiB/s, of which the leftover ς − chunk/2 = 15 − 2.5 MiB goes in the
-    # uncapped pause (4 ms/MiB): 37.5 / 50 + 12.5 × 0.004 (was 1.0 with a capped pause)
+    # 50 MiB at 50 MiB/s, of which the leftover ς − χ/2 = 15 − 2.5 MiB goes in the
+    # uncapped pause (4 ms/MiB): 37.5 / 50 + 12.5 × 0.004
     assert est.converges and est.remaining_s == pytest.approx(0.75 + 0.05)
 
 
@@ -276,9 +352,10 @@ def test_live_estimate_round_zero_counts_only_unsent_wire_bytes() -> None:
     plan = MigrationInputs(GIB, 0, BW, footprint_bytes=200 * MIB)
     sample = JobSample(elapsed_s=1.0, iteration=1, remaining_bytes=900 * MIB,
                        processed_bytes=100 * MIB, bandwidth_bytes_s=BW)
-    # QEMU says 900 MiB remain, but only 100 MiB of non-zero data are left to send; the
-    # 25 MiB leftover (page bytes, wire share 100/900) goes in the uncapped pause
-    expected = (100 - 25 * 100 / 900) / 100 + 25 * 0.004
+    # QEMU says 900 MiB remain, but only 100 MiB of them are data (1/9). A 10 MiB slot of
+    # wire covers 90 MiB of such pages (> ς = 30), so ς/2 = 15 MiB of pages stay for the
+    # pause: 15/9 MiB of data at 4 ms/MiB instead of 1/B
+    expected = (100 - 15 / 9) / 100 + 15 / 9 * 0.004
     assert estimate_remaining(sample, plan, IDEAL).remaining_s == pytest.approx(expected)
 
 
