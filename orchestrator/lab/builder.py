@@ -244,8 +244,7 @@ class Lab:
         record = state.load(self.paths) or {}
         namespaces = sorted(set(self.network.lab_namespaces())
                             | {e["namespace"] for e in record.get("nodes", [])})
-        pids = [p for ns in namespaces for p in self.network.namespace_pids(ns)]
-        killed = terminate(pids)
+        killed = self._end_processes(namespaces)
         killed += stop_core(self.paths.root, self.spec.prefix)  # SDN core, if any
         self.network.delete_namespaces(namespaces)
         links = self.network.lab_links()
@@ -257,6 +256,37 @@ class Lab:
         shutil.rmtree(self.image.directory, ignore_errors=True)
         state.remove(self.paths)
         return {"processes": killed, "namespaces": len(namespaces), "links": len(links)}
+
+
+    def _end_processes(self, namespaces: list[str], rounds: int = 4) -> int:
+        """End everything in the lab's namespaces or started from its directory, scanning
+        again until nothing is left.
+
+        NOTE: a libvirtd still alive while its QEMUs are being ended can start one more (the
+        incoming side of a migration) after a scan; that QEMU then outlived the namespace
+        names and the lab. A crashed `lab up` may also leave processes in namespaces whose
+        names are gone, which only their command line (the lab's paths) still names.
+        """
+        ended = 0
+        for _ in range(rounds):
+            pids = {p for ns in namespaces for p in self.network.namespace_pids(ns)}
+            pids |= set(processes_under(self.paths.root))
+            pids.discard(os.getpid())
+            if not pids:
+                break
+            ended += terminate(sorted(pids))
+        return ended
+
+
+def processes_under(root: Path) -> list[int]:
+    """Processes whose command line names a path inside `root` (daemons' pid files, QEMU's
+    kernel and disks all live there)."""
+    marker = f"{root}/"
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(marker in arg for arg in proc.info["cmdline"] or ()):
+            found.append(proc.pid)
+    return found
 
 
 def terminate(pids: list[int], grace_s: float = 5.0) -> int:

@@ -1,8 +1,11 @@
 """The fault matrix (issue 8) on a real lab: every case ends with the VM running exactly
-once, no leftover domain, and a record that says what happened.
+once, no leftover domain, a record that says what happened, and the user's device streams
+still flowing into the proxy with no gap; at the end every record sent through all the
+faults was accepted exactly once.
 
-One lab for the module (3 fog nodes, 400 MiB of VM memory each) and one 128 MiB VM. Faults
-are injected while a bandwidth-capped migration runs in a separate `orchestrator` process.
+One lab for the module (3 fog nodes, 400 MiB of VM memory each) and one 128 MiB proxy VM
+whose two devices stream from fog1 throughout. Faults are injected while a
+bandwidth-capped migration runs in a separate `orchestrator` process.
 """
 
 from __future__ import annotations
@@ -13,22 +16,28 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from orchestrator.edge.devices import launch_emulator
+from orchestrator.edge.proxies import directory_path
 from orchestrator.errors import ExitStatus
 from orchestrator.fleet import lab_fleet
 from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.fog.session import FleetSession
+from orchestrator.lab.builder import Lab
 from tests.integration.conftest import lab_fixture
 
 pytestmark = pytest.mark.lab
 
 PREFIX, SUBNET = "efault", "10.70.0.0/16"
 lab = lab_fixture(PREFIX, SUBNET, 3, "--node-memory", "400")
-VM = "proxy-f1"
+USER, VM = "alice", "px-alice"
+DEVICES = ("fd00::f1", "fd00::f2")  # heart-rate sensors at fog1's base station
+STREAM_RATE = 4  # records per second per device
 SLOW = "6"  # MiB/s: a 128 MiB guest takes ~12 s, time enough to strike
 
 
@@ -85,13 +94,62 @@ def latest(cli) -> dict:
     return cli("migrations", "--json", "--limit", "1").json()[0]
 
 
-def test_setup_vm(lab, cli):
-    result = cli("vm", "create", VM, "--node", "fog1", "--memory", "128")
-    assert result.status == ExitStatus.SUCCESS, result.err
+def proxy_agent(lab_handle, cli) -> GuestAgent:
+    address = next(r["address"] for r in cli("vm", "list", "--json").json()
+                   if r["name"] == VM)
+    return GuestAgent(address, lab_fleet(lab_handle.state_dir, PREFIX).policy, timeout_s=10)
+
+
+def accepted(lab_handle, cli) -> dict[str, dict]:
+    stats = proxy_agent(lab_handle, cli).request("stream_stats")["devices"]
+    return {dev: stats[dev] for dev in DEVICES}
+
+
+@pytest.fixture(scope="module")
+def stream(lab, tmp_path_factory) -> Iterator[dict]:
+    """The user's proxy on fog1 and an emulator streaming its two devices from fog1."""
+    from orchestrator.cli import main
+    assert main(["user", "add", USER, "--node", "fog1"]) == ExitStatus.SUCCESS
+    for dev in DEVICES:
+        assert main(["device", "add", dev, "--user", USER, "--type", "heart-rate",
+                     "--bs", "fog1", "--mobility", "static"]) == ExitStatus.SUCCESS
+    tmp = tmp_path_factory.mktemp("fault-stream")
+    spec = {"user": USER, "rate": STREAM_RATE, "ticks": 10**6, "drain_s": 60,
+            "directory": str(directory_path(lab.state_dir)), "lab_subnet": SUBNET,
+            "bridge": "br-vm", "report": str(tmp / "report.json"),
+            "sources": [{"kind": "heart", "device": dev} for dev in DEVICES]}
+    enter = Lab.recorded(lab.state_dir, PREFIX)
+    proc = launch_emulator(enter.enter_argv("fog1"), spec, tmp / "spec.json",
+                           tmp / "emulator.log")
+    try:
+        yield {"proc": proc, "report": tmp / "report.json"}
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=90)
+
+
+def assert_stream_flows(lab_handle, cli, timeout_s: float = 60) -> None:
+    """Every device's records are being accepted again, in sequence: a gap would stall
+    the device for good (the proxy only takes the next sequence number)."""
+    before = accepted(lab_handle, cli)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = accepted(lab_handle, cli)
+        if all(now[d]["accepted"] >= before[d]["accepted"] + 2 * STREAM_RATE for d in DEVICES):
+            break
+        assert time.monotonic() < deadline, f"device streams stalled: {now}"
+        time.sleep(1)
+    for dev, state in now.items():
+        assert state["next"] == state["accepted"] + 1 and state["invalid"] == 0, (dev, state)
+
+
+def test_setup_vm(lab, cli, stream):
     assert_runs_once(lab, "fog1")
+    assert_stream_flows(lab, cli)
 
 
-def test_refused_when_the_destination_lacks_memory(lab, cli):
+def test_refused_when_the_destination_lacks_memory(lab, cli, stream):
     filler = cli("vm", "create", "filler", "--node", "fog3", "--memory", "288", "--wait", "0")
     assert filler.status == ExitStatus.SUCCESS, filler.err
     try:
@@ -105,9 +163,10 @@ def test_refused_when_the_destination_lacks_memory(lab, cli):
     finally:
         cli("vm", "destroy", "filler")
     assert_runs_once(lab, "fog1")
+    assert_stream_flows(lab, cli)
 
 
-def test_second_migration_of_the_same_vm_is_refused(lab, cli):
+def test_second_migration_of_the_same_vm_is_refused(lab, cli, stream):
     first = orchestrator(lab, "migrate", VM, "--to", "fog2", "--bandwidth", SLOW, "--json")
     try:
         wait_until_moving(cli)
@@ -119,9 +178,10 @@ def test_second_migration_of_the_same_vm_is_refused(lab, cli):
     assert rc == 0, err
     assert record["status"] == "completed"
     assert_runs_once(lab, "fog2")
+    assert_stream_flows(lab, cli)
 
 
-def test_core_link_cut_mid_migration(lab, cli):
+def test_core_link_cut_mid_migration(lab, cli, stream):
     proc = orchestrator(lab, "migrate", VM, "--to", "fog3", "--bandwidth", SLOW,
                         "--timeout", "10", "--json")
     link = f"{PREFIX}-fog3c"
@@ -136,9 +196,10 @@ def test_core_link_cut_mid_migration(lab, cli):
     assert record["placement"] == ["fog2"]
     assert latest(cli)["status"] == record["status"]
     assert_runs_once(lab, "fog2")
+    assert_stream_flows(lab, cli)
 
 
-def test_destination_libvirtd_killed_mid_migration(lab, cli):
+def test_destination_libvirtd_killed_mid_migration(lab, cli, stream):
     proc = orchestrator(lab, "migrate", VM, "--to", "fog1", "--bandwidth", SLOW, "--json")
     wait_until_moving(cli)
     os.kill(node_entry(lab, "fog1")["libvirtd_pid"], signal.SIGKILL)
@@ -147,9 +208,10 @@ def test_destination_libvirtd_killed_mid_migration(lab, cli):
     assert record["status"] == "failed" and record["placement"] == ["fog2"]
     assert cli("lab", "restart-libvirtd", "fog1").status == ExitStatus.SUCCESS
     assert_runs_once(lab, "fog2")  # the restarted libvirtd drops the half-made incoming VM
+    assert_stream_flows(lab, cli)
 
 
-def test_source_libvirtd_restarted_mid_migration(lab, cli):
+def test_source_libvirtd_restarted_mid_migration(lab, cli, stream):
     proc = orchestrator(lab, "migrate", VM, "--to", "fog1", "--bandwidth", SLOW, "--json")
     wait_until_moving(cli)
     assert cli("lab", "restart-libvirtd", "fog2").status == ExitStatus.SUCCESS
@@ -158,9 +220,10 @@ def test_source_libvirtd_restarted_mid_migration(lab, cli):
     assert record["status"] == "failed"
     assert_runs_once(lab, "fog2")
     assert latest(cli)["status"] == "failed"
+    assert_stream_flows(lab, cli)
 
 
-def test_orchestrator_killed_mid_migration_then_reconciled(lab, cli):
+def test_orchestrator_killed_mid_migration_then_reconciled(lab, cli, stream):
     proc = orchestrator(lab, "migrate", VM, "--to", "fog3", "--bandwidth", SLOW, "--json")
     wait_until_moving(cli)
     proc.kill()
@@ -176,9 +239,10 @@ def test_orchestrator_killed_mid_migration_then_reconciled(lab, cli):
     assert repaired["status"] in ("failed", "completed")
     assert "orchestrator died" in repaired["error"]
     assert cli("reconcile", "--json").json()["closed_records"] == []  # idempotent
+    assert_stream_flows(lab, cli)
 
 
-def test_a_dirty_rate_that_never_converges_is_aborted_by_policy(lab, cli):
+def test_a_dirty_rate_that_never_converges_is_aborted_by_policy(lab, cli, stream):
     running, _ = world(lab)
     address = cli("vm", "list", "--json").json()[0]["address"]
     agent = GuestAgent(address, lab_fleet(lab.state_dir, PREFIX).policy)
@@ -194,9 +258,10 @@ def test_a_dirty_rate_that_never_converges_is_aborted_by_policy(lab, cli):
     assert "has not shrunk" in record["stalled"]
     assert latest(cli)["result"]["stalled"] == record["stalled"]
     assert_runs_once(lab, running[0])
+    assert_stream_flows(lab, cli)
 
 
-def test_a_vanished_fog_node(lab, cli):
+def test_a_vanished_fog_node(lab, cli, stream):
     running, _ = world(lab)
     gone = next(n for n in ("fog1", "fog2", "fog3") if n not in running)
     subprocess.run(["ip", "link", "set", f"{PREFIX}-{gone}c", "down"], check=True)
@@ -210,6 +275,20 @@ def test_a_vanished_fog_node(lab, cli):
     finally:
         subprocess.run(["ip", "link", "set", f"{PREFIX}-{gone}c", "up"], check=True)
     assert_runs_once(lab, running[0])
+    assert_stream_flows(lab, cli)
+
+
+def test_every_record_was_accepted_exactly_once_through_the_faults(lab, cli, stream):
+    stream["proc"].terminate()  # stop producing, drain what is unacknowledged, report
+    assert stream["proc"].wait(timeout=90) == 0
+    report = json.loads(stream["report"].read_text())["devices"]
+    got = accepted(lab, cli)
+    for dev in DEVICES:
+        sent = report[dev]
+        assert sent["sent"] > 100 and sent["acked"] == sent["sent"], (dev, sent)
+        assert got[dev]["accepted"] == sent["sent"], (dev, got[dev], sent)
+        assert got[dev]["next"] == sent["sent"] + 1  # each sequence number once, none missing
+        assert got[dev]["chain"] == sent["chain"]  # the very records sent, in order
 
 
 def test_lab_down_during_a_migration_leaves_nothing(lab, cli):

@@ -82,3 +82,19 @@ def test_bridge_macs_are_fixed_unicast_local_and_distinct_per_address():
         first = int(mac[:2], 16)
         assert first & 0x02 and not first & 0x01  # locally administered, unicast
         assert not mac.startswith("fe:")  # never a libvirt tap's MAC
+
+
+def test_processes_under_finds_a_process_by_a_path_in_its_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    from orchestrator.lab.builder import processes_under
+    root = tmp_path / "labs" / "ecal"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                             f"{root}/fog1/libvirtd.pid"])
+    try:
+        assert proc.pid in processes_under(root)
+        assert proc.pid not in processes_under(tmp_path / "labs" / "eca")  # a prefix only
+    finally:
+        proc.kill()
+        proc.wait()
