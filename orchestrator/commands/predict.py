@@ -173,5 +173,5 @@ def _rounds_table(p: Prediction) -> Table:
         table.add_row("…", "", "", f"{len(p.rounds) - MAX_ROUNDS_SHOWN} more rounds", "")
     final = "stop-and-copy" if p.converges else "(never: keeps iterating)"
     table.add_row(final, "", f"{p.downtime_s:.2f}" if p.converges else "",
-                  f"{p.rounds[-1].dirtied_bytes / MIB:.1f}" if p.rounds else "", "")
+                  f"{p.stop_copy_wire_bytes / MIB:.1f}" if p.converges else "", "")
     return table

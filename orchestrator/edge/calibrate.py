@@ -230,11 +230,13 @@ def _dirty_rate(samples: Sequence[dict[str, Any]], params: dict[str, Any]) -> fl
     """r_dir: the guest's writing rate, or QEMU's measured one when higher (see above).
 
     NOTE: QEMU reports memory_dirty_rate only from iteration 2 on; 0 before that means
-    "not measured yet", so those samples are skipped.
+    "not measured yet", so those samples are skipped. QEMU measures once per dirty sync, so
+    each iteration counts once (its last sample): a long early round sampled many times
+    must not outvote the later rounds' measurements.
     """
-    rates = [s["dirty_rate_pages_s"] for s in samples
-             if s.get("iteration", 0) >= 2 and s.get("dirty_rate_pages_s")]
-    measured = float(statistics.median(rates)) if rates else 0.0
+    per_round = {s["iteration"]: s["dirty_rate_pages_s"] for s in samples
+                 if s.get("iteration", 0) >= 2 and s.get("dirty_rate_pages_s")}
+    measured = float(statistics.median(per_round.values())) if per_round else 0.0
     return max(measured, float(params.get("dirty_rate_pages_s") or 0))
 
 

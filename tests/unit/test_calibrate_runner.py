@@ -310,3 +310,13 @@ def test_a_failed_point_is_run_once_more_and_the_second_outcome_kept():
     assert results[0].note.startswith("retried after: failed note")
     assert results[1].note == "aborted note"  # aborted by policy: a measurement, not retried
     assert runner.statuses == []
+
+
+def test_each_round_counts_once_in_qemus_dirty_rate():
+    long_round = [sample(1.0 + i / 10, 2, 9 * MIB, 20_000, dirty=1000) for i in range(20)]
+    later = [sample(3.5, 3, 5 * MIB, 21_000, dirty=2100), sample(3.8, 4, 5 * MIB, 22_000,
+                                                                 dirty=2050)]
+    rec = record(samples=long_round + later)
+    rec["params"]["dirty_rate_pages_s"] = 1500
+    # per-sample median would say 1000 (round 2 sampled 20 times); per round: 2050
+    assert measured_from_record(rec).dirty_rate_pages_s == 2050
