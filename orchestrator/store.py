@@ -309,6 +309,10 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO app_models VALUES (?,?,?)",
                         (app, proxy_vm, sink_vm))
 
+    def remove_app_models(self, proxy_vm: str) -> None:
+        """Forget the models installed on a proxy VM (it is gone)."""
+        self.db.execute("DELETE FROM app_models WHERE proxy_vm=?", (proxy_vm,))
+
     def remove_application(self, name: str) -> None:
         self.db.execute("DELETE FROM applications WHERE name=?", (name,))
 

@@ -11,20 +11,32 @@ timestamp. A `Device` keeps what is not yet acknowledged; after any reconnect it
 `hello`, learns the seq the proxy expects next, drops what the proxy already has and
 resends the rest — so a proxy migrating (or restarting its connections) loses nothing and
 gets nothing twice. The proxy's address comes from the orchestrator's directory file,
-read again on every reconnect (the address changes when a user is moved to another proxy).
+read again on every reconnect: the device's own entry if it has one (its devices were
+decomposed onto a mobile proxy), else its user's. A proxy that no longer serves a device
+answers `moved`; the device then asks the directory again at once (and, if the directory
+still names the same proxy — the handover is under way — a moment later).
 Every destination passes orchestrator.netguard first: inside a fog node's namespace only
 lab addresses routed through the node's VM bridge are allowed.
 
+Roaming: with `"attachments": PATH` in the spec, PATH is a JSON file {device: network
+namespace path} saying behind which fog node (BS) each device's radio is now; whoever plays
+the world rewrites it when devices roam. A device whose attachment changes loses its
+connection (as a real radio would), moves its own thread into the new namespace and
+reconnects from there — to whichever proxy the directory names.
+
 The report (written every second and at exit) holds per device what was sent and
-acknowledged, the hash chain of its records, and the ground truth the sources drew.
+acknowledged, the hash chain of its records, which proxies served it (in order), the
+longest time it was without a proxy, and the ground truth the sources drew.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 import json
+import os
 import random
 import signal
 import socket
@@ -40,6 +52,17 @@ from agent.devices import world
 from orchestrator.netguard import LabNetwork, NetworkPolicy, check_destination
 
 MAX_UNACKED = 20000
+CLONE_NEWNET = 0x40000000
+RETRY_S = 0.5  # after a failed connect or a refusal
+MOVED_RETRY_S = 0.1  # the directory still names the proxy that said `moved`
+
+
+class Moved(Exception):
+    """The proxy does not serve this device (any more, or not yet)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        super().__init__(f"moved away from {target[0]}:{target[1]}")
+        self.target = target
 
 
 def chain_step(chain: str, line: bytes) -> str:
@@ -47,19 +70,79 @@ def chain_step(chain: str, line: bytes) -> str:
     return hashlib.sha256((chain + line.decode()).encode()).hexdigest()[:32]
 
 
+def enter_netns(path: str) -> None:
+    """Move the calling thread — only it — into the network namespace at `path`.
+
+    NOTE: setns(2) acts on the calling thread, so each device's thread can sit behind its
+    own fog node; processes it starts (netguard's `ip route get`) inherit its namespace.
+    """
+    import ctypes  # only roaming devices need it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def roaming(attached: dict[str, str | None], wanted: dict[str, str]) -> list[str]:
+    """Devices whose radio moved: attached somewhere, and wanted somewhere else now."""
+    return sorted(d for d, now in attached.items()
+                  if now is not None and wanted.get(d, now) != now)
+
+
+class Attachments:
+    """The attachments file ({device: netns path}), re-read whenever it changes (its
+    writer replaces it atomically, so a new inode says so even within one mtime tick)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path) if path else None
+        self.current: dict[str, str] = {}
+        self._stamp: tuple[int, int, int] | None = None
+
+    def poll(self) -> dict[str, str] | None:
+        """The attachments if the file changed since the last poll, else None."""
+        if self.path is None:
+            return None
+        try:
+            st = self.path.stat()
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if stamp == self._stamp:
+                return None
+            content = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None  # absent, or being rewritten: next time
+        self._stamp = stamp
+        self.current = {str(d): str(ns) for d, ns in content.items()}
+        return self.current
+
+    def of(self, dev: str) -> str | None:
+        return self.current.get(dev)
+
+
 class Device:
     """One device's connection, sequence numbers and resend queue."""
 
-    def __init__(self, dev_id: str, resolve: Any, on_command: Any = None) -> None:
+    def __init__(self, dev_id: str, resolve: Any, on_command: Any = None,
+                 clock: Any = time.monotonic, attach: Any = None) -> None:
         self.id = dev_id
         self._resolve = resolve  # () -> (address, port)
         self._on_command = on_command
+        self._clock = clock
+        self._attach = attach  # () -> netns path the radio is behind now, or None
+        self.netns: str | None = None
         self.next_seq = 1
         self.acked = 0
         self.unacked: deque[tuple[int, bytes]] = deque()
         self.chain = ""
-        self.sent_bytes = self.reconnects = self.resent = self.errors = 0
+        self.sent_bytes = self.reconnects = self.resent = self.errors = self.moved = 0
         self.refused: str | None = None
+        self.served_by: list[str] = []  # proxies in the order they served this device
+        self.lost_at: float | None = None  # when the last connection broke
+        self.max_gap_s = 0.0  # the longest time between losing a proxy and a welcome
         self.lock = threading.Lock()
         self.sock: socket.socket | None = None
         self._stop = threading.Event()
@@ -104,28 +187,52 @@ class Device:
             self.sock = None
 
     def _run(self) -> None:
+        last_moved: tuple[str, int] | None = None
         while not self._stop.is_set():
             try:
                 sock, reader = self._connect()
-            except (OSError, ValueError) as exc:  # proxy away (migrating, moved) or refusing
+            except Moved as exc:  # ask the directory again, at once if it changed
+                self.moved += 1
+                wait = MOVED_RETRY_S if exc.target == last_moved else 0.0
+                last_moved = exc.target
+                if self._stop.wait(wait):
+                    return
+                continue
+            except (OSError, ValueError) as exc:  # proxy away (migrating) or refusing
                 self.errors += 1
                 if isinstance(exc, ValueError):
                     self.refused = str(exc)
-                if self._stop.wait(0.5):
+                if self._stop.wait(RETRY_S):
                     return
                 continue
+            last_moved = None
             self._read_loop(sock, reader)
+            if self.lost_at is None:
+                self.lost_at = self._clock()
+
+    def roam(self) -> None:
+        """The radio moved to another BS: this connection is lost."""
+        with self.lock:
+            self._drop_socket()
 
     def _connect(self) -> tuple[socket.socket, Any]:
+        wanted = self._attach() if self._attach is not None else None
+        if wanted is not None and wanted != self.netns:
+            enter_netns(wanted)
+            self.netns = wanted
         address, port = self._resolve()
         sock = socket.create_connection((address, port), timeout=5)
         sock.settimeout(None)
         reader = sock.makefile("rb")
         sock.sendall(json.dumps({"t": "hello", "dev": self.id}).encode() + b"\n")
         reply = json.loads(reader.readline() or b"{}")
+        if reply.get("t") == "moved":
+            sock.close()
+            raise Moved((address, port))
         if reply.get("t") != "welcome":
             sock.close()
             raise ValueError(f"proxy refused {self.id}: {reply.get('error', reply)}")
+        self._welcomed(str(reply.get("proxy", address)))
         with self.lock:
             self._trim(int(reply["next"]) - 1)
             backlog = b"".join(line + b"\n" for _, line in self.unacked)
@@ -134,6 +241,13 @@ class Device:
             self.sock = sock
             self._send(backlog)
         return sock, reader
+
+    def _welcomed(self, proxy: str) -> None:
+        if not self.served_by or self.served_by[-1] != proxy:
+            self.served_by.append(proxy)
+        if self.lost_at is not None:
+            self.max_gap_s = max(self.max_gap_s, self._clock() - self.lost_at)
+            self.lost_at = None
 
     def _read_loop(self, sock: socket.socket, reader: Any) -> None:
         while not self._stop.is_set():
@@ -154,6 +268,8 @@ class Device:
                 self._on_command(self.id, frame.get("cmd"))
             elif frame.get("t") == "error":
                 self.errors += 1
+            elif frame.get("t") == "moved":
+                break  # the proxy let this device go: reconnect via the directory
         with self.lock:
             if self.sock is sock:
                 self._drop_socket()
@@ -168,7 +284,9 @@ class Device:
             return {"sent": self.next_seq - 1, "acked": self.acked,
                     "unacked": len(self.unacked), "chain": self.chain,
                     "sent_bytes": self.sent_bytes, "connects": self.reconnects,
-                    "resent": self.resent, "errors": self.errors, "refused": self.refused}
+                    "resent": self.resent, "errors": self.errors, "refused": self.refused,
+                    "moved": self.moved, "served_by": list(self.served_by),
+                    "max_gap_s": round(self.max_gap_s, 3), "attached": self.netns}
 
 
 # --- sources: what each kind of device measures ------------------------------------------
@@ -266,13 +384,23 @@ DEVICE_KEYS = ("gps", "ultrasonic", "speed", "camera", "device")
 
 # --- running a spec ------------------------------------------------------------------------
 
+def lookup(directory: dict[str, Any], user: str, dev: str) -> dict[str, Any]:
+    """A device's directory entry: its own if it has one, else its user's."""
+    entry = directory.get("devices", {}).get(dev) or directory.get("users", {}).get(user)
+    if entry is None:
+        raise ValueError(f"the directory has no proxy for {dev} (user {user})")
+    return dict(entry)
+
+
 def make_resolver(spec: dict[str, Any]) -> Any:
+    """dev → (address, port) of its proxy, read afresh each call, netguard-checked."""
     subnet = ipaddress.IPv4Network(spec.get("lab_subnet", "127.0.0.0/8"))
     policy = NetworkPolicy(labs=(LabNetwork(subnet, spec.get("bridge", "br-vm")),))
 
-    def resolve() -> tuple[str, int]:
+    def resolve(dev: str) -> tuple[str, int]:
         if "directory" in spec:
-            entry = json.loads(Path(spec["directory"]).read_text())["users"][spec["user"]]
+            directory = json.loads(Path(spec["directory"]).read_text())
+            entry = lookup(directory, spec["user"], dev)
             address, port = entry["proxy"], int(entry.get("port", spec.get("port", 7071)))
         else:
             address, port = spec["proxy"], int(spec.get("port", 7071))
@@ -287,7 +415,11 @@ class Emulator:
         resolve = make_resolver(spec)
         self.commands: list[dict[str, Any]] = []
         ids = [s[k] for s in spec["sources"] for k in DEVICE_KEYS if k in s]
-        self.devices = {i: Device(i, resolve, self._command) for i in ids}
+        self.attachments = Attachments(spec.get("attachments"))
+        self.attachments.poll()
+        self.devices = {i: Device(i, functools.partial(resolve, i), self._command,
+                                  attach=functools.partial(self.attachments.of, i))
+                        for i in ids}
         self.stop = threading.Event()
         self.started = time.time()
         self.ticks = 0
@@ -307,6 +439,7 @@ class Emulator:
                 for dev_id, value in source.tick(self.ticks):
                     self.devices[dev_id].emit(ts, value)
             self.ticks += 1
+            self._follow_radios()
             if time.monotonic() - last_report > 1.0:
                 self.write_report("running")
                 last_report = time.monotonic()
@@ -317,6 +450,12 @@ class Emulator:
         for dev in self.devices.values():
             dev.stop()
         return report
+
+    def _follow_radios(self) -> None:
+        wanted = self.attachments.poll()
+        if wanted is not None:
+            for dev in roaming({d.id: d.netns for d in self.devices.values()}, wanted):
+                self.devices[dev].roam()
 
     def _drain(self, timeout_s: float) -> None:
         """Wait until every record is acknowledged (or the timeout)."""

@@ -69,6 +69,25 @@ def face_params(target_image: Path, max_distance: int = 10) -> dict[str, Any]:
             "max_distance": max_distance}
 
 
+def models_to_copy(applications: list[dict[str, Any]], source_vm: str, target_vm: str,
+                   target_node: str, types: set[str]) -> list[tuple[str, str]]:
+    """(application, sink VM) of each model installed on `source_vm` (and not yet on
+    `target_vm`) that reads one of `types` — what a proxy taking those devices over needs.
+    The sink stays the source's, except an add-on application sinks into its VM on the
+    target node if it has one."""
+    out = []
+    for app in applications:
+        model = next((m for m in app["models"] if m["proxy_vm"] == source_vm), None)
+        if model is None or any(m["proxy_vm"] == target_vm for m in app["models"]):
+            continue
+        if not set(app["types"]) & MODELS[KINDS[app["kind"]]].READS & types:
+            continue
+        local = [v["vm"] for v in app["vms"] if v["node"] == target_node]
+        sink = local[0] if app["deployment"] == "addon" and local else model["sink_vm"]
+        out.append((app["name"], sink))
+    return out
+
+
 def validate_grants(kind: str, types: list[str] | None) -> list[str]:
     """The data types granted (default: what the kind's model reads); refuses unknown types
     and models that would read beyond their grants."""
@@ -194,6 +213,17 @@ class AppService:
                 vms.destroy(vm["vm"])
         self.store.remove_application(name)
         return {"removed": name, "vms": [v["vm"] for v in app["vms"]]}
+
+    def copy_models(self, source_vm: str, target_vm: str, target_node: str,
+                    types: set[str]) -> list[str]:
+        """Install on `target_vm` the models of `source_vm` that read any of `types`."""
+        installed = []
+        for name, sink in models_to_copy(self.store.applications(), source_vm, target_vm,
+                                         target_node, types):
+            app = self.describe(name)
+            self._install_model(name, app["kind"], app["types"], app["params"], target_vm, sink)
+            installed.append(name)
+        return installed
 
     def _proxies(self) -> dict[str, str]:
         return ProxyService(self.session, self.store, self.state_dir).running_proxies()

@@ -7,6 +7,12 @@ verdict, which `orchestrator decisions` and the Prometheus exporter read). An `A
 is whatever turns actions into side effects: the fleet one here, the scenario replay's
 own (VMs with replica disks, storage migrations), or a recorder in tests.
 
+Decomposition, composition and reassignment move devices between a user's proxy VMs
+through `edge.handover` (stream state moved, never copied: no record lost or repeated);
+a decomposition first boots the mobile proxy, a composition destroys the proxy that is no
+longer needed once it serves nothing. When an action fails, the engine's view of that user
+is re-read from the records (what really runs and serves whom).
+
 Location updates arrive from the CLI (`orchestrator locate`) or from device emulators over
 a tiny line-JSON TCP endpoint (`LocationServer`) that only listens on loopback or on the
 lab's gateway address.
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from orchestrator.edge.proxies import HANDOVER_EVENT, assignments, elsewhere
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.migration import MigrationRequest
 from orchestrator.fog.session import FleetSession
@@ -98,31 +105,54 @@ class FleetApplier:
         return {"status": result["status"], "migration_id": result["id"],
                 "transferred_bytes": result.get("transferred_bytes")}
 
-    def _register(self, vm: str, devices: tuple[str, ...]) -> None:
-        from orchestrator.edge.devices import profile
-        known = {d["id"]: d for d in self.store.devices()}
-        profiles = [profile(known[d]) for d in devices if d in known]
-        if profiles:
-            self._proxies().agent(vm).request("device_register", devices=profiles)
+    def _handover(self) -> Any:
+        from orchestrator.edge.handover import HandoverService
+        return HandoverService(self.session, self.store, self.state_dir)
 
     def _decompose(self, action: Action) -> dict[str, Any]:
+        """Boot the mobile proxy at the destination, then hand the mobile devices to it."""
         from orchestrator.edge.vms import VmService
         assert action.destination is not None and action.into is not None
-        VmService(self.session, self.store).create(action.into, action.destination, 128)
-        self._register(action.into, action.devices)
-        return {"status": "decomposed", "vm": action.into}
+        vms = VmService(self.session, self.store)
+        started = time.monotonic()
+        memory_mib = max(int(action.inputs.get("memory_bytes", 0)) >> 20, 128)
+        vms.create(action.into, action.destination, memory_mib, role="proxy")
+        booted = time.monotonic()
+        try:
+            moved = self._handover().move(action.user, action.devices, action.proxy,
+                                          action.into)
+        except OrchestratorError:
+            vms.destroy(action.into)
+            self.store.remove_app_models(action.into)
+            raise
+        return {"status": "decomposed", "vm": action.into, "boot_s": round(booted - started, 3),
+                "total_s": round(time.monotonic() - started, 3), "handover": moved}
 
     def _compose(self, action: Action) -> dict[str, Any]:
+        """Hand whatever the leaving proxy still serves to the one kept, then destroy it."""
         from orchestrator.edge.vms import VmService
         assert action.into is not None
-        self._register(action.into, action.devices)
+        started = time.monotonic()
+        proxies = self._proxies()
+        left = proxies.served_by(action.proxy)
+        moved = (self._handover().move(action.user, left, action.proxy, action.into)
+                 if left else None)
+        for user in proxies.users_of(action.proxy):
+            self.store.set_user_proxy(user, action.into)  # the kept one serves them now
         VmService(self.session, self.store).destroy(action.proxy)
-        return {"status": "composed", "vm": action.into}
+        self.store.remove_app_models(action.proxy)
+        proxies.write_directory()
+        return {"status": "composed", "vm": action.into, "destroyed": action.proxy,
+                "total_s": round(time.monotonic() - started, 3), "handover": moved}
 
     def _reassign(self, action: Action) -> dict[str, Any]:
         assert action.into is not None
-        self._register(action.into, action.devices)
-        return {"status": "reassigned", "vm": action.into}
+        served = set(self._proxies().served_by(action.proxy))
+        devices = [d for d in action.devices if d in served]
+        if not devices:
+            return {"status": "nothing to do", "vm": action.into}
+        moved = self._handover().move(action.user, devices, action.proxy, action.into)
+        return {"status": "reassigned", "vm": action.into, "handover": moved}
 
 
 @dataclass
@@ -133,6 +163,7 @@ class ControlPlane:
     applier: Applier
     store: Store | None = None
     clock: Callable[[], float] = time.time
+    resync: Callable[[str], list[Proxy] | None] | None = None  # user → proxies as recorded
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, update: LocationUpdate) -> list[dict[str, Any]]:
@@ -145,15 +176,31 @@ class ControlPlane:
                 for device in (update.device, *update.members):
                     reporter = update.device if device != update.device else None
                     self.store.add_location(device, update.bs_id, update.at_s, reporter)
-            return [self._apply(a) for a in self.controller.on_roams(roams)]
+            out, failed = [], set()
+            for action in self.controller.on_roams(roams):
+                out.append(self._apply(action, skip=action.user in failed))
+                if out[-1]["result"].get("status") == "failed":
+                    failed.add(action.user)
+            return out
 
-    def _apply(self, action: Action) -> dict[str, Any]:
+    def _apply(self, action: Action, skip: bool = False) -> dict[str, Any]:
+        """Apply and log one action; `skip`: an earlier action for its user failed, so this
+        one (planned on top of it) is only logged."""
+        if skip:
+            result: dict[str, Any] = {"status": "skipped",
+                                      "reason": "an earlier action of this update failed"}
+            if self.store is not None:
+                log_decision(self.store, action, result)
+            return {**action.as_event(), "result": result}
         try:
             result = self.applier.apply(action)
         except OrchestratorError as exc:
             result = {"status": "failed", "error": str(exc)}
         if result.get("status") == "failed":
             self.controller.failed(action)
+            fresh = self.resync(action.user) if self.resync is not None else None
+            if fresh is not None:
+                self.controller.proxies[action.user] = fresh
         if self.store is not None:
             log_decision(self.store, action, result)
         return {**action.as_event(), "result": result}
@@ -216,30 +263,30 @@ class _Handler(socketserver.StreamRequestHandler):
 
 def proxies_from_store(store: Store, memory_bytes: int) -> dict[str, list[Proxy]]:
     """The engine's view of existing proxies: each user's proxy VM where it was last put,
-    plus a mobile part if the last decision about the user created one that still exists."""
+    plus the mobile part serving some of the user's devices (from the recorded handovers),
+    if there is one."""
+    owners = {d["id"]: d["user"] for d in store.devices()}
+    user_proxy = {u["name"]: u["proxy_vm"] for u in store.users()}
+    alive = {r.name: r.uuid for r in store.vms()}
+    moved = elsewhere(assignments(store.events(HANDOVER_EVENT), alive), owners, user_proxy)
     out: dict[str, list[Proxy]] = {}
-    devices: dict[str, set[str]] = {}
-    for d in store.devices():
-        devices.setdefault(d["user"], set()).add(d["id"])
-    last: dict[str, dict[str, Any]] = {}
-    for ev in store.events("decision"):
-        if ev["data"].get("verdict") in ("decompose", "compose"):
-            last[ev["subject"]] = ev["data"]
-    for user in store.users():
-        vm = store.vm(user["proxy_vm"]) if user["proxy_vm"] else None
+    for user, proxy_vm in user_proxy.items():
+        vm = store.vm(proxy_vm) if proxy_vm else None
         if vm is None:
             continue
-        mine = frozenset(devices.get(user["name"], ()))
-        ev = last.get(user["name"], {})
-        mobile_vm = store.vm(ev["into"]) if ev.get("verdict") == "decompose" else None
+        mine = frozenset(d for d, u in owners.items() if u == user)
+        parts: dict[str, set[str]] = {}
+        for dev in sorted(mine & moved.keys()):
+            parts.setdefault(moved[dev], set()).add(dev)
+        mobile_vm = store.vm(min(parts)) if parts else None
         if mobile_vm is None:
-            out[user["name"]] = [Proxy(vm.name, user["name"], vm.node, mine, memory_bytes)]
+            out[user] = [Proxy(vm.name, user, vm.node, mine, memory_bytes)]
             continue
-        moved = frozenset(ev["devices"]) & mine
-        out[user["name"]] = [
-            Proxy(vm.name, user["name"], vm.node, mine - moved, memory_bytes, "static"),
-            Proxy(mobile_vm.name, user["name"], mobile_vm.node, moved,
-                  mobile_vm.memory_mib << 20, "mobile")]
+        away = frozenset(parts[mobile_vm.name])
+        out[user] = [
+            Proxy(vm.name, user, vm.node, mine - away, memory_bytes, "static"),
+            Proxy(mobile_vm.name, user, mobile_vm.node, away, mobile_vm.memory_mib << 20,
+                  "mobile")]
     return out
 
 
@@ -254,4 +301,5 @@ def build_control_plane(session: FleetSession, store: Store, state_dir: Path,
     controller = Controller(params, TmigCache(calibration), dwell or ConstantDwell(600.0), mme,
                             clock=time.time, proxy_memory_bytes=memory_mib << 20)
     controller.proxies = proxies_from_store(store, memory_mib << 20)
-    return ControlPlane(controller, FleetApplier(session, store, state_dir), store)
+    return ControlPlane(controller, FleetApplier(session, store, state_dir), store,
+                        resync=lambda user: proxies_from_store(store, memory_mib << 20).get(user))

@@ -2,14 +2,18 @@
 
 Why a directory file: devices learn their proxy's address from the orchestrator (the MME's
 role in the paper). The orchestrator writes `dataplane/directory.json` under the state
-directory — user → proxy address and stream port — and device emulators read it again on
-every reconnect, so when a user is given another proxy VM (decomposition, composition)
-its devices follow. A live migration keeps the address, so the directory does not change.
+directory — user → proxy address and stream port, plus an entry per device that another
+proxy serves (the mobile part of a decomposed proxy) — and device emulators read it again
+on every reconnect, preferring their own entry, so devices follow a decomposition and a
+composition. Which proxy serves a device is the last completed handover's (store events
+of kind "handover", see edge/handover.py); devices never handed over are served by their
+user's proxy. A live migration keeps the address, so the directory does not change.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +34,42 @@ def directory_path(state_dir: Path) -> Path:
     return state_dir / "dataplane" / "directory.json"
 
 
-def directory(users: list[dict[str, Any]], addresses: dict[str, str]) -> dict[str, Any]:
-    """Directory content: each user with a proxy whose address is known."""
-    return {"users": {u["name"]: {"proxy": addresses[u["proxy_vm"]], "port": STREAM_PORT,
-                                  "vm": u["proxy_vm"]}
-                      for u in users if u["proxy_vm"] in addresses}}
+HANDOVER_EVENT = "handover"
+
+
+def _entry(vm: str, addresses: Mapping[str, str]) -> dict[str, Any]:
+    return {"proxy": addresses[vm], "port": STREAM_PORT, "vm": vm}
+
+
+def directory(users: list[dict[str, Any]], addresses: Mapping[str, str],
+              devices: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Directory content: each user with a proxy whose address is known, and (only when
+    there are some) the devices served by another proxy than their user's."""
+    out: dict[str, Any] = {"users": {u["name"]: _entry(u["proxy_vm"], addresses)
+                                     for u in users if u["proxy_vm"] in addresses}}
+    own = {dev: _entry(vm, addresses) for dev, vm in sorted((devices or {}).items())
+           if vm in addresses}
+    if own:
+        out["devices"] = own
+    return out
+
+
+def assignments(handovers: Iterable[dict[str, Any]], alive: Mapping[str, str]) -> dict[str, str]:
+    """device → the proxy VM its last completed handover gave it to, if that very VM (same
+    uuid: names are reused) still exists; `alive` maps VM name → uuid."""
+    out: dict[str, str | None] = {}
+    for event in handovers:
+        to = event["data"]["to"]
+        for dev in event["data"]["devices"]:
+            out[dev] = to if alive.get(to) == event["data"]["to_uuid"] else None
+    return {dev: vm for dev, vm in out.items() if vm is not None}
+
+
+def elsewhere(assigned: Mapping[str, str], owners: Mapping[str, str],
+              user_proxy: Mapping[str, str | None]) -> dict[str, str]:
+    """The devices assigned to another proxy than their user's (mobile parts)."""
+    return {dev: vm for dev, vm in assigned.items()
+            if dev in owners and vm != user_proxy.get(owners[dev])}
 
 
 @dataclass
@@ -70,21 +105,51 @@ class ProxyService:
         return len(devices)
 
     def running_proxies(self) -> dict[str, str]:
-        """proxy VM → node, for proxies the store knows (the node where it was last put)."""
+        """proxy VM → node, for proxies the store knows (the node where it was last put):
+        users' proxies and the mobile parts serving some of their devices."""
         vms = {u["proxy_vm"] for u in self.store.users() if u["proxy_vm"]}
+        vms |= set(self.served_elsewhere().values())
         return {vm: rec.node for vm in sorted(vms) if (rec := self.store.vm(vm)) is not None}
 
-    def write_directory(self) -> Path:
+    def served_elsewhere(self, pending: Mapping[str, str] | None = None) -> dict[str, str]:
+        """device → proxy VM, for devices not served by their user's proxy right now
+        (`pending`, device → VM, counts as done: a handover under way)."""
+        owners = {d["id"]: d["user"] for d in self.store.devices()}
+        user_proxy = {u["name"]: u["proxy_vm"] for u in self.store.users()}
+        alive = {r.name: r.uuid for r in self.store.vms()}
+        assigned = {**assignments(self.store.events(HANDOVER_EVENT), alive), **(pending or {})}
+        return elsewhere(assigned, owners, user_proxy)
+
+    def served_by(self, vm: str) -> list[str]:
+        """The devices a proxy VM serves now."""
+        moved = self.served_elsewhere()
+        users = set(self.users_of(vm))
+        return sorted(d["id"] for d in self.store.devices()
+                      if moved.get(d["id"], vm if d["user"] in users else None) == vm)
+
+    def write_directory(self, pending: Mapping[str, str] | None = None) -> Path:
+        """Write the directory; `pending` (device → VM) is a handover under way."""
         addresses = {r.name: r.address for r in self.store.vms() if r.address}
+        content = directory(self.store.users(), addresses, self.served_elsewhere(pending))
         path = directory_path(self.state_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(directory(self.store.users(), addresses), indent=1))
+        tmp.write_text(json.dumps(content, indent=1))
         tmp.replace(path)
         return path
 
     def stats(self, user: str) -> dict[str, Any]:
+        """The user's proxy's stream stats; while decomposed, the devices a mobile part
+        serves are shown as that part reports them. Each device says which proxy serves it."""
         vm = UserRegistry(self.store).require(user)["proxy_vm"]
         if not vm or self.store.vm(vm) is None:
             raise UserError(f"user {user!r} has no proxy VM")
-        return self.agent(vm).request("stream_stats")
+        out = self.agent(vm).request("stream_stats")
+        for dev in out["devices"].values():
+            dev["proxy"] = vm
+        mine = {d["id"] for d in self.store.devices(user)}
+        for part in sorted({p for d, p in self.served_elsewhere().items() if d in mine}):
+            theirs = self.agent(part).request("stream_stats")["devices"]
+            out["devices"].update({d: {**s, "proxy": part} for d, s in theirs.items()
+                                   if d in mine and not s["away"]})
+        return out

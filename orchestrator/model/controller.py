@@ -392,9 +392,22 @@ class Controller:
     # --- the adapter reports back --------------------------------------------------------
 
     def failed(self, action: Action) -> None:
-        """An applied action failed: the proxy is still at the source (migrations only;
-        decompose/compose failures leave the world as the adapter restored it)."""
-        if action.kind == "migrate" and action.source is not None:
-            proxy = self._named(action.user, action.proxy)
-            if proxy is not None:
-                self._replace(action.user, proxy, replace(proxy, node=action.source))
+        """An applied action failed and the adapter restored the world: a migrated proxy is
+        still at the source, a decomposition's devices are still with the main proxy (the
+        mobile one is gone), reassigned devices are still with their proxy. (A failed
+        composition is not undone here: the adapter re-reads what really runs.)"""
+        user = action.user
+        proxy = self._named(user, action.proxy)
+        if action.kind == "migrate" and action.source is not None and proxy is not None:
+            self._replace(user, proxy, replace(proxy, node=action.source))
+        elif action.kind == "decompose" and proxy is not None:
+            rest = [p for p in self.proxies[user] if p.name not in (action.into, proxy.name)]
+            whole = replace(proxy, devices=proxy.devices | frozenset(action.devices),
+                            part="whole" if not rest else proxy.part)
+            self.proxies[user] = [whole, *rest]
+        elif action.kind == "reassign" and proxy is not None and action.into is not None:
+            other = self._named(user, action.into)
+            if other is not None:
+                moved = frozenset(action.devices)
+                self._replace(user, other, replace(other, devices=other.devices - moved))
+                self._replace(user, proxy, replace(proxy, devices=proxy.devices | moved))

@@ -148,6 +148,29 @@ def test_same_node_bs_change_and_unknown_failures() -> None:
     assert c.proxies["alice"][0].node == "fog1"
 
 
+def test_failed_decompose_is_undone() -> None:
+    c = engine()
+    step(c, "hr", "b1", 0, ("gps",))
+    [dec] = step(c, "gps", "b2", 10)
+    c.failed(dec)  # the mobile VM never served: the proxy is whole again
+    [whole] = c.proxies["alice"]
+    assert (whole.part, whole.devices, whole.node) == ("whole", {"hr", "gps"}, "fog1")
+
+
+def test_failed_reassign_is_undone() -> None:
+    mme = Mme.from_maps({"b1": "fog1", "b2": "fog2"}, {"hr": "alice", "gps": "alice",
+                                                       "pad": "alice"})
+    c = Controller(ControlParams(r_data_bps=1e6, r_mig_bps=10e6, epsilon_bytes=1e5),
+                   TmigCache(), ConstantDwell(600.0), mme, clock=lambda: 0.0)
+    step(c, "hr", "b1", 0, ("gps", "pad"))
+    step(c, "gps", "b2", 10)
+    [re] = step(c, "pad", "b2", 20)  # joins the mobile part; hr keeps the static part
+    assert (re.kind, re.proxy, re.into) == ("reassign", "px-alice", "px-alice-m")
+    c.failed(re)
+    main, mobile = c.proxies["alice"]
+    assert (main.devices, mobile.devices) == ({"hr", "pad"}, {"gps"})
+
+
 def test_tmig_cache_non_converging_is_inf() -> None:
     cache = TmigCache()
     assert cache.t_mig_s(1024 * MIB, 1e6, dirty_rate_pages_s=1e6) == math.inf

@@ -1,6 +1,7 @@
 """Issue 3, guest side: stream codec (fuzzed), classification, raw buffer, grants, each
-semantic model on hand-made data, metadata schema checks, application logic, and the
-stream service end to end on loopback with a reconnect in the middle."""
+semantic model on hand-made data, metadata schema checks, application logic, the
+stream service end to end on loopback with a reconnect in the middle, and the handover of
+devices' stream state between two proxies (release, adopt, `moved`, the directory)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "agent" / "guest"))
 
 from agent.devices import world  # noqa: E402
-from agent.devices.emulator import Emulator, chain_step  # noqa: E402
+from agent.devices.emulator import Attachments, Emulator, chain_step, lookup, roaming  # noqa: E402
 from agent.guest.edgeiot_agent import codec  # noqa: E402
 from agent.guest.edgeiot_agent.appvm import AppVmService, ParkNetApp, TrafficApp, best_route  # noqa: E402
 from agent.guest.edgeiot_agent.buffer import RawBuffer  # noqa: E402
 from agent.guest.edgeiot_agent.classify import ClassifyError, classify  # noqa: E402
+from agent.guest.edgeiot_agent.control import RequestError  # noqa: E402
 from agent.guest.edgeiot_agent.dataplane import parse_role  # noqa: E402
+from agent.guest.edgeiot_agent.handover import SnapshotError, parse_snapshot  # noqa: E402
 from agent.guest.edgeiot_agent.metadata import SchemaError, check  # noqa: E402
 from agent.guest.edgeiot_agent.models import FaceMatch, ParkNet, Record, Traffic  # noqa: E402
 from agent.guest.edgeiot_agent.models.faces import average_hash, hamming  # noqa: E402
@@ -278,3 +281,176 @@ def test_garbage_on_the_stream_port_is_answered_and_survived():
         assert svc.core.devices["d"].accepted == 1 and svc.core.frame_errors == 3
     finally:
         svc.stop()
+
+
+# --- handover: stream state moves between proxies -----------------------------------------
+
+def feed(core, state, seq, bpm=70):
+    line = codec.record_line(seq, float(seq), {"bpm": bpm}).rstrip(b"\n")
+    return core.record(state, codec.decode_frame(line), line), line
+
+
+def test_release_stops_accepting_and_adopt_continues_the_sequence():
+    a, b = ProxyCore("px-a"), ProxyCore("px-b")
+    a.register("d1", "heart-rate", "alice", group="body")
+    state, _ = a.hello("d1")
+    chain = ""
+    for seq in (1, 2, 3):
+        _, line = feed(a, state, seq)
+        chain = chain_step(chain, line)
+    feed(a, state, 2)  # a duplicate, counted
+    b.register("d1", "heart-rate", "alice", held=True)
+    held, reply = b.hello("d1")
+    assert held is None and reply["t"] == "moved" and "ask the directory" in reply["error"]
+    [(snap, conn)] = a.release(["d1"])
+    assert conn is None and (snap["next"], snap["accepted"], snap["duplicates"]) == (4, 3, 1)
+    assert snap["chain"] == chain and (snap["group"], snap["role"]) == ("body", "sensor")
+    assert feed(a, state, 4)[0]["t"] == "moved"  # nothing accepted after the snapshot
+    assert a.hello("d1")[1]["t"] == "moved" and a.devices["d1"].accepted == 3
+    assert a.release(["d1"]) == [(snap, None)]  # idempotent: the state stays as released
+    assert b.adopt([snap]) == 1
+    state_b, welcome = b.hello("d1")
+    assert welcome["next"] == 4 and welcome["proxy"] == "px-b"
+    reply, line = feed(b, state_b, 4)
+    assert reply == {"t": "ack", "seq": 4}
+    assert state_b.chain == chain_step(chain, line) and state_b.accepted == 4
+    assert feed(b, state_b, 3)[0] == {"t": "ack", "seq": 4} and state_b.duplicates == 2
+
+
+def test_adopt_refuses_a_device_served_here_and_bad_snapshots_all_or_none():
+    a, b = ProxyCore("px-a"), ProxyCore("px-b")
+    for core in (a, b):
+        core.register("d1", "heart-rate", "alice")
+    a.register("d2", "speed", "alice")
+    snaps = [s for s, _ in a.release(["d1", "d2"])]
+    with pytest.raises(RequestError, match="served here"):
+        b.adopt(snaps)  # b serves d1 itself: two proxies must never accept one stream
+    assert "d2" not in b.devices  # all or none
+    b.release(["d1"])
+    with pytest.raises(RequestError, match="bad snapshot"):
+        b.adopt([snaps[0], {**snaps[1], "next": 0}])
+    assert b.devices["d1"].away and "d2" not in b.devices
+    with pytest.raises(RequestError, match="another profile"):
+        b.adopt([{**snaps[0], "type": "speed"}])
+    with pytest.raises(RequestError, match="unknown devices"):
+        a.release(["d1", "nope"])
+    assert b.adopt(snaps) == 2 and not b.devices["d1"].away
+
+
+def test_snapshot_format_is_checked():
+    good = {"id": "d", "type": "gps", "user": "u", "role": "sensor", "group": "u", "next": 5,
+            "chain": "ab" * 16, "accepted": 3, "duplicates": 9, "invalid": 1, "raw_bytes": 99}
+    assert parse_snapshot(good) == good
+    assert parse_snapshot({**good, "group": None})["group"] == "u"
+    for bad in ({**good, "next": 4}, {**good, "chain": ""}, {**good, "chain": "XYZ"},
+                {**good, "accepted": -1}, {**good, "next": True}, {**good, "type": "smell"},
+                {**good, "id": ""}, {**good, "user": 3}, {**good, "role": "boss"},
+                {**good, "next": 1, "accepted": 0, "invalid": 0}, [good]):
+        with pytest.raises(SnapshotError):
+            parse_snapshot(bad)
+    fresh = {**good, "next": 1, "accepted": 0, "invalid": 0, "chain": ""}
+    assert parse_snapshot(fresh)["next"] == 1
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from(["ok", "bad", "dup"]), max_size=30))
+def test_every_real_snapshot_is_adoptable(ops):
+    core = ProxyCore("px")
+    core.register("d", "heart-rate", "u")
+    state, _ = core.hello("d")
+    for op in ops:
+        if op == "dup" and state.next > 1:
+            feed(core, state, state.next - 1)
+        else:
+            feed(core, state, state.next, bpm=70 if op == "ok" else "fast")
+    [(snap, _)] = core.release(["d"])
+    assert parse_snapshot(snap) == snap
+
+
+def test_directory_lookup_prefers_the_device_entry():
+    directory = {"users": {"u": {"proxy": "10.0.0.1", "port": 7071}},
+                 "devices": {"d2": {"proxy": "10.0.0.2", "port": 7071}}}
+    assert lookup(directory, "u", "d1")["proxy"] == "10.0.0.1"
+    assert lookup(directory, "u", "d2")["proxy"] == "10.0.0.2"
+    assert lookup({"users": {"u": {"proxy": "x"}}}, "u", "d2")["proxy"] == "x"
+    with pytest.raises(ValueError, match="no proxy"):
+        lookup({"users": {}}, "u", "d1")
+
+
+def test_radios_that_moved_are_the_ones_attached_elsewhere_now(tmp_path):
+    attached = {"g": "/run/netns/fog1", "s": "/run/netns/fog1", "h": None}
+    assert roaming(attached, {"g": "/run/netns/fog2", "s": "/run/netns/fog1",
+                              "h": "/run/netns/fog2"}) == ["g"]  # h never connected yet
+    assert roaming(attached, {}) == []
+    path = tmp_path / "attach.json"
+    watch = Attachments(str(path))
+    assert watch.poll() is None and watch.of("g") is None  # no file yet
+    path.write_text(json.dumps({"g": "/run/netns/fog1"}))
+    assert watch.poll() == {"g": "/run/netns/fog1"} and watch.poll() is None  # unchanged
+    path.write_text("{")
+    assert watch.poll() is None and watch.of("g") == "/run/netns/fog1"  # half-written
+    assert Attachments(None).poll() is None
+
+
+def write_directory(path, user_port, devices):
+    content = {"users": {"u": {"proxy": "127.0.0.1", "port": user_port}},
+               "devices": {d: {"proxy": "127.0.0.1", "port": port} for d, port in devices.items()}}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content))
+    tmp.replace(path)
+
+
+def hand_over(source, target, devs, directory, home_port, ports):
+    """The orchestrator's order: held on the target, directory, release, adopt."""
+    target._op_register({"devices": [{"id": d, "type": t, "user": "u"} for d, t in devs.items()],
+                         "held": True})
+    write_directory(directory, home_port, ports)
+    snaps = source._op_release({"devices": list(devs)})["released"]
+    time.sleep(0.05)  # the devices reconnect meanwhile and are told `moved`
+    target._op_adopt({"devices": snaps})
+    return snaps
+
+
+def test_devices_follow_a_decomposition_and_composition_exactly_once(tmp_path):
+    static, mobile = (StreamService(n, "127.0.0.1", 0) for n in ("px-s", "px-m"))
+    for svc in (static, mobile):
+        svc.start()
+    directory = tmp_path / "directory.json"
+    home = static.address[1]
+    try:
+        static._op_register({"devices": [{"id": "g", "type": "gps", "user": "u"},
+                                         {"id": "s", "type": "speed", "user": "u"},
+                                         {"id": "h", "type": "heart-rate", "user": "u"}]})
+        write_directory(directory, home, {})
+        spec = {"user": "u", "directory": str(directory), "rate": 200, "ticks": 800,
+                "drain_s": 20, "sources": [
+                    {"kind": "drive", "gps": "g", "speed": "s", "route": [[0, 0], [0, 1]]},
+                    {"kind": "heart", "device": "h"}]}
+        emulator = Emulator(spec)
+        import threading
+        runner = threading.Thread(target=lambda: setattr(emulator, "report", emulator.run()))
+        runner.start()
+        time.sleep(1.0)
+        moving = {"g": "gps", "s": "speed"}
+        out = hand_over(static, mobile, moving, directory, home,
+                        dict.fromkeys(moving, mobile.address[1]))
+        time.sleep(1.0)
+        back = hand_over(mobile, static, moving, directory, home, {})
+        runner.join(timeout=60)
+        report = emulator.report["devices"]
+        stats = static.core.stats()["devices"]
+        for dev in ("g", "s", "h"):
+            assert report[dev]["sent"] == report[dev]["acked"] == 800 == stats[dev]["accepted"]
+            assert stats[dev]["next"] == 801 and stats[dev]["chain"] == report[dev]["chain"]
+            assert stats[dev]["duplicates"] == 0 and not stats[dev]["away"]
+        for dev in moving:
+            assert report[dev]["served_by"] == ["px-s", "px-m", "px-s"]
+            assert report[dev]["moved"] >= 1 and report[dev]["max_gap_s"] < 2.0
+            on_mobile = mobile.core.devices[dev]
+            assert on_mobile.away and on_mobile.accepted > next(
+                x["accepted"] for x in out if x["id"] == dev) > 0
+            assert next(x for x in back if x["id"] == dev)["accepted"] == on_mobile.accepted
+        assert report["h"]["served_by"] == ["px-s"] and "h" not in mobile.core.devices
+    finally:
+        static.stop()
+        mobile.stop()

@@ -3,7 +3,9 @@
 Why: devices talk to their proxy VM over plain TCP; JSON lines are easy to emit from any
 device and to inspect. A device sends `hello` once per connection, then `rec` frames with
 seq 1, 2, 3, ...; the proxy answers `welcome` (with the next seq it expects, so a device
-that reconnects knows what to resend), cumulative `ack`s, and `error` for a bad frame. The
+that reconnects knows what to resend), cumulative `ack`s, `error` for a bad frame, and
+`moved` (then it hangs up) when it does not serve the device now — a handover moved it to
+another proxy, or is bringing it here: the device asks the directory again. The
 decoder is total: any byte string yields a frame dict or a `FrameError`, never another
 exception, so malformed input cannot take the proxy down.
 """

@@ -9,18 +9,28 @@ Each accepted record is classified by the device's registered data type, appende
 bounded raw buffer, and fed to the installed models whose grants admit its type; their
 metadata is schema-checked and shipped to the application VMs. Nothing a device sends can
 stop the loop: bad frames get an `error` reply and are counted.
+
+Handover (decomposition, composition): a device's stream state moves between proxies
+through the orchestrator. `device_release` stops accepting the devices here and returns
+each one's snapshot (profile, `next`, `chain`, counters) in the same critical section, so
+nothing is accepted after the snapshot; `device_adopt` installs snapshots on the new proxy,
+so sequence numbers simply continue. A device this proxy does not serve right now (released,
+or registered `held` until its state arrives) is answered `moved` and disconnected: the
+device asks the directory again at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import selectors
+import socket
 import threading
 
 from .buffer import RawBuffer
 from .classify import DATA_TYPES, ClassifyError, classify
 from .codec import MAX_FRAME_BYTES, FrameError, LineSplitter, decode_frame, encode
 from .control import RequestError
+from .handover import SnapshotError, parse_snapshot
 from .lineserver import Conn, LineServer
 from .metadata import APP_PORT, MetadataSink, SchemaError, check, envelope
 from .models import MODELS, Record
@@ -28,7 +38,6 @@ from .permissions import Gate, PermissionDenied, check_grants
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
     from typing import Any
 
 STREAM_PORT = 7071
@@ -39,20 +48,35 @@ ROLES = ("sensor", "actuator")
 class DeviceState:
     """What the proxy knows of one device: its profile and its stream's progress."""
 
-    def __init__(self, dev: str, dtype: str, user: str, role: str, group: str = "") -> None:
+    def __init__(self, dev: str, dtype: str, user: str, role: str, group: str = "",
+                 away: bool = False) -> None:
         self.dev, self.dtype, self.user, self.role = dev, dtype, user, role
         self.group = group or user
         self.next = 1
         self.accepted = self.duplicates = self.invalid = self.raw_bytes = 0
         self.chain = ""
+        self.away = away  # not served here now: released, or held until its state arrives
         self.conn: _Conn | None = None
 
     def stats(self) -> dict[str, Any]:
         return {"type": self.dtype, "user": self.user, "role": self.role, "group": self.group,
                 "next": self.next, "accepted": self.accepted,
                 "duplicates": self.duplicates, "invalid": self.invalid,
-                "raw_bytes": self.raw_bytes, "chain": self.chain,
+                "raw_bytes": self.raw_bytes, "chain": self.chain, "away": self.away,
                 "connected": self.conn is not None}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Profile and stream progress: what another proxy needs to continue the stream."""
+        return {"id": self.dev, "type": self.dtype, "user": self.user, "role": self.role,
+                "group": self.group, "next": self.next, "chain": self.chain,
+                "accepted": self.accepted, "duplicates": self.duplicates,
+                "invalid": self.invalid, "raw_bytes": self.raw_bytes}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self.next, self.chain = snap["next"], snap["chain"]
+        self.accepted, self.duplicates = snap["accepted"], snap["duplicates"]
+        self.invalid, self.raw_bytes = snap["invalid"], snap["raw_bytes"]
+        self.away = False
 
 
 class Installed:
@@ -92,7 +116,8 @@ class ProxyCore:
     # --- registration and models -------------------------------------------------------
 
     def register(self, dev: str, dtype: str, user: str, role: str = "sensor",
-                 group: str = "") -> None:
+                 group: str = "", held: bool = False) -> None:
+        """Know a device's profile; `held`: a new device waits for its state (handover)."""
         if dtype not in DATA_TYPES:
             raise RequestError(f"unknown data type {dtype!r}")
         if role not in ROLES:
@@ -104,7 +129,47 @@ class ProxyCore:
             if known is not None and (known.dtype, known.user) != (dtype, user):
                 raise RequestError(f"device {dev!r} is registered with another profile")
             if known is None:
-                self.devices[dev] = DeviceState(dev, dtype, user, role, group)
+                self.devices[dev] = DeviceState(dev, dtype, user, role, group, away=held)
+
+    def release(self, devs: list[str]) -> list[tuple[dict[str, Any], _Conn | None]]:
+        """Stop serving these devices; each one's final snapshot and its connection (to be
+        closed). Idempotent: a device already away is returned as it was left."""
+        with self.lock:
+            unknown = [d for d in devs if d not in self.devices]
+            if unknown:
+                raise RequestError(f"unknown devices: {', '.join(unknown)}")
+            out = []
+            for dev in devs:
+                state = self.devices[dev]
+                state.away, conn, state.conn = True, state.conn, None
+                out.append((state.snapshot(), conn))
+            return out
+
+    def adopt(self, snapshots: list[Any]) -> int:
+        """Serve these devices from their snapshots; all or none. A device this proxy
+        serves right now is refused: two proxies must never accept the same stream."""
+        try:
+            snaps = [parse_snapshot(s) for s in snapshots]
+        except SnapshotError as exc:
+            raise RequestError(f"bad snapshot: {exc}") from None
+        with self.lock:
+            for snap in snaps:
+                known = self.devices.get(snap["id"])
+                if known is not None and not known.away:
+                    raise RequestError(f"device {snap['id']!r} is served here; "
+                                       "release it first")
+                if known is not None and (known.dtype, known.user) != (snap["type"],
+                                                                       snap["user"]):
+                    raise RequestError(f"device {snap['id']!r} is registered with "
+                                       "another profile")
+            for snap in snaps:
+                state = self.devices.get(snap["id"])
+                if state is None:
+                    state = DeviceState(snap["id"], snap["type"], snap["user"], snap["role"],
+                                        snap["group"])
+                    self.devices[snap["id"]] = state
+                state.restore(snap)
+            return len(snaps)
 
     def install(self, app: str, model: str, grants: list[str], params: dict[str, Any],
                 sink: MetadataSink) -> dict[str, Any]:
@@ -134,11 +199,15 @@ class ProxyCore:
             state = self.devices.get(dev)
         if state is None:
             return None, {"t": "refused", "error": f"unknown device {dev!r}"}
+        if state.away:
+            return None, moved(dev)
         return state, {"t": "welcome", "dev": dev, "next": state.next, "proxy": self.name}
 
     def record(self, state: DeviceState, frame: dict[str, Any], line: bytes) -> dict[str, Any]:
         """Accept the next record exactly once; the reply is the cumulative ack (or error)."""
         with self.lock:
+            if state.away:  # released while this connection was still open
+                return moved(state.dev)
             seq = frame["seq"]
             if seq < state.next:
                 state.duplicates += 1
@@ -188,6 +257,11 @@ class ProxyCore:
                     "buffer": self.buffer.status(), "frame_errors": self.frame_errors}
 
 
+def moved(dev: str) -> dict[str, Any]:
+    return {"t": "moved", "dev": dev,
+            "error": f"device {dev!r} is not served by this proxy: ask the directory again"}
+
+
 class StreamService(LineServer):
     """The proxy role's service: the stream listener plus its control ops."""
 
@@ -214,7 +288,7 @@ class StreamService(LineServer):
             conn.device.conn = None
 
     def handle_lines(self, conn: _Conn, lines: list[bytes | None]) -> bytes:  # type: ignore[override]
-        out, last_ack = b"", None
+        out, last_ack, end = b"", None, b""
         for line in lines:
             reply = self._frame(conn, line)
             if reply is None:
@@ -222,10 +296,13 @@ class StreamService(LineServer):
             if reply["t"] == "ack":
                 last_ack = reply  # cumulative: one ack per read is enough
                 continue
+            if reply["t"] == "moved":  # the last word on this connection
+                conn.closing, end = True, encode(reply)
+                break
             out += encode(reply)
         if last_ack is not None:
             out += encode(last_ack)
-        return out
+        return out + end
 
     def _frame(self, conn: _Conn, line: bytes | None) -> dict[str, Any] | None:
         try:
@@ -259,19 +336,43 @@ class StreamService(LineServer):
     def ops(self) -> dict[str, Any]:
         return {"device_register": self._op_register, "stream_stats": self._op_stats,
                 "model_install": self._op_install, "model_remove": self._op_remove,
-                "actuate": self._op_actuate}
+                "actuate": self._op_actuate, "device_release": self._op_release,
+                "device_adopt": self._op_adopt}
 
     def _op_register(self, req: dict[str, Any]) -> dict[str, Any]:
-        devices = req.get("devices")
+        devices, held = req.get("devices"), req.get("held", False)
         if not isinstance(devices, list):
             raise RequestError("devices must be a list of {id, type, user, role, group}")
+        if not isinstance(held, bool):
+            raise RequestError("held must be true or false")
         for d in devices:
             if not isinstance(d, dict):
                 raise RequestError("each device must be an object")
             self.core.register(str(d.get("id", "")), str(d.get("type", "")),
                                str(d.get("user", "")), str(d.get("role", "sensor")),
-                               str(d.get("group") or ""))
+                               str(d.get("group") or ""), held)
         return {"registered": len(devices), "stream_port": self.port}
+
+    def _op_release(self, req: dict[str, Any]) -> dict[str, Any]:
+        devices = req.get("devices")
+        if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+            raise RequestError("devices must be a list of device ids")
+        released = self.core.release(devices)
+        for _snap, conn in released:
+            if conn is not None:
+                # NOTE: shutdown (not close) from this thread: the stream thread sees EOF,
+                # closes the socket itself and the device reconnects at once.
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        return {"released": [snap for snap, _conn in released]}
+
+    def _op_adopt(self, req: dict[str, Any]) -> dict[str, Any]:
+        devices = req.get("devices")
+        if not isinstance(devices, list):
+            raise RequestError("devices must be a list of snapshots")
+        return {"adopted": self.core.adopt(devices)}
 
     def _op_stats(self, _req: dict[str, Any]) -> dict[str, Any]:
         return self.core.stats()
