@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +24,12 @@ from typing import Any
 import psutil
 
 from orchestrator.errors import OrchestratorError, UserError
-from orchestrator.fog.hypervisor import Hypervisor, wait_until_reachable, warm_capabilities
+from orchestrator.fog.hypervisor import (
+    DEFAULT_PORTS,
+    Hypervisor,
+    wait_until_reachable,
+    warm_capabilities,
+)
 from orchestrator.fog.node import FogNode
 from orchestrator.fog.probe import choose_domain_type
 from orchestrator.images import GuestImage, local_image
@@ -39,7 +45,7 @@ from orchestrator.lab.network import LabNetwork
 from orchestrator.lab.sdn import SdnNetwork, stop_core
 from orchestrator.lab.topology import MAX_NODES, VM_BRIDGE, LabSpec, Topology, plan
 from orchestrator.netguard import LabNetwork as GuardedSubnet
-from orchestrator.netguard import NetworkPolicy
+from orchestrator.netguard import NetworkPolicy, check_destination
 from orchestrator.runner import LocalRunner, Runner
 
 PROBE_CACHE = "domain-type-probe.json"
@@ -234,7 +240,7 @@ class Lab:
                          str(dirs.libvirtd_pidfile)])
         entry["libvirtd_pid"] = wait_for_pid(dirs.libvirtd_pidfile)
         state.save(self.paths, record)
-        wait_until_reachable(self._fog_node(node, None), self.policy)
+        wait_for_listener(entry["address"], self.policy)
         return int(entry["libvirtd_pid"])
 
     # --- down ----------------------------------------------------------------------
@@ -276,6 +282,28 @@ class Lab:
                 break
             ended += terminate(sorted(pids))
         return ended
+
+
+def wait_for_listener(address: str, policy: NetworkPolicy, timeout_s: float = 20.0) -> None:
+    """Until libvirtd accepts connections on its TCP or its TLS port.
+
+    NOTE: not a libvirt connection: a node that `orchestrator deploy` switched to TLS no
+    longer listens on plain TCP, and which client certificate to use is the caller's
+    business, not the lab's.
+    """
+    check_destination(address, policy)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for port in DEFAULT_PORTS.values():
+            try:
+                socket.create_connection((address, port), timeout=1.0).close()
+                return
+            except OSError:
+                continue
+        if time.monotonic() > deadline:
+            raise OrchestratorError(f"libvirtd at {address} accepts no connection "
+                                    f"after {timeout_s:g} s")
+        time.sleep(0.1)
 
 
 def processes_under(root: Path) -> list[int]:

@@ -207,3 +207,64 @@ def test_prometheus_scrapes_agents_and_exporter_and_dashboard_has_data(lab, tmp_
     finally:
         prom.terminate()
         prom.wait(15)
+
+
+def tls_fleet_inventory(lab, pki: Path) -> Path:
+    """The orchestrator's view of the deployed nodes: qemu+tls URIs with its client cert."""
+    topology = Lab(LabSpec(prefix=PREFIX, nodes=NODES, subnet=SUBNET), lab["tmp"] / "state")
+    image = lab["tmp"] / "state" / "labs" / PREFIX / "image"
+    lines = ["[fog_nodes]"]
+    for node in topology.topology.nodes:
+        lines.append(f"{node.name} ansible_host={node.address} "
+                     f"libvirt_uri=qemu+tls://{node.address}/system?pkipath={pki} "
+                     f"image_dir={image} domain_type=qemu "
+                     f"vm_network={topology.topology.vm_network} "
+                     f"gateway={topology.topology.gateway}")
+    path = lab["tmp"] / "tls-fleet.ini"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_tls_deployed_by_the_playbook_then_an_encrypted_verified_migration(lab):
+    """Last in the module: it moves both nodes' libvirtd from plain TCP to TLS."""
+    import libvirt
+
+    env, state = lab["env"], lab["tmp"] / "state"
+    tls_inventory = lab["tmp"] / "tls.ini"
+    tls_inventory.write_text(lab["inventory"].read_text().replace(
+        "[lab:vars]\n", "[lab:vars]\nlibvirt_tls=true\n"))
+    done = cli(env, "deploy", "--inventory", str(tls_inventory), "--limit", "fog_nodes",
+               "--json")
+    assert done.returncode == 0, done.stderr
+    for node in ("fog1", "fog2"):
+        restarted = cli(env, "lab", "restart-libvirtd", node)
+        assert restarted.returncode == 0, restarted.stderr
+    address = "10.79.0.11"
+    with pytest.raises(OSError):  # plain TCP is gone: only TLS listens
+        socket.create_connection((address, 16509), timeout=2).close()
+    pki = state / "pki" / "client"
+    stranger = lab["tmp"] / "no-client-cert"
+    stranger.mkdir()
+    (stranger / "cacert.pem").write_text((pki / "cacert.pem").read_text())
+    with pytest.raises(libvirt.libvirtError):  # no client certificate, no connection
+        libvirt.open(f"qemu+tls://{address}/system?pkipath={stranger}")
+
+    fleet = ["--inventory", str(tls_fleet_inventory(lab, pki))]
+    made = cli(env, "vm", "create", "tls-vm", "--node", "fog1", "--memory", "128",
+               "--wait", "0", *fleet)
+    assert made.returncode == 0, made.stderr
+    try:
+        conn = libvirt.open(f"qemu+tls://{address}/system?pkipath={pki}")
+        try:  # the nodes refuse a migration whose stream would not be encrypted
+            with pytest.raises(libvirt.libvirtError, match="(?i)tls"):
+                conn.lookupByName("tls-vm").migrateToURI3(
+                    f"qemu+tls://10.79.0.12/system?pkipath={pki}", {},
+                    libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER)
+        finally:
+            conn.close()
+        moved = cli(env, "migrate", "tls-vm", "--to", "fog2", "--json", *fleet)
+        assert moved.returncode == 0, moved.stderr
+        record = json.loads(moved.stdout)
+        assert record["status"] == "completed" and record["placement"] == ["fog2"]
+    finally:
+        cli(env, "vm", "destroy", "tls-vm", *fleet)
