@@ -1,16 +1,19 @@
 """`orchestrator scenario run TRACE.csv`: replay a mobility trace on the lab, per policy.
 
-Prints the policy comparison (measured core bytes beside the simulator's prediction),
-writes result.json and core_bytes.png (matplotlib, Agg) under --out.
+Prints the policy comparison (measured core bytes beside the simulator's prediction,
+decompositions and compositions, records delivered exactly once) and the decisions taken
+where; writes result.json and core_bytes.png (matplotlib, Agg) under --out.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from orchestrator import calibration_store
 from orchestrator.commands._common import app, json_option, print_json, print_table
@@ -40,21 +43,33 @@ def command() -> None:
 @click.option("--replicas", type=click.IntRange(min=1, max=16), default=4, show_default=True)
 @click.option("--static-mib", type=click.IntRange(min=1, max=512), default=32,
               show_default=True, help="Size of each proxy's static part (its disk).")
+@click.option("--decompose/--no-decompose", default=True, show_default=True,
+              help="Let Eq. 1 decompose a proxy when a user's car leaves home.")
+@click.option("--roaming-user", "roaming", multiple=True, metavar="USER",
+              help="A user (u<id>) without a home device: the proxy migrates whole "
+                   "(repeatable).")
+@click.option("--device-hz", type=click.FloatRange(min=0.5, max=50), default=5.0,
+              show_default=True, help="Records per second of each emulated device.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Directory for result.json and core_bytes.png (default: state dir).")
 @json_option
 @click.pass_context
 def run(ctx: click.Context, trace: str, policies: tuple[str, ...], speedup: float,
-        r_data_mb: float, replicas: int, static_mib: int, out: str | None,
-        as_json: bool) -> None:
-    """Replay TRACE (CSV user,minute,bs_id) with real proxy VMs, streams and migrations."""
+        r_data_mb: float, replicas: int, static_mib: int, decompose: bool,
+        roaming: tuple[str, ...], device_hz: float, out: str | None, as_json: bool) -> None:
+    """Replay TRACE (CSV user,minute,bs_id) with real proxy VMs, devices and migrations."""
     state = app(ctx).state_path
     try:
         parsed = sc.parse_small_trace(Path(trace).read_text().splitlines())
     except (TraceError, OSError) as exc:
         raise UserError(f"{trace}: {exc}") from None
+    unknown = sorted(set(roaming) - set(parsed.users))
+    if unknown:
+        raise UserError(f"--roaming-user {', '.join(unknown)}: not in the trace "
+                        f"({', '.join(parsed.users)})")
     cfg = sc.ReplayConfig(speedup=speedup, r_data_bps=r_data_mb * 1e6, replicas=replicas,
-                          static_part_bytes=static_mib << 20)
+                          static_part_bytes=static_mib << 20, decompose=decompose,
+                          roaming_users=tuple(roaming), device_hz=device_hz)
     result = replay(state, parsed, list(policies or sc.POLICIES), cfg)
     out_dir = Path(out) if out else state / "scenario"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -65,9 +80,14 @@ def run(ctx: click.Context, trace: str, policies: tuple[str, ...], speedup: floa
         return
     rows = [(p["policy"], _mb(p["core_bytes"]), _mb(result["simulated"][p["policy"]]["core_bytes"]),
              p["migrations"], p["incremental_migrations"], _mb(p["migration_bytes"]),
-             json.dumps(p["decisions"])) for p in result["policies"]]
+             f"{p['decompositions']}/{p['compositions']}",
+             f"{p['records']['exactly_once']}/{p['records']['devices']}",
+             p["records"]["records"]) for p in result["policies"]]
     print_table(f"core traffic, {trace}", ["policy", "core MB", "simulated MB", "migrations",
-                                           "incremental", "migration MB", "decisions"], rows)
+                                           "incremental", "migration MB", "decomp/comp",
+                                           "exactly once", "records"], rows)
+    print_table("decisions", ["policy", "minute", "user", "verdict", "node", "Tmig s",
+                              "threshold s", "status"], decision_rows(result["policies"]))
     click.echo(f"wrote {out_dir / 'result.json'} and {out_dir / 'core_bytes.png'}")
 
 
@@ -75,12 +95,14 @@ def replay(state: Path, trace: sc.Trace, policies: list[str],
            cfg: sc.ReplayConfig) -> dict[str, Any]:
     lab = Lab.recorded(state, default_lab_prefix())
     record = lab.require_up()
-    hooks = sc.LabHooks(core_bytes=lab.core_counters, enter=lab.enter_argv,
-                        subnet=record["spec"]["subnet"], bridge="br-vm")
     calibration = calibration_store.load(state)
     records = open_store(state)
     with FleetSession(lab_fleet(state)) as session:
         nodes = sorted(session.fleet.nodes)
+        namespaces = {n: session.fleet.nodes[n].facts["namespace"] for n in nodes}
+        hooks = sc.LabHooks(core_bytes=lab.core_counters, enter=lab.enter_argv,
+                            netns=lambda n: f"/run/netns/{namespaces[n]}",
+                            subnet=record["spec"]["subnet"], bridge="br-vm")
         recorded = {b["bs_id"]: b["node"] for b in records.base_stations()}
         bs_map = sc.default_bs_map({b for row in trace.bs for b in row}, nodes, recorded)
         runner = sc.Replay(session, records, state, hooks, trace, bs_map, cfg, calibration)
@@ -91,11 +113,24 @@ def replay(state: Path, trace: sc.Trace, policies: list[str],
     tmig = TmigCache(calibration)
     t_full = tmig.t_mig_s(cfg.memory_mib << 20, cfg.r_mig_bps, extra_bytes=cfg.static_part_bytes)
     t_rep = tmig.t_mig_s(cfg.memory_mib << 20, cfg.r_mig_bps, extra_bytes=cfg.overlay_bytes)
+    t_part = tmig.t_mig_s(cfg.memory_mib << 20, cfg.r_mig_bps)  # a mobile part: no disk
     places = sc.node_minutes(trace, bs_map, nodes)
+    parted = np.array([cfg.decompose and u not in cfg.roaming_users for u in trace.users])
     return {"config": sc.config_dict(cfg), "bs_map": bs_map, "users": list(trace.users),
             "minutes": trace.n_minutes, "t_mig_s": t_full, "t_mig_replica_s": t_rep,
-            "policies": results,
-            "simulated": sc.simulate(places, len(nodes), cfg, t_full, t_rep)}
+            "t_mig_part_s": t_part, "policies": results,
+            "simulated": sc.simulate(places, len(nodes), cfg, t_full, t_rep, t_part, parted)}
+
+
+def decision_rows(policies: Iterable[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Rule decisions and what they did (first sightings left out)."""
+    return [(p["policy"], a["minute"], a["user"], a["verdict"], a["node"],
+             _round(a.get("t_mig_s")), _round(a.get("threshold_s")), a["status"])
+            for p in policies for a in p["actions"] if a["verdict"] != "place"]
+
+
+def _round(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -78,6 +78,7 @@ class FleetApplier:
     session: FleetSession
     store: Store
     state_dir: Path
+    boot_wait_s: float = 30.0  # a mobile proxy's boot (the replay's TCG guests boot under load)
 
     def apply(self, action: Action) -> dict[str, Any]:
         handler: Callable[[Action], dict[str, Any]] = {
@@ -116,7 +117,8 @@ class FleetApplier:
         vms = VmService(self.session, self.store)
         started = time.monotonic()
         memory_mib = max(int(action.inputs.get("memory_bytes", 0)) >> 20, 128)
-        vms.create(action.into, action.destination, memory_mib, role="proxy")
+        vms.create(action.into, action.destination, memory_mib, role="proxy",
+                   wait_s=self.boot_wait_s)
         booted = time.monotonic()
         try:
             moved = self._handover().move(action.user, action.devices, action.proxy,
@@ -164,6 +166,7 @@ class ControlPlane:
     store: Store | None = None
     clock: Callable[[], float] = time.time
     resync: Callable[[str], list[Proxy] | None] | None = None  # user → proxies as recorded
+    failures: dict[str, int] = field(default_factory=dict)  # user → actions failed so far
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, update: LocationUpdate) -> list[dict[str, Any]]:
@@ -197,13 +200,25 @@ class ControlPlane:
         except OrchestratorError as exc:
             result = {"status": "failed", "error": str(exc)}
         if result.get("status") == "failed":
-            self.controller.failed(action)
-            fresh = self.resync(action.user) if self.resync is not None else None
-            if fresh is not None:
-                self.controller.proxies[action.user] = fresh
+            self._failed(action)
         if self.store is not None:
             log_decision(self.store, action, result)
         return {**action.as_event(), "result": result}
+
+    def report_failure(self, action: Action) -> None:
+        """An action an applier carried out later (in a worker: the scenario replay's)
+        failed: the engine learns it as if `apply` had failed."""
+        with self._lock:
+            self._failed(action)
+
+    def _failed(self, action: Action) -> None:
+        """The engine rolls back, then re-reads the user from the records; `failures`
+        counts it (an asynchronous applier skips actions planned before it)."""
+        self.failures[action.user] = self.failures.get(action.user, 0) + 1
+        self.controller.failed(action)
+        fresh = self.resync(action.user) if self.resync is not None else None
+        if fresh is not None:
+            self.controller.proxies[action.user] = fresh
 
 
 # ----------------------------------------------------------------------------- the API
