@@ -266,5 +266,7 @@ def test_tls_deployed_by_the_playbook_then_an_encrypted_verified_migration(lab):
         assert moved.returncode == 0, moved.stderr
         record = json.loads(moved.stdout)
         assert record["status"] == "completed" and record["placement"] == ["fog2"]
+        print(f"TLS migration: {record['total_time_ms']} ms, downtime "
+              f"{record['downtime_ms']} ms, {record['transferred_bytes']} bytes")
     finally:
         cli(env, "vm", "destroy", "tls-vm", *fleet)
