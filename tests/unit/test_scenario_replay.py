@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from agent.devices.emulator import Emulator
+from orchestrator.commands.scenario import decision_rows
 from orchestrator.edge import scenario as sc
 from orchestrator.edge.control import ControlPlane
 from orchestrator.edge.devices import DeviceRegistry
@@ -29,7 +30,7 @@ from orchestrator.edge.scenario_devices import (
     registrations,
     roam_update,
 )
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ExitStatus, OrchestratorError
 from orchestrator.model.controller import (
     Action,
     ConstantDwell,
@@ -277,3 +278,26 @@ def test_workers_keep_order_and_skip_what_was_planned_before_a_failure(tmp_path:
     planned_after = applier.apply(action("migrate", "u0"))  # the engine knows: runs
     assert planned_after == {"status": "submitted", "job": 3}
     assert applier.wait()[-1][1]["status"] == "completed"
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+@pytest.mark.usefixtures("isolated_state")
+def test_roaming_user_must_be_in_the_trace(cli, tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("user,minute,bs_id\n0,0,0\n0,1,1\n")
+    bad = cli("scenario", "run", str(path), "--roaming-user", "u7")
+    assert bad.status == ExitStatus.BAD_INPUT and "u7" in bad.err and "u0" in bad.err
+
+
+def test_decision_table_leaves_first_sightings_out() -> None:
+    policies = [{"policy": "dynamic", "actions": [
+        {"minute": 0, "user": "u0", "verdict": "place", "node": "fog1", "status": "placed"},
+        {"minute": 1, "user": "u0", "verdict": "decompose", "node": "fog3", "t_mig_s": 1.773,
+         "threshold_s": 2.826, "status": "decomposed"},
+        {"minute": 9, "user": "u0", "verdict": "compose", "node": "fog1",
+         "status": "composed"}]}]
+    assert decision_rows(policies) == [
+        ("dynamic", 1, "u0", "decompose", "fog3", "1.77", "2.83", "decomposed"),
+        ("dynamic", 9, "u0", "compose", "fog1", "", "", "composed")]
