@@ -12,18 +12,21 @@ well-posed and explainable (no scipy needed):
                passes and whether a dirty rate near the bandwidth converges at all;
   3. downtime  downtime_overhead_s o and stop_copy_s_per_mib k ← measured downtime, by
                least absolute relative deviations on downtime = o + k·p (p: the predicted
-               pause payload on the wire, which depends on η through ς; exact, both ≥ 0);
-  4. time      bandwidth_efficiency, zero_scan_s_per_gib by pattern search, with setup_s
-               solved inside the objective (a weighted median: it adds linearly to Tmig)
+               pause payload on the wire, which depends on η through ς; exact, both ≥ 0),
+               k at most 1 ÷ the fastest rate a record's live passes achieved;
+  4. time      bandwidth_efficiency by a scan and pattern search, with setup_s solved
+               inside the objective (a weighted median: it adds linearly to Tmig)
                ← total time (least absolute relative deviations, which is what MAPE is);
   5. stages 1-4 again, 4 passes in all (bytes depend on η through the dirty rounds, and
-     the alternation settles within a few passes on synthetic data), then the residual
-     spreads (90th percentiles) that become each prediction's uncertainty.
+     the alternation settles within a few passes on synthetic data), stage 3 once more
+     (k's bound depends on the final η), then the residual spreads (90th percentiles)
+     that become each prediction's uncertainty.
 
 Absolute rather than squared deviations where the lab is noisy: a pause or a destination
 start that took 100 ms longer once must not drag every prediction (a least-squares fit of
-the pause on page bytes gave 48 % downtime MAPE on the first campaigns). The hot set H is
-not fitted: iteration counts barely tell it apart from c (see `Calibration`).
+the pause on page bytes gave 48 % downtime MAPE on the first campaigns). Not fitted: the
+hot set H (iteration counts barely tell it apart from c) and the zero-page scan cost σ (a
+capped pass costs max(wire/B, CPU), and no grid migration is CPU-bound; see `_fit_time`).
 
 Migrations that did not converge are left out of stages 1-4 (their time and bytes are set
 by the timeout action, not the model); they count for the non-convergence accuracy.
@@ -55,6 +58,8 @@ MIN_CONVERGED_TO_FIT = 2
 MAX_STOP_COPY_S_PER_MIB = 0.5  # 2 MiB/s: a pause slower than this is not a pause-rate fit
 UNCONVERGED_MISS = 1e3  # a converged migration predicted never to end: worse than any count
 MIN_DOWNTIME_S = 1e-3  # libvirt reports whole ms; a 0 ms pause still weighs as 1 ms
+ETA_BOUNDS = (0.3, 1.5)  # η searched over: a link achieving 30-150 % of its cap
+ETA_GRID_STEP = 0.01  # Tmig jumps with η (round counts), so scan before refining
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,7 @@ def fit_calibration(train: Sequence[MeasuredMigration], start: Calibration | Non
         cal = _fit_rounds(usable, cal)
         cal = _fit_downtime(usable, cal)
         cal = _fit_time(usable, cal)
-    cal = _fit_spreads(usable, cal)
+    cal = _fit_spreads(usable, _fit_downtime(usable, cal))  # k's bound moves with the last η
     return replace(cal, fitted_on=len(train), source=f"fit on {len(train)} migrations")
 
 
@@ -185,8 +190,9 @@ def _fit_rounds(records: Sequence[MeasuredMigration], cal: Calibration) -> Calib
     Why iterations: c sets how much each round dirties beyond its transfer, which is what
     decides how many passes a migration needs and whether it converges at all; time and
     bytes hardly see it (the fit once drove it to 0 on time alone). Counts are integers, so
-    several c tie: the one nearest the current value wins (the data cannot tell them apart).
-    Migrations without a final count (0) are skipped.
+    several c tie: of those, the one that fits total time best wins (nearest-to-current
+    kept whatever c the first pass picked with η and the footprint still at their start
+    values). Migrations without a final count (0) are skipped.
     """
     counted = [r for r in records if r.iterations > 0]
     if not counted:
@@ -200,7 +206,12 @@ def _fit_rounds(records: Sequence[MeasuredMigration], cal: Calibration) -> Calib
     scores = {c: miss(c) for c in ROUND_OVERHEAD_GRID_S}
     best = min(scores.values())
     ties = [c for c, score in scores.items() if score == best]
-    return replace(cal, round_overhead_s=min(ties, key=lambda c: abs(c - cal.round_overhead_s)))
+    measured = np.array([r.total_time_s for r in records], dtype=float)
+
+    def time_miss(c: float) -> float:
+        return _time_objective(records, replace(cal, round_overhead_s=c), measured)[0]
+
+    return replace(cal, round_overhead_s=min(ties, key=time_miss))
 
 
 def _fit_downtime(records: Sequence[MeasuredMigration], cal: Calibration) -> Calibration:
@@ -215,7 +226,18 @@ def _fit_downtime(records: Sequence[MeasuredMigration], cal: Calibration) -> Cal
     y = m - np.array([scan * q.stop_copy_zero_bytes for q in preds], dtype=float)
     p = np.array([q.stop_copy_wire_bytes / MIB for q in preds], dtype=float)
     o, k = lad_line(p, y, 1.0 / m)
-    return replace(cal, downtime_overhead_s=o, stop_copy_s_per_mib=min(k, MAX_STOP_COPY_S_PER_MIB))
+    cap = _pause_cost_cap(records, cal)
+    if k > cap:  # on the bound: the best intercept for it is a weighted median
+        o, k = max(0.0, weighted_median(y - cap * p, 1.0 / m)), cap
+    return replace(cal, downtime_overhead_s=o, stop_copy_s_per_mib=k)
+
+
+def _pause_cost_cap(records: Sequence[MeasuredMigration], cal: Calibration) -> float:
+    """The largest k (s/MiB) the records allow: k is also the CPU cost of a page sent live,
+    and every live pass kept up with its cap, so k ≤ 1 ÷ the fastest rate they achieved.
+    Without that bound a few slow pauses could make the model call fast links CPU-bound."""
+    fastest = max(r.bandwidth_bytes_s for r in records) * cal.bandwidth_efficiency
+    return min(MAX_STOP_COPY_S_PER_MIB, MIB / fastest)
 
 
 def lad_line(x: np.ndarray[Any, np.dtype[np.float64]], y: np.ndarray[Any, np.dtype[np.float64]],
@@ -248,17 +270,22 @@ def weighted_median(values: np.ndarray[Any, np.dtype[np.float64]],
 
 
 def _fit_time(records: Sequence[MeasuredMigration], cal: Calibration) -> Calibration:
-    names = ("bandwidth_efficiency", "zero_scan_s_per_gib")
+    """η by a scan then pattern search (Tmig is piecewise in η), setup_s solved inside.
+
+    Why not σ (zero_scan_s_per_gib) too: a pass costs max(wire/B, CPU), and no capped
+    migration of a grid is CPU-bound, so time cannot see σ; fitted anyway, it was driven to
+    5-8 s/GiB to absorb other misses (setup noise, the pause), which would predict a 1 GiB
+    idle guest at 100 MiB/s 5 s too slow (measured: no slower than a 512 MiB one).
+    """
+    names = ("bandwidth_efficiency",)
     measured = np.array([r.total_time_s for r in records], dtype=float)
 
     def objective(x: Sequence[float]) -> float:
         return _time_objective(records, _with(cal, names, x), measured)[0]
 
-    start = [cal.bandwidth_efficiency, cal.zero_scan_s_per_gib]
-    coarse = [[eta, cal.zero_scan_s_per_gib] for eta in np.arange(0.4, 1.45, 0.1)]
-    x0 = min([start, *coarse], key=objective)
-    best = pattern_search(objective, x0, steps=[0.05, 0.1],
-                          bounds=[(0.3, 1.5), (0.0, 20.0)])
+    grid = [[float(eta)] for eta in np.arange(ETA_BOUNDS[0], ETA_BOUNDS[1], ETA_GRID_STEP)]
+    x0 = min([[cal.bandwidth_efficiency], *grid], key=objective)
+    best = pattern_search(objective, x0, steps=[ETA_GRID_STEP], bounds=[ETA_BOUNDS])
     fitted = _with(cal, names, best)
     return replace(fitted, setup_s=_time_objective(records, fitted, measured)[1])
 

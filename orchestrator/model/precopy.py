@@ -11,21 +11,28 @@ What QEMU 7.2 does, and what this module mirrors (symbols used below):
     F   footprint (non-zero)   z   zero_page_wire_ratio (a zero page goes as a ~9 byte marker)
     W   writable working set   r   dirty rate in bytes/s = dirty_rate_pages_s × page_size
     H   hot_set_bytes          c   round_overhead_s (the dirty-bitmap sync's cost)
-    ς   switch-over threshold = B × downtime_limit_s  (QEMU: threshold_size, from the bytes
+    k   stop_copy_s_per_mib    σ   zero_scan_s_per_gib (CPU time per zero byte)
+    R   the achieved data rate min(B, 1/k): the cap, unless the CPU is slower
+    ς   switch-over threshold = R × downtime_limit_s  (QEMU: threshold_size, from the bytes
         the stream moved in its last 100 ms slot, i.e. the achieved rate)
-    χ   what one 100 ms rate-limit slot sends = B × 0.1 s
+    χ   what one 100 ms rate-limit slot sends = R × 0.1 s
 
-    pages     a page costs the same wherever it goes: wire bytes (4 KiB of data, or z·4 KiB
-              for a zero page) at B live or at min(k, 1/B) in the pause, plus σ =
-              zero_scan_s_per_gib of CPU per zero byte in both. So moving a page from the
-              last pass into the pause never makes a migration slower.
+    pages     moving pages costs CPU: cpu = k·wire + σ·zero, wire the bytes on the stream
+              (4 KiB a data page, z·4 KiB a zero page). Live, the cap counts wire bytes
+              only: QEMU's thread sends a slot's quota, then sleeps to the end of the 100 ms
+              slot (migration_rate_limit), and zero pages (buffer_is_zero, a ~9-byte
+              marker) are scanned in time it would sleep anyway. So a pass costs
+              max(wire/B, cpu): the CPU shows only when it, not the cap, is the bottleneck.
+              The uncapped pause costs cpu. Hence moving a page from the last pass into the
+              pause never makes a migration slower.
     passes    round 0 sends all M pages (F of them data). QEMU checks `remaining` (pending
               pages, zero pages included) once per slot, and only when it is below ς does
               it sync the dirty bitmap: a pass ends with ℓ = ς − min(ς, χ_p)/2 unsent on
               average (none when it fits one slot), χ_p the pages a slot gets through
               (χ of wire; far more pages where they are zero). The next pass starts with
               round 0's unsent tail, just ahead of QEMU's cursor. A pass lasts
-              wire/B + σ·zero + c.
+              max(wire/B, cpu) of that tail, plus max(wire/B, cpu) of its dirty pages (the
+              cursor crosses one, then the other), plus c.
     sync      finds d = min(W, r·t) + H new dirty pages, t the time since the previous
               sync: the cyclic writer's pages plus the hot set H that any guest rewrites
               every round however short (kernel stacks, timers, the agent; with pti=on
@@ -34,15 +41,15 @@ What QEMU 7.2 does, and what this module mirrors (symbols used below):
     switch    when P ≤ ς (migration_iteration_run); the pause sends P. Otherwise the next
               pass sends P − ℓ'.
     pause     QEMU lifts the rate limit for the stop-and-copy (migration_completion):
-              downtime = o + min(k, 1/B)·wire(P) + σ·zero(P), with k = stop_copy_s_per_mib
-              and o = downtime_overhead_s (device state, pause/resume, announce)
+              downtime = o + k·wire(P) + σ·zero(P), o = downtime_overhead_s (device state,
+              and libvirt's pause-to-resume handshake, which its downtime figure includes)
     total     Tmig = setup_s + Σ passes + downtime
-    never     the smallest set a sync can find is d* = min(W + H, (H + r·c) / (1 − r/B))
-              (the fixed point of d ↦ r·(d/B + c) + H; W + H when r ≥ B). Once P > ς,
+    never     the smallest set a sync can find is d* = min(W + H, (H + r·c) / (1 − r/R))
+              (the fixed point of d ↦ r·(d/R + c) + H; W + H when r ≥ R). Once P > ς,
               with W + H > ς: if χ ≥ ς a pass sends everything, so the next P ≥ d*; if
               χ < ς each pass keeps ≥ ς − χ unsent, so P only shrinks when a sync finds
               less than one slot's χ. Hence the migration never converges when
-              d* ≥ min(ς, χ): a dirty rate close to B, or a small ς, stalls below B.
+              d* ≥ min(ς, χ): a dirty rate close to R, or a small ς, stalls below R.
               QEMU then iterates until the caller's timeout action (abort, raise the
               downtime limit, post-copy) — `converges` is False.
 
@@ -160,17 +167,20 @@ class Calibration:
     ~0.03-0.2 MiB over the ~0.5 s round that ends round 0; 0.1 MiB is the middle, and the
     iteration counts of both campaigns' converged migrations fit best at 0.05-0.15 MiB. c
     is what the quick campaign's counts gave (0.0175-0.025 s); the job-stats samples agree:
-    each sync found ~r·0.02-0.03 s more new dirty pages than r·Δt.
+    each sync found ~r·0.02-0.03 s more new dirty pages than r·Δt. σ is not fitted either:
+    a capped pass costs max(wire/B, CPU) and no grid migration was CPU-bound (a 1 GiB idle
+    guest at 100 MiB/s took no longer than a 512 MiB one), so the records only bound it
+    (σ ≲ 1 s/GiB); it stays at 0 unless set.
     """
 
     setup_s: float = 0.3  # before round 0 moves bytes: destination start, handshake
     bandwidth_efficiency: float = 0.95  # B = η × configured bandwidth (framing, TCP, pacing)
     zero_page_wire_ratio: float = 9 / 4096  # wire bytes per zero byte (8 B header + 1 B)
-    zero_scan_s_per_gib: float = 0.0  # σ: CPU time per GiB of zero pages, live or paused
+    zero_scan_s_per_gib: float = 0.0  # σ: CPU time per GiB of zero pages (not fitted)
     footprint_base_bytes: float = 73e6  # default footprint when the guest's is unknown…
     footprint_fraction: float = 0.023  # … F = min(M, base + fraction × M)
     downtime_overhead_s: float = 0.02  # device state, pause/resume, announce
-    stop_copy_s_per_mib: float = 0.004  # k: pause cost per MiB on the wire (uncapped)
+    stop_copy_s_per_mib: float = 0.004  # k: CPU/uncapped cost per MiB on the wire
     round_overhead_s: float = 0.02  # c: each dirty-bitmap sync's cost; the guest dirties on
     hot_set_bytes: float = 0.1 * MIB  # H: pages every sync finds dirty, however short a round
     time_rel_spread: float = 0.10  # ~90th percentile |relative residual| of Tmig
@@ -281,7 +291,7 @@ class Prediction:
     rounds: tuple[Round, ...] = ()
     switchover_threshold_bytes: float = 0.0
     stop_copy_bytes: float = 0.0  # pages pending at the switch (QEMU's `remaining`)
-    effective_bandwidth_bytes_s: float = 0.0
+    effective_bandwidth_bytes_s: float = 0.0  # R: the cap × η, or the CPU's 1/k if slower
     footprint_bytes: float = 0.0
     reason: str = ""  # why it does not converge, and what QEMU would do then
     stop_copy_wire_bytes: float = 0.0  # what the pause puts on the wire (zero pages ~0)
@@ -310,20 +320,38 @@ class _Pages:
 
 @dataclass(frozen=True)
 class _Link:
-    """What one byte costs: on the stream, in the pause, and in CPU for zero pages."""
+    """What moving pages costs: wire bytes against the cap, CPU for every page.
 
-    bandwidth: float  # B, bytes/s
-    threshold: float  # ς = B × downtime limit
+    Why a maximum and not a sum: under a cap QEMU's migration thread sends a slot's quota
+    and then sleeps to the end of its 100 ms slot (migration_rate_limit); a zero page costs
+    CPU (buffer_is_zero) but only a ~9-byte marker of quota, so scanning zero pages fills
+    time the thread would sleep anyway. The CPU sets the pace only where a pass's CPU work
+    exceeds its wire time. The pause is uncapped: its CPU (and link) work is all it costs.
+    """
+
+    bandwidth: float  # B, bytes/s: the cap, as achieved on the wire
+    limit_s: float  # the downtime limit
     share: float  # non-zero share of the tail's pages (F / M for round 0)
     wire_ratio: float  # z: wire bytes per zero byte
-    scan_s_per_byte: float  # CPU time per zero byte, live or paused alike
-    pause_s_per_byte: float  # min(k, 1/B) per wire byte: the pause is never slower than B
+    data_s_per_byte: float  # k: CPU and uncapped-link time per wire byte
+    scan_s_per_byte: float  # σ: CPU time per zero byte
     sync_s: float  # c: what each dirty-bitmap sync costs (the guest keeps dirtying)
+
+    @property
+    def data_rate(self) -> float:
+        """Wire bytes/s a pass of data pages achieves: the cap, or 1/k if the CPU is slower."""
+        k = self.data_s_per_byte
+        return min(self.bandwidth, 1 / k) if k > 0 else self.bandwidth
+
+    @property
+    def threshold(self) -> float:
+        """ς: QEMU's threshold_size is the rate its stream achieved times the limit."""
+        return self.data_rate * self.limit_s
 
     @property
     def chunk(self) -> float:
         """What one 100 ms rate-limit slot sends: QEMU checks `remaining` once per slot."""
-        return self.bandwidth * RATE_LIMIT_SLOT_S
+        return self.data_rate * RATE_LIMIT_SLOT_S
 
     def wire(self, p: _Pages) -> float:
         return p.tail * (self.share + self.wire_ratio * (1 - self.share)) + p.data
@@ -331,20 +359,29 @@ class _Link:
     def zero(self, p: _Pages) -> float:
         return p.tail * (1 - self.share)
 
+    def cpu_s(self, p: _Pages) -> float:
+        """CPU time to move `p`: k per wire byte, σ per zero byte."""
+        return self.data_s_per_byte * self.wire(p) + self.scan_s_per_byte * self.zero(p)
+
     def transfer_s(self, p: _Pages) -> float:
-        """Stream and CPU time to move `p` live: wire bytes at B, zero pages scanned."""
-        return self.wire(p) / self.bandwidth + self.scan_s_per_byte * self.zero(p)
+        """Time to move `p` live: max(wire/B, CPU time) for round 0's tail and for the dirty
+        pages apart. QEMU's cursor crosses them one after the other, so the tail's zero
+        pages cannot hide behind the dirty pages' quota."""
+        tail = _Pages(tail=p.tail)
+        return (max(self.wire(tail) / self.bandwidth, self.cpu_s(tail))
+                + p.data * max(1 / self.bandwidth, self.data_s_per_byte))
 
     def slot_pages(self, p: _Pages) -> float:
         """Page bytes of `p` one 100 ms slot gets through. The rate limit counts wire bytes,
-        so a slot covers many zero pages; CPU scanning them shares the slot's time."""
+        so a slot covers many zero pages, as many as its CPU time allows."""
         cost = self.transfer_s(p)
         return RATE_LIMIT_SLOT_S * p.pages / cost if cost > 0 else math.inf
 
     def pause_s(self, p: _Pages) -> float:
-        """The pause's payload part (without the fixed overhead o). Never above
-        `transfer_s`: moving a page from the last pass into the pause never costs time."""
-        return self.pause_s_per_byte * self.wire(p) + self.scan_s_per_byte * self.zero(p)
+        """The pause's payload part (without the fixed overhead o): its CPU time. Never
+        above `transfer_s`, so moving a page from the last pass into the pause never costs
+        time."""
+        return self.cpu_s(p)
 
 
 @dataclass(frozen=True)
@@ -425,8 +462,8 @@ def _split(pending: _Pages, link: _Link) -> tuple[_Pages, _Pages]:
 
 
 def _dirty_floor(guest: _Guest, link: _Link) -> float:
-    """The least dirty set a sync can find, d* = min(W + H, (H + r·c) / (1 − r/B)): the
-    fixed point of d ↦ r·(d/B + c) + H, or W + H when r ≥ B.
+    """The least dirty set a sync can find, d* = min(W + H, (H + r·c) / (1 − r/R)): the
+    fixed point of d ↦ r·(d/R + c) + H, or W + H when r ≥ R (R: the achieved data rate).
 
     Why it decides convergence (once the pending set exceeds ς and W + H > ς): with one
     slot's chunk ≥ ς a pass sends everything and the next sync finds ≥ d*, so d* ≥ ς never
@@ -435,19 +472,18 @@ def _dirty_floor(guest: _Guest, link: _Link) -> float:
     """
     if guest.bound <= link.threshold:
         return 0.0  # the pending set is bounded below ς: it always gets there
-    if guest.dirty_bps >= link.bandwidth:
+    if guest.dirty_bps >= link.data_rate:
         return guest.bound
-    fixed = (guest.hot + guest.dirty_bps * link.sync_s) / (1 - guest.dirty_bps / link.bandwidth)
+    fixed = (guest.hot + guest.dirty_bps * link.sync_s) / (1 - guest.dirty_bps / link.data_rate)
     return min(guest.bound, fixed)
 
 
 def _link_for(inputs: MigrationInputs, cal: Calibration, bandwidth: float,
               share: float) -> _Link:
-    return _Link(bandwidth=bandwidth, threshold=bandwidth * inputs.downtime_limit_s,
-                 share=share, wire_ratio=cal.zero_page_wire_ratio,
-                 scan_s_per_byte=cal.zero_scan_s_per_gib / GIB,
-                 pause_s_per_byte=min(cal.stop_copy_s_per_mib / MIB, 1 / bandwidth),
-                 sync_s=cal.round_overhead_s)
+    return _Link(bandwidth=bandwidth, limit_s=inputs.downtime_limit_s, share=share,
+                 wire_ratio=cal.zero_page_wire_ratio,
+                 data_s_per_byte=cal.stop_copy_s_per_mib / MIB,
+                 scan_s_per_byte=cal.zero_scan_s_per_gib / GIB, sync_s=cal.round_overhead_s)
 
 
 def _guest_for(inputs: MigrationInputs, cal: Calibration, dirty_bps: float) -> _Guest:
@@ -465,8 +501,8 @@ def _run_for(inputs: MigrationInputs, cal: Calibration,
 
 
 def _downtime(run: _Run, link: _Link, cal: Calibration) -> float:
-    """The pause: o + min(k, 1/B)·wire + scan·zero. QEMU lifts the rate limit for the
-    stop-and-copy (migration_completion), so its pages go at link/CPU speed."""
+    """The pause: o + k·wire + σ·zero. QEMU lifts the rate limit for the stop-and-copy
+    (migration_completion), so its pages go at CPU (and uncapped link) speed."""
     return cal.downtime_overhead_s + link.pause_s(run.payload)
 
 
@@ -501,7 +537,7 @@ def predict(inputs: MigrationInputs, calibration: Calibration | None = None, *,
         rounds=run.rounds,
         switchover_threshold_bytes=link.threshold,
         stop_copy_bytes=run.payload.pages,
-        effective_bandwidth_bytes_s=link.bandwidth,
+        effective_bandwidth_bytes_s=link.data_rate,
         footprint_bytes=cal.footprint_for(inputs),
         reason="" if run.converges else _non_convergence_reason(inputs, run, link, cal),
         stop_copy_wire_bytes=link.wire(run.payload),
@@ -528,7 +564,7 @@ def _time_uncertainty(inputs: MigrationInputs, cal: Calibration, total: float,
 
 def _non_convergence_reason(inputs: MigrationInputs, run: _Run, link: _Link,
                             cal: Calibration) -> str:
-    rate, steady, bandwidth = inputs.dirty_rate_bytes_s, run.payload.pages, link.bandwidth
+    rate, steady, bandwidth = inputs.dirty_rate_bytes_s, run.payload.pages, link.data_rate
     if len(run.rounds) >= MAX_ROUNDS:
         cause = f"the pending pages still exceed the threshold after {MAX_ROUNDS} rounds"
     elif rate < bandwidth:
