@@ -100,17 +100,20 @@ def footprint_bytes(final: dict[str, Any], samples: Sequence[dict[str, Any]],
                     memory: int) -> int | None:
     """Non-zero bytes a migration's round 0 sent, from its record; None if unknown.
 
-    `normal_pages` at the last round-0 sample plus what round 0 still had to send bounds it
-    from above; the completed job's `normal_bytes` (all rounds) bounds it too. The predictor
-    needs this footprint: zero pages cross the wire as markers, so M alone overstates a
-    migration several times (LAB-NOTES)."""
-    total_normal = int(final.get("normal_bytes") or 0) or None
+    Three upper bounds, the tightest wins: `normal_pages` at the last round-0 sample plus
+    what round 0 still had to send (loose while zero pages remain: they count as
+    remaining); data pages sent by the first sample of a later round (round 0's, plus at
+    most one sampling interval of the next round's); the completed job's `normal_bytes`
+    (every round's). The predictor needs this footprint: zero pages cross the wire as
+    markers, so M alone overstates a migration several times (LAB-NOTES)."""
+    bounds = [int(final.get("normal_bytes") or 0)]
     round0 = [s for s in samples if s.get("iteration") == 1]
-    estimate = total_normal
     if round0:
         last = round0[-1]
-        upper = int(last.get("normal_pages", 0)) * PAGE_SIZE + int(last.get("remaining_bytes", 0))
-        estimate = upper if total_normal is None else min(upper, total_normal)
-    if estimate is None or estimate <= 0:
-        return None
-    return min(estimate, memory)
+        bounds.append(int(last.get("normal_pages", 0)) * PAGE_SIZE
+                      + int(last.get("remaining_bytes", 0)))
+    later = next((s for s in samples if s.get("iteration", 0) >= 2), None)
+    if later is not None:
+        bounds.append(int(later.get("normal_pages", 0)) * PAGE_SIZE)
+    known = [b for b in bounds if b > 0]
+    return min(min(known), memory) if known else None

@@ -320,3 +320,10 @@ def test_each_round_counts_once_in_qemus_dirty_rate():
     rec["params"]["dirty_rate_pages_s"] = 1500
     # per-sample median would say 1000 (round 2 sampled 20 times); per round: 2050
     assert measured_from_record(rec).dirty_rate_pages_s == 2050
+
+
+def test_the_first_sample_of_a_later_round_bounds_round_zeros_data():
+    # round 0's last sample still has 98 MiB to go, most of it zero pages; 200 ms later
+    # round 1 has begun with 130 MiB of data pages sent in all; the job sent 190 MiB
+    dirty = [sample(1.4, 1, 98 * MIB, 28_000), sample(1.6, 2, 30 * MIB, 33_280)]
+    assert footprint_bytes({"normal_bytes": 190 * MIB}, dirty, 256 * MIB) == 130 * MIB
