@@ -263,7 +263,6 @@ class Lab:
         state.remove(self.paths)
         return {"processes": killed, "namespaces": len(namespaces), "links": len(links)}
 
-
     def _end_processes(self, namespaces: list[str], rounds: int = 4) -> int:
         """End everything in the lab's namespaces or started from its directory, scanning
         again until nothing is left.
