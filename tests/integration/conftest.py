@@ -15,7 +15,10 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.errors import ExitStatus
+from orchestrator.fleet import lab_fleet
+from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.images import local_image
+from orchestrator.store import open_store
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,17 @@ class LabHandle:
     subnet: str
     state_dir: Path
     nodes: int
+
+    def agent(self, vm: str, timeout_s: float = 10.0) -> GuestAgent:
+        """The guest agent of one of the lab's VMs, at the address the records give it."""
+        store = open_store(self.state_dir)
+        try:
+            record = store.vm(vm)
+        finally:
+            store.close()
+        assert record is not None and record.address, f"no VM {vm} with an address"
+        return GuestAgent(record.address, lab_fleet(self.state_dir, self.prefix).policy,
+                          timeout_s=timeout_s)
 
     def daemon_log_tails(self, lines: int = 12) -> str:
         """The end of each node's libvirtd and QEMU logs, for a failing test's message."""

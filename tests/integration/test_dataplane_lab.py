@@ -21,7 +21,6 @@ from orchestrator.edge.devices import launch_emulator
 from orchestrator.edge.proxies import directory_path
 from orchestrator.errors import ExitStatus
 from orchestrator.fleet import lab_fleet
-from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.lab.builder import Lab
 from orchestrator.netguard import check_destination
 from tests.integration.conftest import lab_fixture
@@ -65,14 +64,6 @@ def run_emulators(handle, specs: list[tuple[str, dict]], tmp: Path,
     for proc in procs:
         proc.wait(timeout=timeout_s)
     return [json.loads((tmp / f"report-{n}.json").read_text()) for n in range(len(specs))]
-
-
-def guest(handle, address: str) -> GuestAgent:
-    return GuestAgent(address, lab_fleet(handle.state_dir, PREFIX).policy, timeout_s=10)
-
-
-def vm_address(cli, name: str) -> str:
-    return next(r["address"] for r in cli("vm", "list", "--json").json() if r["name"] == name)
 
 
 def audit(lines: list[str], kinds: set[str]) -> int:
@@ -125,7 +116,7 @@ def test_bad_input_is_refused_and_changes_nothing(setup, cli):
 
 
 def test_the_proxy_itself_refuses_an_ungranted_model(lab, setup, cli):
-    proxy = guest(lab, vm_address(cli, "px-alice"))
+    proxy = lab.agent("px-alice")
     with pytest.raises(Exception, match="permission denied"):
         proxy.request("model_install", app="sneaky", model="faces", grants=["gps"],
                       sink={"host": "10.74.1.200", "port": 7072})
@@ -133,9 +124,9 @@ def test_the_proxy_itself_refuses_an_ungranted_model(lab, setup, cli):
 
 
 def test_malformed_stream_data_does_not_disturb_the_proxy(lab, setup, cli):
-    address = vm_address(cli, "px-bob")
-    target = check_destination(address, lab_fleet(lab.state_dir, PREFIX).policy)
-    before = guest(lab, address).request("stream_stats")
+    proxy = lab.agent("px-bob")
+    target = check_destination(proxy.address, lab_fleet(lab.state_dir, PREFIX).policy)
+    before = proxy.request("stream_stats")
     with socket.create_connection((target, 7071), timeout=5) as sock:
         reader = sock.makefile("rb")
         for junk in [b"not json", b'{"t":"rec","seq":1,"ts":1,"v":{}}', b"[1,2]",
@@ -147,10 +138,10 @@ def test_malformed_stream_data_does_not_disturb_the_proxy(lab, setup, cli):
         sock.sendall(b"x" * 20000 + b"\n")
         replies = [json.loads(reader.readline()) for _ in range(9)]
     assert {r["t"] for r in replies} >= {"error", "refused", "welcome"}
-    after = guest(lab, address).request("stream_stats")
+    after = proxy.request("stream_stats")
     assert after["frame_errors"] >= before["frame_errors"] + 5
     assert after["devices"][D[8]]["invalid"] == 1  # refused for good, and counted
-    assert guest(lab, address).status()["streams"]["devices"] == len(before["devices"])
+    assert proxy.status()["streams"]["devices"] == len(before["devices"])
 
 
 def test_parknet_local_and_traffic_remote(lab, setup, cli):
@@ -207,18 +198,18 @@ def test_privacy_app_vms_received_only_declared_metadata(lab, setup, cli):
     stats = {}
     for app, kind in (("park", "parknet"), ("traffic", "traffic")):
         vm = f"app-{app}"
-        page = guest(lab, vm_address(cli, vm)).request("app_received", offset=0)
+        page = lab.agent(vm).request("app_received", offset=0)
         lines = page["lines"]
         while page["next"] < page["total"]:
-            page = guest(lab, vm_address(cli, vm)).request("app_received", offset=page["next"])
+            page = lab.agent(vm).request("app_received", offset=page["next"])
             lines += page["lines"]
         assert audit(lines, {kind}) > 0
         assert page["bad_lines"] == 0
         stats[app] = page["bytes"]
-    lines = guest(lab, vm_address(cli, "app-traffic")).request("app_received")["lines"]
+    lines = lab.agent("app-traffic").request("app_received")["lines"]
     srcs = {json.loads(line)["src"] for line in lines}
     assert srcs == {"px-alice", "px-bob"}  # the remote app aggregates both fog nodes
-    proxy = guest(lab, vm_address(cli, "px-alice")).request("stream_stats")
+    proxy = lab.agent("px-alice").request("stream_stats")
     park = proxy["models"]["park"]
     assert park["meta_bytes"] < park["raw_bytes"] / 10
 
@@ -243,7 +234,7 @@ def test_missing_child_event(lab, setup, cli, tmp_path):
     assert len(matches) == reports[0]["truth"][0]["sightings"] == 8
     assert {(m["camera"], m["lat"], m["lon"]) for m in matches} == {(D[5], 40.1003, -74.0007)}
     for vm in ("ev-findchild-fog1", "ev-findchild-fog2"):
-        lines = guest(lab, vm_address(cli, vm)).request("app_received")["lines"]
+        lines = lab.agent(vm).request("app_received")["lines"]
         audit(lines, {"faces"})
     assert cli("app", "remove", "findchild").status == ExitStatus.SUCCESS
 
@@ -273,7 +264,7 @@ def test_every_record_arrives_exactly_once_across_a_migration(lab, setup, cli):
     assert moved.status == ExitStatus.SUCCESS, moved.err
     proc.wait(timeout=180)
     report = json.loads((setup / "migration.json").read_text())
-    stats = guest(lab, vm_address(cli, "px-alice")).request("stream_stats")["devices"]
+    stats = lab.agent("px-alice").request("stream_stats")["devices"]
     for dev in (D[10], D[11], D[12]):
         sent = report["devices"][dev]
         assert sent["sent"] == 400 and sent["acked"] == 400

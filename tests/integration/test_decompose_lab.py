@@ -62,16 +62,6 @@ def cli(*args: str) -> tuple[ExitStatus, Any]:
         return status, out.getvalue()
 
 
-def guest(handle, vm: str) -> GuestAgent:
-    store = open_store(handle.state_dir)
-    try:
-        record = store.vm(vm)
-    finally:
-        store.close()
-    assert record is not None and record.address, f"no VM {vm}"
-    return GuestAgent(record.address, lab_fleet(handle.state_dir, PREFIX).policy, timeout_s=10)
-
-
 def vms_by_node() -> dict[str, str]:
     status, rows = cli("vm", "list", "--json")
     assert status == ExitStatus.SUCCESS
@@ -184,8 +174,8 @@ def run(lab, tmp_path_factory):
         seen["directory_away"] = json.loads(directory_path(lab.state_dir).read_text())
         time.sleep(2)
         seen["core_decomposed_bps"] = core_rate(lab, "fog2")  # the car → px-alice-m, local
-        seen["mobile_stats"] = guest(lab, MOBILE).request("stream_stats")
-        seen["static_stats_away"] = guest(lab, "px-alice").request("stream_stats")
+        seen["mobile_stats"] = lab.agent(MOBILE).request("stream_stats")
+        seen["static_stats_away"] = lab.agent("px-alice").request("stream_stats")
         seen["user_stats_away"] = cli("user", "stats", "alice")[1]
         connects = {d: r["connects"] for d, r in read_report(report)["devices"].items()}
         attach(radios, dict.fromkeys((HR, *CAR), home))  # and back home
@@ -198,8 +188,8 @@ def run(lab, tmp_path_factory):
         proc.terminate()  # the emulator drains what is unacknowledged, then reports
         proc.wait(timeout=120)
     seen["report"] = read_report(report)
-    seen["stats"] = guest(lab, "px-alice").request("stream_stats")
-    seen["received"] = received(guest(lab, "app-traffic"))
+    seen["stats"] = lab.agent("px-alice").request("stream_stats")
+    seen["received"] = received(lab.agent("app-traffic"))
     store = open_store(lab.state_dir)
     try:
         seen["decisions"] = [e["data"] for e in store.events("decision")]

@@ -26,7 +26,6 @@ from orchestrator.edge.devices import launch_emulator
 from orchestrator.edge.proxies import directory_path
 from orchestrator.errors import ExitStatus
 from orchestrator.fleet import lab_fleet
-from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.fog.session import FleetSession
 from orchestrator.lab.builder import Lab
 from tests.integration.conftest import lab_fixture
@@ -94,14 +93,8 @@ def latest(cli) -> dict:
     return cli("migrations", "--json", "--limit", "1").json()[0]
 
 
-def proxy_agent(lab_handle, cli) -> GuestAgent:
-    address = next(r["address"] for r in cli("vm", "list", "--json").json()
-                   if r["name"] == VM)
-    return GuestAgent(address, lab_fleet(lab_handle.state_dir, PREFIX).policy, timeout_s=10)
-
-
 def accepted(lab_handle, cli) -> dict[str, dict]:
-    stats = proxy_agent(lab_handle, cli).request("stream_stats")["devices"]
+    stats = lab_handle.agent(VM).request("stream_stats")["devices"]
     return {dev: stats[dev] for dev in DEVICES}
 
 
@@ -244,8 +237,7 @@ def test_orchestrator_killed_mid_migration_then_reconciled(lab, cli, stream):
 
 def test_a_dirty_rate_that_never_converges_is_aborted_by_policy(lab, cli, stream):
     running, _ = world(lab)
-    address = cli("vm", "list", "--json").json()[0]["address"]
-    agent = GuestAgent(address, lab_fleet(lab.state_dir, PREFIX).policy)
+    agent = lab.agent(VM, timeout_s=3.0)
     agent.set_dirtier(pages_per_s=300000, working_set_mib=12)
     target = "fog2" if running != ["fog2"] else "fog3"
     try:
