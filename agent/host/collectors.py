@@ -112,8 +112,9 @@ def domain_devices(xml: str) -> tuple[list[str], list[str]]:
 
 
 class LibvirtCollector(Collector):
-    """Per-domain figures from libvirt. `connect` opens a connection (kept between scrapes,
-    reopened after a failure); it may raise, which reads as libvirt being down."""
+    """Per-domain figures from libvirt (state, CPU, memory, vCPUs, NIC and disk bytes).
+    `connect` opens a connection (kept between scrapes, reopened after a failure); it may
+    raise, which reads as libvirt being down."""
 
     def __init__(self, node: str, connect: Callable[[], Any]) -> None:
         self.node = node
@@ -160,12 +161,18 @@ class LibvirtCollector(Collector):
         tx = CounterMetricFamily("edgeiot_domain_network_transmit_bytes",
                                  "Bytes sent per domain interface.",
                                  labels=[*labels, "interface"])
+        disk_read = CounterMetricFamily("edgeiot_domain_disk_read_bytes",
+                                        "Bytes read per domain disk.", labels=[*labels, "disk"])
+        disk_written = CounterMetricFamily("edgeiot_domain_disk_written_bytes",
+                                           "Bytes written per domain disk.",
+                                           labels=[*labels, "disk"])
         for dom in conn.listAllDomains(0):
             try:
                 name = dom.name()
                 st, _max_kib, mem_kib, nvcpu, cpu_ns = dom.info()
-                nics = domain_devices(dom.XMLDesc(0))[0] if st == 1 else []
+                nics, disks = domain_devices(dom.XMLDesc(0)) if st == 1 else ([], [])
                 traffic = [(nic, dom.interfaceStats(nic)) for nic in nics]
+                blocks = [(disk, dom.blockStats(disk)) for disk in disks]
             except Exception as exc:  # noqa: BLE001 - e.g. the domain left mid-scrape
                 log.info("skipping a domain: %s", exc)
                 continue
@@ -176,7 +183,10 @@ class LibvirtCollector(Collector):
             for nic, stats in traffic:  # (rx_bytes, rx_packets, rx_errs, rx_drop, tx_bytes, …)
                 rx.add_metric([self.node, name, nic], float(stats[0]))
                 tx.add_metric([self.node, name, nic], float(stats[4]))
+            for disk, stats in blocks:  # (rd_req, rd_bytes, wr_req, wr_bytes, errs)
+                disk_read.add_metric([self.node, name, disk], float(stats[1]))
+                disk_written.add_metric([self.node, name, disk], float(stats[3]))
         domains = GaugeMetricFamily("edgeiot_host_domains", "Domains defined on this host.",
                                     labels=["node"])
         domains.add_metric([self.node], float(len(state.samples)))
-        return [domains, state, cpu, memory, vcpus, rx, tx]
+        return [domains, state, cpu, memory, vcpus, rx, tx, disk_read, disk_written]

@@ -87,6 +87,9 @@ def test_libvirt_collector_on_the_test_driver():
     assert got[("edgeiot_domain_memory_bytes", key)] == 2 << 30
     assert ("edgeiot_domain_network_receive_bytes_total",
             (("domain", "test"), ("interface", "testnet0"), ("node", "fog1"))) in got
+    disk = (("disk", "vda"), ("domain", "test"), ("node", "fog1"))
+    assert got[("edgeiot_domain_disk_read_bytes_total", disk)] > 0
+    assert ("edgeiot_domain_disk_written_bytes_total", disk) in got
 
 
 def test_unreachable_libvirt_is_up_zero_and_reconnects_later():
