@@ -10,8 +10,9 @@ scrape. Names follow Prometheus conventions: base units in names, `_total` on co
 
 Events read here (written by other parts of the orchestrator):
   kind "decision": data["verdict"] (e.g. "migrate", "stay").
-  kind "energy":   subject = fog node; data["green_joules"], data["grid_joules"]
-                   (cumulative; `*_wh` accepted too), the newest event per node counts.
+  kind "energy":   subject = fog node; data["green_joules"], data["grid_joules"] (`*_wh`
+                   accepted too): energy used over one run (a scenario replay writes one
+                   per node); the counter is their sum per node and source.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def decision_family(events: list[dict[str, Any]]) -> CounterMetricFamily:
 
 
 def vm_family(vms: Iterable[tuple[str, str]]) -> GaugeMetricFamily:
-    """VMs per (fog node, role); role is proxy or application."""
+    """VMs per (fog node, role); role as recorded: "proxy" or "app" (application VM)."""
     family = GaugeMetricFamily("edgeiot_vms", "VMs the orchestrator placed, by node and role.",
                                labels=["node", "role"])
     for (node, role), count in sorted(Counter(vms).items()):
@@ -146,17 +147,21 @@ def _joules(data: dict[str, Any], source: str) -> float | None:
     return None
 
 
-def energy_family(events: list[dict[str, Any]]) -> GaugeMetricFamily:
-    """Newest green and on-grid energy per fog node (events in id order)."""
-    newest = {e["subject"]: e["data"] for e in events}
-    family = GaugeMetricFamily("edgeiot_energy_joules",
-                               "Energy used per fog node, by source (green or grid).",
-                               labels=["node", "source"])
-    for node, data in sorted(newest.items()):
+def energy_family(events: list[dict[str, Any]]) -> CounterMetricFamily:
+    """Green and on-grid energy per fog node: the sum of every energy event (monotonic, as
+    events are only ever added), so a counter."""
+    totals: dict[tuple[str, str], float] = {}
+    for event in events:
         for source in ("green", "grid"):
-            value = _joules(data, source)
+            value = _joules(event["data"], source)
             if value is not None:
-                family.add_metric([node, source], value)
+                key = (str(event["subject"]), source)
+                totals[key] = totals.get(key, 0.0) + value
+    family = CounterMetricFamily("edgeiot_energy_joules",
+                                 "Energy used per fog node, by source (green or grid).",
+                                 labels=["node", "source"])
+    for (node, source), value in sorted(totals.items()):
+        family.add_metric([node, source], value)
     return family
 
 
