@@ -1,8 +1,9 @@
 """Issue 7 on a real lab: sshd in each fog node's namespaces, `orchestrator deploy` through
-ansible-runner over SSH (twice: the second run changes nothing), bad inventories refused
-naming the host, and a real Prometheus (Debian's, started here by pid) scraping the host
-agents the playbook started and the orchestrator exporter; every PromQL expression of the
-Grafana dashboard returns data from it.
+ansible-runner over SSH (twice: the second run changes nothing), `--check` applying nothing,
+a run failing half-way repaired by the next, bad inventories refused naming the host, and a
+real Prometheus (Debian's, started here by pid) scraping the host agents the playbook
+started and the orchestrator exporter; every PromQL expression of the Grafana dashboard
+returns data from it.
 
 The records are seeded (a finished and a running migration, a decision, a VM, energy) so
 every panel has something to show without booting guests on this 2-core machine.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -139,6 +141,50 @@ def test_the_playbook_edited_each_nodes_private_libvirt_config(lab):
         assert f'migration_address = "{address}"' in qemu_conf
         assert "migration_port_min = 49152" in qemu_conf
     assert Lab(spec, state_dir).status()["status"] == "up"
+
+
+def agent_answers(address: str, port: int = 9100) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_check_mode_streams_progress_and_applies_nothing(lab):
+    """`--check --limit fog1` with a new agent port: task progress streamed, a per-host
+    summary, the change reported, nothing applied (the agent stays on its port)."""
+    moved = lab["tmp"] / "agent-port.ini"
+    moved.write_text(lab["inventory"].read_text().replace(
+        "[lab:vars]\n", "[lab:vars]\nhost_agent_port=9101\n"))
+    done = cli(lab["env"], "deploy", "--inventory", str(moved), "--playbook", "fog_node",
+               "--limit", "fog1", "--check")
+    assert done.returncode == 0, done.stderr
+    assert "PLAY fog nodes" in done.stdout and "TASK " in done.stdout, done.stdout
+    assert "changed: fog1" in done.stdout and "deploy: ok" in done.stdout, done.stdout
+    assert "fog2" not in done.stdout
+    assert agent_answers("10.79.0.11") and not agent_answers("10.79.0.11", 9101)
+
+
+def test_a_failed_run_names_host_and_task_and_a_rerun_repairs_it(lab):
+    """fog1's agent restarted with an interpreter that does not exist: the run fails naming
+    fog1 and the task, leaving the agent down; the next run with the right inventory brings
+    it back, and the one after changes nothing."""
+    broken = lab["tmp"] / "broken-agent.ini"
+    broken.write_text(re.sub(r"^host_agent_python=.*$", "host_agent_python=/nonexistent/python3",
+                             lab["inventory"].read_text(), flags=re.M))
+    done = cli(lab["env"], "deploy", "--inventory", str(broken), "--playbook", "fog_node",
+               "--limit", "fog1", "--json")
+    assert done.returncode == 1, done.stdout
+    failures = json.loads(done.stdout)["failures"]
+    assert [f["host"] for f in failures] == ["fog1"] and failures[0]["task"] not in ("", "-")
+    assert f"fog1: task '{failures[0]['task']}' failed" in done.stderr
+    assert not agent_answers("10.79.0.11")  # half-applied: the old agent was stopped
+    rc, fixed, err = deploy(lab, "--playbook", "fog_node", "--limit", "fog1")
+    assert rc == 0, err
+    assert fixed["changed"] > 0 and agent_answers("10.79.0.11")
+    rc, again, err = deploy(lab, "--playbook", "fog_node", "--limit", "fog1")
+    assert rc == 0 and again["changed"] == 0, again["hosts"]
 
 
 def test_missing_group_is_refused(lab):
