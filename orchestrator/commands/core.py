@@ -1,4 +1,5 @@
-"""`orchestrator core stats|move`: the lab's SDN core (per-class core traffic, flow moves)."""
+"""`orchestrator core stats|move|relay|locate`: the lab's SDN core (per-class core traffic,
+flow moves, the MME's location updates arriving through the controller's API)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import click
 from orchestrator.commands._common import app, json_option, print_json, print_table
 from orchestrator.commands.lab import prefix_option
 from orchestrator.errors import UserError
-from orchestrator.lab.controller.api import ControllerClient
-from orchestrator.lab.sdn import controller_client, ovs_files
+from orchestrator.lab.controller.api import ControllerClient, check_endpoint
+from orchestrator.lab.sdn import OvsFiles, controller_client, ovs_files, read_config
 from orchestrator.lab.state import LabPaths
 
 
@@ -19,8 +20,12 @@ def command() -> None:
     """The lab's SDN core: OpenFlow counters per traffic class and per fog-node link."""
 
 
+def lab_files(ctx: click.Context, prefix: str) -> OvsFiles:
+    return ovs_files(LabPaths(app(ctx).state_path, prefix).root, prefix)
+
+
 def client_for(ctx: click.Context, prefix: str) -> ControllerClient:
-    client = controller_client(ovs_files(LabPaths(app(ctx).state_path, prefix).root, prefix))
+    client = controller_client(lab_files(ctx, prefix))
     if client is None:
         raise UserError(f"lab {prefix!r} has no SDN core: bring it up with "
                         "'orchestrator lab up --core sdn'")
@@ -62,3 +67,65 @@ def move(ctx: click.Context, mac: str, node: str, prefix: str, as_json: bool) ->
         print_json(reply)
     else:
         click.echo(f"{reply['mac']} now forwarded to {reply['node']} (port {reply['port']})")
+
+
+@command.command("relay")
+@click.argument("endpoint", required=False, metavar="[ADDR:PORT]")
+@click.option("--off", is_flag=True, help="Stop forwarding (updates are only kept).")
+@prefix_option
+@json_option
+@click.pass_context
+def relay(ctx: click.Context, endpoint: str | None, off: bool, prefix: str,
+          as_json: bool) -> None:
+    """Forward the location updates the controller receives to ADDR:PORT, where
+    `orchestrator locate --serve ADDR:PORT` runs the MME and the decision engine. Without
+    ADDR:PORT, show where they go."""
+    if endpoint and off:
+        raise UserError("give ADDR:PORT or --off, not both")
+    client = client_for(ctx, prefix)
+    if endpoint:
+        config = read_config(lab_files(ctx, prefix)) or {}
+        try:
+            endpoint = check_endpoint(endpoint, {str(config.get("gateway"))})
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    if endpoint or off:
+        reply = client.set_locate_endpoint(endpoint)
+    else:
+        reply = client.locate_endpoint()
+    if as_json:
+        print_json(reply)
+        return
+    target = reply.get("locate_endpoint")
+    click.echo(f"location updates at the controller ({reply.get('received', 0)} received) "
+               + (f"are forwarded to {target}" if target else "are only kept"))
+
+
+@command.command("locate")
+@click.argument("device")
+@click.option("--bs", "bs_id", required=True, help="Base station the device is now at.")
+@click.option("--member", "members", multiple=True,
+              help="Device a cluster head reports for (repeatable).")
+@prefix_option
+@json_option
+@click.pass_context
+def locate(ctx: click.Context, device: str, bs_id: str, members: tuple[str, ...], prefix: str,
+           as_json: bool) -> None:
+    """Send one location update through the controller's API, as a base station would."""
+    reply = client_for(ctx, prefix).locate({"device": device, "bs": bs_id,
+                                            "members": list(members)})
+    if as_json:
+        print_json(reply)
+    if not reply.get("ok", False):
+        raise UserError(f"the MME refused the update: {reply.get('error')}")
+    if as_json:
+        return
+    if reply.get("stored"):
+        click.echo("kept at the controller; no MME endpoint is set "
+                   "(orchestrator core relay ADDR:PORT)")
+        return
+    print_table(f"{device} at {bs_id}, through the controller",
+                ["verdict", "proxy", "hop", "result"],
+                [(a.get("verdict"), a.get("proxy"),
+                  f"{a.get('source') or '-'}→{a.get('destination') or '-'}",
+                  (a.get("result") or {}).get("status")) for a in reply.get("actions", [])])

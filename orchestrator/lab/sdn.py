@@ -193,7 +193,8 @@ class SdnNetwork(LabNetwork):
         config = {"prefix": spec.prefix, "bridge": self.topology.bridge,
                   "ofp_host": API_HOST, "ofp_port": free_port(),
                   "api_host": API_HOST, "api_port": free_port(),
-                  "gateway_mac": gateway_mac, "migration_mbit": spec.migration_mbit,
+                  "gateway": self.topology.gateway, "gateway_mac": gateway_mac,
+                  "migration_mbit": spec.migration_mbit,
                   "locate_endpoint": None}
         f.controller_config.write_text(json.dumps(config, indent=2))
         with open(f.log("controller"), "ab") as log:

@@ -1,8 +1,11 @@
 """SDN core, pure parts: flow rules per class, port-range masks, counters, the API routing,
-the flow-move wrapper and the gap, and bad input (CLI and LabSpec)."""
+the flow-move wrapper and the gap, bad input (CLI and LabSpec), and location updates through
+the controller's API to `locate --serve` (real HTTP and line-JSON servers on loopback)."""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -11,11 +14,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.edge.control import LocationServer, parse_update
 from orchestrator.errors import ExitStatus, UserError
 from orchestrator.lab.controller import rules
-from orchestrator.lab.controller.api import dispatch
+from orchestrator.lab.controller.api import (
+    ControllerClient,
+    LocationRelay,
+    check_endpoint,
+    check_update,
+    dispatch,
+    serve_api,
+)
 from orchestrator.lab.controller.moves import longest_gap, migrate_with_flow_move
 from orchestrator.lab.sdn import DAEMONS, ovs_files, stop_core
+from orchestrator.lab.state import LabPaths
 from orchestrator.lab.topology import LabSpec
 
 # --- rules ---------------------------------------------------------------------------------
@@ -78,17 +90,22 @@ def test_forwarding_pins_nodes_and_gateway_and_falls_back_to_normal():
     assert all(f.table == 1 for f in flows)
 
 
-def test_a_move_outranks_the_node_rules_and_expires_when_idle():
+def test_a_move_outranks_the_node_rules_and_ends_even_under_traffic():
     flow = rules.move_flow("52:54:00:AA:01:01", 3)
     assert flow.match == {"eth_dst": "52:54:00:aa:01:01"} and flow.output == 3
-    assert flow.priority > rules.PRIO_NODE and flow.idle_timeout > 0
+    assert flow.priority > rules.PRIO_NODE
+    # a hard timeout: an idle one is refreshed by clients retrying a VM that moved on
+    # without a flow move, so a stale pin would cut it off for as long as they retry
+    assert flow.hard_timeout == rules.MOVE_HOLD_S and flow.idle_timeout == 0
+    assert rules.move_flow("52:54:00:aa:01:01", 3, hold_s=7).hard_timeout == 7
 
 
-@pytest.mark.parametrize("mac, port", [("zz", 1), ("52:54:00:aa:01", 1),
-                                       ("52:54:00:aa:01:01", 0)])
-def test_bad_moves_are_refused(mac, port):
+@pytest.mark.parametrize("mac, port, hold", [("zz", 1, 30), ("52:54:00:aa:01", 1, 30),
+                                             ("52:54:00:aa:01:01", 0, 30),
+                                             ("52:54:00:aa:01:01", 1, 0)])
+def test_bad_moves_are_refused(mac, port, hold):
     with pytest.raises(UserError):
-        rules.move_flow(mac, port)
+        rules.move_flow(mac, port, hold)
 
 
 def test_meter_band_and_bad_rates():
@@ -167,6 +184,13 @@ class FakeController:
         self.locations.append(update)
         return {"ok": True, "stored": True}
 
+    def locate_endpoint(self) -> dict[str, Any]:
+        return {"locate_endpoint": None, "received": len(self.locations)}
+
+    def set_locate_endpoint(self, endpoint: str | None) -> dict[str, Any]:
+        self.calls.append(("endpoint", endpoint))
+        return {"locate_endpoint": endpoint}
+
 
 def test_dispatch_routes_and_maps_errors():
     fake = FakeController()
@@ -178,9 +202,102 @@ def test_dispatch_routes_and_maps_errors():
     assert dispatch(fake, "POST", "/nodes", {"name": "fog1", "port": "x", "mac": "m"})[0] == 400
     assert dispatch(fake, "GET", "/nope", {})[0] == 404
     assert dispatch(fake, "POST", "/locate", {})[0] == 400
+    assert dispatch(fake, "POST", "/locate", {"device": "d1"})[0] == 400  # no bs
     update = {"device": "d1", "bs": "bs2"}
     assert dispatch(fake, "POST", "/locate", update) == (200, {"ok": True, "stored": True})
     assert dispatch(fake, "GET", "/locations", {}) == (200, [update])
+    assert dispatch(fake, "POST", "/locate-endpoint", {"endpoint": "127.0.0.1:9"})[0] == 200
+    assert dispatch(fake, "POST", "/locate-endpoint", {"endpoint": None})[0] == 200
+    assert fake.calls[-2:] == [("endpoint", "127.0.0.1:9"), ("endpoint", None)]
+    assert dispatch(fake, "POST", "/locate-endpoint", {})[0] == 400
+    assert dispatch(fake, "GET", "/locate-endpoint", {})[1]["received"] == 1
+
+
+@pytest.mark.parametrize("body", [
+    [], {"device": "", "bs": "b"}, {"device": "d", "bs": 3}, {"device": "d", "bs": "b",
+                                                             "members": "m1"},
+    {"device": "d", "bs": "b", "members": [1]}, {"device": "d", "bs": "b", "at": "now"},
+    {"device": "d", "bs": "b", "at": True}])
+def test_bad_location_updates_are_refused(body):
+    with pytest.raises(ValueError):
+        check_update(body)
+
+
+def test_update_shape_is_what_locate_serve_reads():
+    update = {"device": "d1", "bs": "b2", "members": ["d2"], "at": 12.5}
+    parsed = parse_update(json.dumps(check_update(update)).encode(), lambda: 0.0)
+    assert (parsed.device, parsed.bs_id, parsed.members, parsed.at_s) == ("d1", "b2", ("d2",), 12.5)
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000",
+                                      "host:80", "8.8.8.8:53", "10.77.0.2:9000"])
+def test_bad_relay_endpoints_are_refused(endpoint):
+    with pytest.raises(ValueError):
+        check_endpoint(endpoint, {"10.77.0.1"})
+
+
+def test_relay_keeps_updates_and_forwards_once_an_endpoint_is_set():
+    sent: list[tuple[str, dict[str, Any]]] = []
+    relay = LocationRelay(allowed={"10.77.0.1"},
+                          forward=lambda e, u: sent.append((e, u)) or {"ok": True, "actions": []})
+    assert relay.locate({"device": "d1", "bs": "b1"}) == {"ok": True, "stored": True}
+    assert relay.set_endpoint("10.77.0.1:7000") == {"locate_endpoint": "10.77.0.1:7000",
+                                                    "received": 1}
+    assert relay.locate({"device": "d1", "bs": "b2"}) == {"ok": True, "actions": []}
+    assert sent == [("10.77.0.1:7000", {"device": "d1", "bs": "b2"})]
+    assert relay.set_endpoint(None)["locate_endpoint"] is None
+    relay.locate({"device": "d1", "bs": "b3"})
+    assert len(sent) == 1 and len(relay.updates) == 3
+    with pytest.raises(ValueError):
+        relay.set_endpoint("10.77.0.9:7000")
+
+
+class FakePlane:
+    """What `locate --serve`'s LocationServer calls: the control plane's handle()."""
+
+    def __init__(self) -> None:
+        self.updates: list[Any] = []
+
+    def clock(self) -> float:
+        return 100.0
+
+    def handle(self, update: Any) -> list[dict[str, Any]]:
+        self.updates.append(update)
+        return [{"verdict": "place", "proxy": "proxy-u1", "source": None,
+                 "destination": "fog2", "result": {"status": "completed"}}]
+
+
+@pytest.fixture
+def mme_server():
+    """A real `locate --serve` line-JSON server on loopback with a fake control plane."""
+    plane = FakePlane()
+    server = LocationServer(("127.0.0.1", 0), plane)  # type: ignore[arg-type]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield plane, f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_controller_api_forwards_updates_to_locate_serve(mme_server):
+    plane, endpoint = mme_server
+    controller = FakeController()
+    relay = LocationRelay()
+    controller.locate = relay.locate  # type: ignore[method-assign]
+    controller.set_locate_endpoint = relay.set_endpoint  # type: ignore[method-assign]
+    api = serve_api(controller, "127.0.0.1", 0)
+    try:
+        client = ControllerClient(f"http://127.0.0.1:{api.server_address[1]}", timeout_s=5)
+        client.set_locate_endpoint(endpoint)
+        reply = client.locate({"device": "d1", "bs": "b2", "members": ["d2"]})
+    finally:
+        api.shutdown()
+        api.server_close()
+    assert reply["ok"] and reply["actions"][0]["destination"] == "fog2"
+    [update] = plane.updates
+    assert (update.device, update.bs_id, update.members) == ("d1", "b2", ("d2",))
+    assert update.at_s == 100.0  # no "at": the MME's clock
 
 
 # --- flow moves and the gap --------------------------------------------------------------------
@@ -242,6 +359,61 @@ def test_core_stats_without_an_sdn_core_is_bad_input(cli, tmp_path, monkeypatch)
     monkeypatch.setenv("EDGEIOT_STATE_DIR", str(tmp_path))
     result = cli("core", "stats", "--prefix", "hnone")
     assert result.status == ExitStatus.BAD_INPUT and "no SDN core" in result.err
+
+
+@pytest.fixture
+def lab_controller(tmp_path, monkeypatch):
+    """A lab whose controller API is a fake with a real relay, served on loopback: what the
+    CLI finds through the lab's controller config."""
+    state, prefix = tmp_path / "state", "hcore"
+    monkeypatch.setenv("EDGEIOT_STATE_DIR", str(state))
+    monkeypatch.setenv("EDGEIOT_LAB", prefix)
+    controller, relay = FakeController(), LocationRelay(allowed={"10.77.0.1"})
+    controller.locate = relay.locate  # type: ignore[method-assign]
+    controller.locate_endpoint = relay.describe  # type: ignore[method-assign]
+    controller.set_locate_endpoint = relay.set_endpoint  # type: ignore[method-assign]
+    api = serve_api(controller, "127.0.0.1", 0)
+    files = ovs_files(LabPaths(state, prefix).root, prefix)
+    files.directory.mkdir(parents=True)
+    files.controller_config.write_text(json.dumps({
+        "api_host": "127.0.0.1", "api_port": api.server_address[1], "gateway": "10.77.0.1"}))
+    try:
+        yield relay
+    finally:
+        api.shutdown()
+        api.server_close()
+
+
+def test_cli_location_update_through_the_controller_reaches_the_mme(cli, lab_controller,
+                                                                    mme_server):
+    plane, endpoint = mme_server
+    kept = cli("core", "locate", "d1", "--bs", "b1", "--json")
+    assert kept.status == ExitStatus.SUCCESS and kept.json() == {"ok": True, "stored": True}
+    assert cli("core", "relay").out.strip().endswith("are only kept")
+    relayed = cli("core", "relay", endpoint, "--json")
+    assert relayed.status == ExitStatus.SUCCESS
+    assert relayed.json() == {"locate_endpoint": endpoint, "received": 1}
+    done = cli("core", "locate", "d1", "--bs", "b2", "--member", "d2")
+    assert done.status == ExitStatus.SUCCESS and "fog2" in done.out and "place" in done.out
+    assert [(u.device, u.bs_id, u.members) for u in plane.updates] == [("d1", "b2", ("d2",))]
+    assert cli("core", "relay", "--off", "--json").json()["locate_endpoint"] is None
+    assert len(lab_controller.updates) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["8.8.8.8:53"], "only loopback or the lab gateway"),
+    (["127.0.0.1"], "ADDR:PORT"),
+    (["127.0.0.1:9", "--off"], "not both"),
+])
+def test_cli_relay_refuses_bad_endpoints(cli, lab_controller, args, message):
+    result = cli("core", "relay", *args)
+    assert result.status == ExitStatus.BAD_INPUT and message in result.err
+
+
+def test_cli_relay_accepts_the_lab_gateway(cli, lab_controller):
+    result = cli("core", "relay", "10.77.0.1:7000", "--json")
+    assert result.status == ExitStatus.SUCCESS
+    assert result.json()["locate_endpoint"] == "10.77.0.1:7000"
 
 
 def test_stop_core_is_idempotent_and_ignores_pids_that_are_not_ours(tmp_path: Path):

@@ -5,11 +5,12 @@ What it does (rules as plain data in `rules.py`; this module only speaks OpenFlo
     classification rules and the proactive forwarding rules for every registered fog node;
   * counters: flow stats of table 0 (per class) and port stats (per fog-node link), read
     from the switch when asked;
-  * migration-aware moves: pin a VM's MAC to its new node's port and send a RARP "from" the
-    VM into the switch from that port, so MAC learning in OVS and in every node's br-vm
-    follows at once instead of at the VM's next broadcast;
-  * MME location updates arriving at the controller are forwarded to the orchestrator's
-    line-JSON `locate --serve` endpoint when configured, and kept (last 1000) otherwise.
+  * migration-aware moves: pin a VM's MAC to its new node's port for `rules.MOVE_HOLD_S`
+    and send a RARP "from" the VM into the switch from that port, so MAC learning in OVS
+    and in every node's br-vm follows at once instead of at the VM's next broadcast;
+  * MME location updates arriving at the controller (`api.LocationRelay`) are kept (last
+    1000) and forwarded to the orchestrator's line-JSON `locate --serve` endpoint once one
+    is set (`orchestrator core relay ADDR:PORT`, or `locate_endpoint` in the config).
 
 The JSON API (HTTP on the configured loopback/gateway address) is in `api.py`; its
 handlers call the methods of `CoreController` from their own threads (os-ken's native hub).
@@ -18,9 +19,10 @@ handlers call the methods of `CoreController` from their own threads (os-ken's n
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
-from collections import deque
+import time
 from typing import Any
 
 from os_ken.base import app_manager
@@ -30,7 +32,7 @@ from os_ken.lib.packet import arp, ethernet, packet
 from os_ken.ofproto import ofproto_v1_3
 
 from orchestrator.lab.controller import rules
-from orchestrator.lab.controller.api import serve_api
+from orchestrator.lab.controller.api import LocationRelay, serve_api
 
 CONFIG_ENV = "EDGEIOT_SDN_CONFIG"
 STATS_TIMEOUT_S = 5.0
@@ -44,8 +46,11 @@ class CoreController(app_manager.OSKenApp):  # type: ignore[misc]
         with open(os.environ[CONFIG_ENV]) as f:
             self.config: dict[str, Any] = json.load(f)
         self.nodes: dict[str, dict[str, Any]] = {}  # name -> {port, mac}
-        self.moves: dict[str, str] = {}  # VM MAC -> node
-        self.locations: deque[dict[str, Any]] = deque(maxlen=1000)
+        self.moves: dict[str, tuple[str, float]] = {}  # VM MAC -> (node, pin's end)
+        gateway = self.config.get("gateway")
+        self.relay = LocationRelay(self.config.get("locate_endpoint"),
+                                   {str(gateway)} if gateway else set())
+        self.locations = self.relay.updates
         self.datapath: Any = None
         self.lock = threading.Lock()
         self.pending: dict[int, tuple[list[Any], threading.Event]] = {}
@@ -72,8 +77,15 @@ class CoreController(app_manager.OSKenApp):  # type: ignore[misc]
         for flow in rules.classification_flows(metered=bool(rate)):
             self.install(flow)
         self._install_forwarding()
-        for mac, node in self.moves.items():
-            self.install(rules.move_flow(mac, int(self.nodes[node]["port"])))
+        now = time.monotonic()
+        for mac, (node, until) in self._live_moves().items():
+            self.install(rules.move_flow(mac, int(self.nodes[node]["port"]),
+                                         max(1, math.ceil(until - now))))
+
+    def _live_moves(self) -> dict[str, tuple[str, float]]:
+        """Moves whose pin has not ended yet (the switch drops it by itself)."""
+        now = time.monotonic()
+        return {mac: m for mac, m in list(self.moves.items()) if m[1] > now}
 
     def _install_forwarding(self) -> None:
         node_ports = {n["mac"]: int(n["port"]) for n in self.nodes.values()}
@@ -97,7 +109,8 @@ class CoreController(app_manager.OSKenApp):  # type: ignore[misc]
             inst.append(parser.OFPInstructionGotoTable(flow.goto))
         dp.send_msg(parser.OFPFlowMod(
             dp, cookie=flow.cookie, table_id=flow.table, priority=flow.priority,
-            idle_timeout=flow.idle_timeout, match=parser.OFPMatch(**dict(flow.match)),
+            idle_timeout=flow.idle_timeout, hard_timeout=flow.hard_timeout,
+            match=parser.OFPMatch(**dict(flow.match)),
             instructions=inst))
 
     # --- API operations (called from API threads) -------------------------------------------
@@ -115,10 +128,11 @@ class CoreController(app_manager.OSKenApp):  # type: ignore[misc]
         if node not in self.nodes:
             raise KeyError(f"unknown fog node {node!r}")
         port = int(self.nodes[node]["port"])
-        self.install(rules.move_flow(mac, port))
-        self.moves[mac] = node
+        flow = rules.move_flow(mac, port)
+        self.install(flow)
+        self.moves[mac] = (node, time.monotonic() + flow.hard_timeout)
         self._announce(mac, port)
-        return {"mac": mac, "node": node, "port": port}
+        return {"mac": mac, "node": node, "port": port, "hold_s": flow.hard_timeout}
 
     def _announce(self, mac: str, port: int) -> None:
         """A RARP request from the VM's MAC, injected as if received on its new port and
@@ -152,7 +166,8 @@ class CoreController(app_manager.OSKenApp):  # type: ignore[misc]
         names = {int(n["port"]): name for name, n in self.nodes.items()}
         return {"connected": True, "classes": rules.class_totals(flow_entries),
                 "links": rules.link_totals(port_entries, names),
-                "migration_mbit": self.config.get("migration_mbit"), "moves": dict(self.moves)}
+                "migration_mbit": self.config.get("migration_mbit"),
+                "moves": {mac: node for mac, (node, _) in self._live_moves().items()}}
 
     def _request(self, msg: Any) -> list[Any]:
         """Send a multipart request and wait for all its reply parts."""
@@ -180,10 +195,11 @@ class CoreController(app_manager.OSKenApp):  # type: ignore[misc]
             waiting[1].set()
 
     def locate(self, update: dict[str, Any]) -> dict[str, Any]:
-        """An MME location update: to the orchestrator's endpoint if any, else kept here."""
-        self.locations.append(update)
-        target = self.config.get("locate_endpoint")
-        if not target:
-            return {"ok": True, "stored": True}
-        from orchestrator.lab.controller.api import forward_line_json
-        return forward_line_json(str(target), update)
+        """An MME location update: kept, and forwarded to the orchestrator if it listens."""
+        return self.relay.locate(update)
+
+    def locate_endpoint(self) -> dict[str, Any]:
+        return self.relay.describe()
+
+    def set_locate_endpoint(self, endpoint: str | None) -> dict[str, Any]:
+        return self.relay.set_endpoint(endpoint)

@@ -30,6 +30,7 @@ MIGRATION_METER_ID = 1
 PRIO_CLASS = 100
 PRIO_NODE = 200
 PRIO_MOVE = 300
+MOVE_HOLD_S = 30  # a flow move's pin lasts this long, traffic or not (see move_flow)
 MAC_PATTERN = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -69,6 +70,7 @@ class Flow:
     meter: int | None = None
     cookie: int = COOKIE_BASE
     idle_timeout: int = 0
+    hard_timeout: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -138,15 +140,20 @@ def forwarding_flows(node_ports: Mapping[str, int], gateway_mac: str | None) -> 
     return flows
 
 
-def move_flow(mac: str, port: int, idle_timeout: int = 120) -> Flow:
+def move_flow(mac: str, port: int, hold_s: int = MOVE_HOLD_S) -> Flow:
     """A migrated VM's MAC pinned to its new node's port (replaces an earlier move).
 
-    It expires when idle, handing the MAC back to MAC learning: by then the VM's own announce
-    has taught NORMAL the same port, so a stale pin never outlives its usefulness."""
+    The pin bridges the switch-over only: it ends `hold_s` after the move (a hard timeout),
+    handing the MAC back to MAC learning, which the controller's RARP and QEMU's own announce
+    have taught the same port by then. NOTE: not an idle timeout: traffic towards the MAC
+    refreshes that, so after a later migration without a move (`--no-flow-move`, the replay's
+    migrations) clients retrying to reach the VM kept a stale pin alive and the VM cut off."""
     if port <= 0:
         raise UserError(f"invalid switch port {port}")
+    if hold_s <= 0:
+        raise UserError(f"a flow move's hold must be > 0 s, got {hold_s}")
     return Flow(FORWARD_TABLE, PRIO_MOVE, {"eth_dst": check_mac(mac)}, output=port,
-                idle_timeout=idle_timeout)
+                hard_timeout=int(hold_s))
 
 
 def meter_band(rate_mbit: float) -> tuple[int, int]:
