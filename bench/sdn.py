@@ -2,9 +2,15 @@
 
 For each core: TCP throughput fog1 → fog2 (node namespaces, 64 MiB), request/reply latency
 (1-byte TCP ping-pong, median and p99 over 500 rounds), a 128 MiB VM's migration time
-fog1 → fog2, and the client-visible gap (root namespace polling the guest agent's TCP port
-7070 every 50 ms) for a migration fog2 → fog3 without, then fog3 → fog2 with a controller
-flow move (SDN core only). Runs `orchestrator` as a user would, in its own state dir.
+fog1 → fog2 (and the median over the gap hops), and the client-visible gap (root namespace
+polling the guest agent's TCP port 7070 every 50 ms) over five hops without, then five with
+a controller flow move at the switch-over (SDN core only). Runs `orchestrator` as a user
+would, in its own state dir.
+
+Every migration before the "without" hops runs with --no-flow-move: a move pins the VM's MAC
+to a port for a while, and a later hop without a move would measure that stale pin, not MAC
+learning. With --migration-mbit R the SDN core meters the migration class at R and every
+migration, on both cores, is capped just under R (r_mig), so the cores compare like for like.
 
     sudo .venv/bin/python bench/sdn.py [--migration-mbit R]
 """
@@ -57,6 +63,14 @@ else:
 
 NODES = ("fog1", "fog2", "fog3")
 GAP_HOPS = 5
+MIGRATE_CAP: list[str] = []  # `orchestrator migrate` options capping the rate (see main)
+
+
+def cap_options(migration_mbit: float | None) -> list[str]:
+    """--bandwidth (whole MiB/s) at 95 % of the meter's rate, so the meter only guards."""
+    if not migration_mbit:
+        return []
+    return ["--bandwidth", str(max(1, int(migration_mbit * 1e6 / 8 / 2**20 * 0.95)))]
 
 
 def orchestrator(*args: str) -> Any:
@@ -87,7 +101,7 @@ def migrate_with_gap(state_dir: Path, to: str, move: bool) -> dict[str, Any]:
     SDN core); without, the network learns the new place from QEMU's announcement alone."""
     guest = GuestAgent(VM_ADDRESS, lab_fleet(state_dir, PREFIX).policy, timeout_s=0.5)
     with GapProbe(guest.status) as probe:
-        record = orchestrator("migrate", VM, "--to", to,
+        record = orchestrator("migrate", VM, "--to", to, *MIGRATE_CAP,
                               *(() if move else ("--no-flow-move",)))
         time.sleep(1.0)
     return {"gap_ms": round(probe.gap_s() * 1000, 1), "failed_polls": probe.failures,
@@ -97,7 +111,9 @@ def migrate_with_gap(state_dir: Path, to: str, move: bool) -> dict[str, Any]:
 def gap_series(state_dir: Path, move: bool, hops: int) -> dict[str, Any]:
     """Several hops (fog1 → fog2 → fog3 → ...), since one gap says little on a loaded box."""
     runs = [migrate_with_gap(state_dir, NODES[(i + 2) % 3], move) for i in range(hops)]
-    return {"gap_ms_median": statistics.median(r["gap_ms"] for r in runs), "runs": runs}
+    times = [r["migration_ms"] for r in runs if r["migration_ms"] is not None]
+    return {"gap_ms_median": statistics.median(r["gap_ms"] for r in runs),
+            "migration_ms_median": statistics.median(times) if times else None, "runs": runs}
 
 
 def run_core(core: str, migration_mbit: float | None) -> dict[str, Any]:
@@ -109,7 +125,7 @@ def run_core(core: str, migration_mbit: float | None) -> dict[str, Any]:
         rtts = [float(x) for x in node_pair("echo").split()]
         bps = float(node_pair("bulk", str(64 * 2**20)))
         orchestrator("vm", "create", VM, "--node", "fog1", "--memory", "128")
-        first = orchestrator("migrate", VM, "--to", "fog2")
+        first = orchestrator("migrate", VM, "--to", "fog2", *MIGRATE_CAP, "--no-flow-move")
         out: dict[str, Any] = {
             "throughput_mib_s": round(bps / 2**20, 1),
             "rtt_median_us": round(statistics.median(rtts) * 1e6, 1),
@@ -127,17 +143,26 @@ def run_core(core: str, migration_mbit: float | None) -> dict[str, Any]:
         orchestrator("lab", "down")
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--migration-mbit", type=float, default=None)
     args = parser.parse_args()
+    MIGRATE_CAP[:] = cap_options(args.migration_mbit)
     results = {core: run_core(core, args.migration_mbit) for core in ("bridge", "sdn")}
     b, s = results["bridge"], results["sdn"]
     results["sdn_vs_bridge"] = {
         "throughput_ratio": round(s["throughput_mib_s"] / b["throughput_mib_s"], 3),
         "added_rtt_median_us": round(s["rtt_median_us"] - b["rtt_median_us"], 1),
         "migration_time_ratio": round(s["migration_ms"] / b["migration_ms"], 3),
+        "migration_time_median_ratio": _ratio(
+            s["gap_without_flow_move"]["migration_ms_median"],
+            b["gap_without_flow_move"]["migration_ms_median"]),
     }
+    results["migration_cap"] = MIGRATE_CAP
     print(json.dumps(results, indent=2))
 
 
