@@ -68,6 +68,39 @@ def test_samples_every_interval_with_time_from_the_injected_clock():
     assert seen.action is TimeoutAction.NONE
 
 
+
+def test_slow_stats_and_sinks_do_not_stretch_the_interval():
+    """jobStats' round trip and the record write count inside the 200 ms, not on top of it."""
+    clock = FakeClock()
+    scripted = ScriptedJob([job(1, 200 * MiB - k * MiB, k * MiB) for k in range(6)])
+
+    def slow_stats():
+        clock.now += 0.05  # libvirt's round trip
+        return scripted.stats()
+
+    def slow_sink(_sample):
+        clock.now += 0.03  # the record's commit and the progress bar
+
+    seen = watch(slow_stats, scripted.finished, lambda a: None, timeout_s=None, postcopy=False,
+                 clock=clock, sleep=clock.sleep, interval_s=0.2, on_sample=slow_sink)
+    gaps = [b.t_s - a.t_s for a, b in zip(seen.samples, seen.samples[1:], strict=False)]
+    assert len(gaps) == 5 and all(g == pytest.approx(0.2) for g in gaps)
+
+
+def test_a_late_sample_is_followed_at_once_then_the_grid_resumes():
+    clock = FakeClock()
+    scripted = ScriptedJob([job(1, 100 * MiB, 0)] * 5)
+    costs = iter([0.0, 0.5, 0.0, 0.0, 0.0])  # the second jobStats call hangs for 0.5 s
+
+    def stats():
+        result = scripted.stats()
+        clock.now += next(costs)
+        return result
+
+    seen = watch(stats, scripted.finished, lambda a: None, timeout_s=None, postcopy=False,
+                 clock=clock, sleep=clock.sleep, interval_s=0.2)
+    assert [s.t_s for s in seen.samples] == pytest.approx([0.0, 0.2, 0.7, 0.9, 1.1])
+
 def test_timeout_aborts_once():
     clock = FakeClock()
     scripted = ScriptedJob([job(i, 100 * MiB, i * MiB, dirty=50000) for i in range(1, 30)])
