@@ -73,6 +73,7 @@ def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: in
                                auto_converge=auto_converge, postcopy=postcopy,
                                timeout_s=timeout_s, storage=storage)
     with fleet_session(ctx, inventory) as session, store(ctx) as records:
+        session.fleet.node(destination)  # an unknown node is refused before any repair
         _reconcile_orphans(Reconciler(session, records))
         calibration = calibration_store.load(app(ctx).state_path)
         service = MigrationService(session, records, app(ctx).state_path, calibration,

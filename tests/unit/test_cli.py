@@ -94,3 +94,27 @@ def test_a_vm_that_does_not_fit_is_refused_before_anything_is_defined(cli, test_
     names = [r["name"] for r in cli("vm", "list", "--inventory", test_inventory,
                                     "--json").json()]
     assert "big-vm" not in names
+
+
+def test_refused_requests_change_nothing_on_the_test_driver(cli, test_inventory):
+    inv = ("--inventory", test_inventory)
+    assert cli("vm", "create", "keep-vm", "--node", "fogt", "--memory", "128",
+               *inv).status == ExitStatus.SUCCESS
+    try:
+        before = cli("vm", "list", "--json", *inv).json()
+        for args, message in [
+            (["migrate", "nosuchvm", "--to", "fogt"], "unknown VM 'nosuchvm'"),
+            (["migrate", "keep-vm", "--to", "fog9"], "unknown fog node 'fog9'"),
+            (["migrate", "keep-vm", "--to", "fogt"], "already runs on fogt"),
+            (["migrate", "keep-vm", "--to", "fogt", "--bandwidth", "-1"],
+             "--bandwidth must be > 0"),
+            (["migrate", "Keep-VM", "--to", "fogt"], "invalid VM name"),
+            (["vm", "create", "y" * 64, "--node", "fogt"], "invalid VM name"),
+            (["vm", "create", "other-vm", "--node", "fog9"], "unknown fog node 'fog9'"),
+            (["vm", "destroy", "nosuchvm"], "unknown VM 'nosuchvm'"),
+        ]:
+            assert message in one_line_error(cli(*args, *inv)), args
+            assert cli("vm", "list", "--json", *inv).json() == before, args
+            assert cli("migrations", "--json").json() == [], args
+    finally:
+        cli("vm", "destroy", "keep-vm", *inv)
