@@ -1,6 +1,8 @@
-"""`orchestrator device add|list`: the device registry."""
+"""`orchestrator device add|list|actuate`: the device registry, commands to actuators."""
 
 from __future__ import annotations
+
+import json
 
 import click
 
@@ -13,8 +15,9 @@ from orchestrator.commands._common import (
     print_table,
     store,
 )
-from orchestrator.edge.devices import MOBILITY, ROLES, DeviceRegistry
+from orchestrator.edge.devices import MOBILITY, ROLES, DeviceRegistry, validate_device_id
 from orchestrator.edge.proxies import ProxyService
+from orchestrator.errors import UserError
 
 
 @click.group("device")
@@ -65,3 +68,30 @@ def list_(ctx: click.Context, user: str | None, as_json: bool) -> None:
         print_table("devices", ["id", "user", "type", "mobility", "role", "bs", "group"],
                     [(r["id"], r["user"], r["type"], r["mobility"], r["role"], r["bs"],
                       r["grp"]) for r in rows])
+
+
+@command.command("actuate")
+@click.argument("device_id")
+@click.argument("command_json", metavar="COMMAND")
+@inventory_option
+@click.pass_context
+def actuate(ctx: click.Context, device_id: str, command_json: str,
+            inventory: str | None) -> None:
+    """Send COMMAND (a JSON object, e.g. '{"on": 1}') to an actuator via its proxy VM."""
+    device_id = validate_device_id(device_id)
+    try:
+        command_obj = json.loads(command_json)
+    except ValueError:
+        command_obj = None
+    if not isinstance(command_obj, dict):
+        raise UserError(f"COMMAND must be a JSON object, got {command_json!r}")
+    with store(ctx) as records:
+        device = next((d for d in records.devices() if d["id"] == device_id), None)
+        if device is None:
+            raise UserError(f"unknown device {device_id!r}")
+        if device["role"] != "actuator":
+            raise UserError(f"device {device_id} is a {device['role']}, not an actuator")
+        with fleet_session(ctx, inventory) as session:
+            result = ProxyService(session, records, app(ctx).state_path).actuate(
+                device_id, command_obj)
+    print_json(result)

@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.guest.edgeiot_agent.models import MODELS
 from agent.guest.edgeiot_agent.permissions import PermissionDenied, check_grants
+from orchestrator.edge.capacity import MIB, free_vm_memory_bytes
 from orchestrator.edge.devices import validate_type
 from orchestrator.edge.proxies import ProxyService
 from orchestrator.edge.vms import VmService
@@ -88,6 +89,26 @@ def models_to_copy(applications: list[dict[str, Any]], source_vm: str, target_vm
     return out
 
 
+def models_for_new_proxy(applications: list[dict[str, Any]], proxy_vm: str,
+                         node: str) -> list[tuple[str, str]]:
+    """(application, sink VM) of each application that serves a proxy VM new on `node`:
+    every remote application, and each local or add-on application with a VM on that node.
+
+    A local application offloaded to the cloud does not record the fog node it serves, so a
+    new proxy there is not given its model (install the application again to include it)."""
+    out = []
+    for app in applications:
+        if any(m["proxy_vm"] == proxy_vm for m in app["models"]) or not app["vms"]:
+            continue
+        if app["deployment"] == "remote":
+            out.append((app["name"], app["vms"][0]["vm"]))
+            continue
+        local = [v["vm"] for v in app["vms"] if v["node"] == node and not v["offloaded"]]
+        if local:
+            out.append((app["name"], local[0]))
+    return out
+
+
 def validate_grants(kind: str, types: list[str] | None) -> list[str]:
     """The data types granted (default: what the kind's model reads); refuses unknown types
     and models that would read beyond their grants."""
@@ -133,9 +154,13 @@ class AppService:
         return used
 
     def _place(self, wanted: str) -> tuple[str, bool]:
+        """The node for a new application VM: `wanted`, or the cloud when `wanted` lacks
+        room by our accounting or by what the node itself reports free."""
         self.session.fleet.node(wanted)
-        return choose_node(wanted, APP_MEMORY_MIB, self.used(), self.capacities(),
-                           self.cloud_node())
+        used, capacity = self.used(), self.capacities()
+        free_mib = free_vm_memory_bytes(self.session, wanted) // MIB
+        capacity[wanted] = min(capacity[wanted], used.get(wanted, 0) + free_mib)
+        return choose_node(wanted, APP_MEMORY_MIB, used, capacity, self.cloud_node())
 
     # --- install / event / remove --------------------------------------------------------
 
@@ -222,6 +247,16 @@ class AppService:
                                          target_node, types):
             app = self.describe(name)
             self._install_model(name, app["kind"], app["types"], app["params"], target_vm, sink)
+            installed.append(name)
+        return installed
+
+    def serve_new_proxy(self, proxy_vm: str, node: str) -> list[str]:
+        """Install, on a proxy VM just created on `node`, the models of the applications
+        already installed that serve it (see `models_for_new_proxy`)."""
+        installed = []
+        for name, sink in models_for_new_proxy(self.store.applications(), proxy_vm, node):
+            app = self.describe(name)
+            self._install_model(name, app["kind"], app["types"], app["params"], proxy_vm, sink)
             installed.append(name)
         return installed
 

@@ -86,11 +86,15 @@ class ProxyService:
         """The user's proxy VM, created on `node` if it does not exist yet."""
         record = UserRegistry(self.store).require(user)
         vm = record["proxy_vm"] or proxy_name(user)
-        if self.store.vm(vm) is None:
+        created = self.store.vm(vm) is None
+        if created:
             VmService(self.session, self.store).create(vm, node, memory_mib, role="proxy")
         if record["proxy_vm"] != vm:
             self.store.set_user_proxy(user, vm)
         self.push_devices(vm)
+        if created:  # applications installed before this proxy existed serve it too
+            from orchestrator.edge.apps import AppService  # apps.py imports this module
+            AppService(self.session, self.store, self.state_dir).serve_new_proxy(vm, node)
         self.write_directory()
         return vm
 
@@ -103,6 +107,20 @@ class ProxyService:
         if devices:
             self.agent(vm).request("device_register", devices=devices)
         return len(devices)
+
+    def actuate(self, device_id: str, command: dict[str, Any]) -> dict[str, Any]:
+        """Forward a command to an actuator through the proxy VM serving it now."""
+        device = next((d for d in self.store.devices() if d["id"] == device_id), None)
+        if device is None:
+            raise UserError(f"unknown device {device_id!r}")
+        if device["role"] != "actuator":
+            raise UserError(f"device {device_id} is a {device['role']}, not an actuator")
+        vm = self.served_elsewhere().get(device_id) or \
+            UserRegistry(self.store).require(device["user"])["proxy_vm"]
+        if not vm or self.store.vm(vm) is None:
+            raise UserError(f"user {device['user']!r} has no proxy VM")
+        answer = self.agent(vm).request("actuate", device=device_id, command=command)
+        return {"device": device_id, "proxy_vm": vm, "sent": bool(answer.get("sent"))}
 
     def running_proxies(self) -> dict[str, str]:
         """proxy VM → node, for proxies the store knows (the node where it was last put):

@@ -283,6 +283,38 @@ def test_garbage_on_the_stream_port_is_answered_and_survived():
         svc.stop()
 
 
+def test_commands_reach_a_connected_actuator_and_only_an_actuator():
+    svc = StreamService("px", "127.0.0.1", 0)
+    svc.start()
+    try:
+        svc._op_register({"devices": [
+            {"id": "sw", "type": "switch", "user": "u", "role": "actuator"},
+            {"id": "h", "type": "heart-rate", "user": "u"}]})
+        with pytest.raises(RequestError, match="not connected"):
+            svc._op_actuate({"device": "sw", "command": {"on": 1}})
+        emulator = Emulator({"user": "u", "proxy": "127.0.0.1", "port": svc.address[1],
+                             "rate": 50, "ticks": 100, "sources": [
+                                 {"kind": "actuator", "device": "sw"},
+                                 {"kind": "heart", "device": "h"}]})
+        import threading
+        runner = threading.Thread(target=lambda: setattr(emulator, "report", emulator.run()))
+        runner.start()
+        deadline = time.monotonic() + 5
+        while svc.core.devices["sw"].conn is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert svc._op_actuate({"device": "sw", "command": {"on": 1}}) == {"sent": True}
+        for bad, message in (({"device": "h", "command": {}}, "not a registered actuator"),
+                             ({"device": "nope", "command": {}}, "not a registered actuator"),
+                             ({"device": "sw", "command": "on"}, "must be an object")):
+            with pytest.raises(RequestError, match=message):
+                svc._op_actuate(bad)
+        runner.join(timeout=30)
+        assert [c["cmd"] for c in emulator.report["commands"]] == [{"on": 1}]
+        assert emulator.report["devices"]["h"]["acked"] == 100  # the sensor unaffected
+    finally:
+        svc.stop()
+
+
 # --- handover: stream state moves between proxies -----------------------------------------
 
 def feed(core, state, seq, bpm=70):

@@ -1,16 +1,25 @@
 """Issue 3, orchestrator side without a lab: device IDs, placement with cloud offload, the
-target image, the directory, the v1→v2 store upgrade, and CLI bad input in-process."""
+target image, the directory, the v1→v2 store upgrade, models for a proxy created after its
+applications, and CLI bad input in-process."""
 
 from __future__ import annotations
 
 import math
 import sqlite3
+from types import SimpleNamespace
 
 import pytest
 
 from agent.devices import world
 from orchestrator.cli import main
-from orchestrator.edge.apps import choose_node, parse_pgm, validate_grants
+from orchestrator.edge import apps as apps_module
+from orchestrator.edge.apps import (
+    AppService,
+    choose_node,
+    models_for_new_proxy,
+    parse_pgm,
+    validate_grants,
+)
 from orchestrator.edge.devices import validate_device_id
 from orchestrator.edge.proxies import directory
 from orchestrator.errors import ExitStatus, OrchestratorError, UserError
@@ -32,6 +41,57 @@ def test_placement_offloads_to_the_cloud_only_when_the_fog_node_is_full():
     assert choose_node("fog1", 128, {"fog1": 256}, caps, "cloud") == ("cloud", True)
     with pytest.raises(OrchestratorError, match="no cloud node"):
         choose_node("fog1", 128, {"fog1": 256}, caps, None)
+
+
+def test_placement_offloads_when_the_node_reports_too_little_free_memory(monkeypatch, tmp_path):
+    nodes = {"fog1": SimpleNamespace(facts={}), "cloud": SimpleNamespace(facts={"kind": "cloud"})}
+    fleet = SimpleNamespace(nodes=nodes, node=lambda name: nodes[name])
+    store = Store(tmp_path / "records.sqlite")
+    service = AppService(SimpleNamespace(fleet=fleet), store, tmp_path)  # type: ignore[arg-type]
+    free = {"fog1": 1024 * 2**20}
+    monkeypatch.setattr(apps_module, "free_vm_memory_bytes", lambda _s, node: free[node])
+    try:
+        assert service._place("fog1") == ("fog1", False)
+        free["fog1"] = 100 * 2**20  # under the default 1024 MiB, but not free on the node
+        assert service._place("fog1") == ("cloud", True)
+    finally:
+        store.close()
+
+
+APPS = [
+    {"name": "tr", "deployment": "remote", "models": [{"proxy_vm": "px-a", "sink_vm": "app-tr"}],
+     "vms": [{"vm": "app-tr", "node": "cloud", "offloaded": 0}]},
+    {"name": "park", "deployment": "local", "models": [],
+     "vms": [{"vm": "app-park", "node": "fog1", "offloaded": 0}]},
+    {"name": "far", "deployment": "local", "models": [],
+     "vms": [{"vm": "app-far", "node": "cloud", "offloaded": 1}]},
+    {"name": "ev", "deployment": "addon", "models": [],
+     "vms": [{"vm": "ev-ev-fog1", "node": "fog1", "offloaded": 0},
+             {"vm": "ev-ev-fog2", "node": "fog2", "offloaded": 0}]},
+]
+
+
+def test_a_new_proxy_gets_the_models_of_the_applications_that_serve_it():
+    assert models_for_new_proxy(APPS, "px-b", "fog2") == [("tr", "app-tr"), ("ev", "ev-ev-fog2")]
+    assert models_for_new_proxy(APPS, "px-b", "fog1") == [
+        ("tr", "app-tr"), ("park", "app-park"), ("ev", "ev-ev-fog1")]
+    assert models_for_new_proxy(APPS, "px-a", "fog3") == []  # has tr's already
+
+
+def test_serve_new_proxy_installs_with_each_applications_grants(monkeypatch, tmp_path):
+    store = Store(tmp_path / "records.sqlite")
+    try:
+        store.add_application("tr", "traffic", "remote", ["gps", "speed"], {"window": 5})
+        store.add_app_vm("tr", "app-tr", "cloud", False)
+        store.add_application("park", "parknet", "local", ["gps", "ultrasonic"], {})
+        store.add_app_vm("park", "app-park", "fog1", False)
+        calls = []
+        service = AppService(None, store, tmp_path)  # type: ignore[arg-type]
+        monkeypatch.setattr(service, "_install_model", lambda *a: calls.append(a))
+        assert service.serve_new_proxy("px-b", "fog2") == ["tr"]
+        assert calls == [("tr", "traffic", ["gps", "speed"], {"window": 5}, "px-b", "app-tr")]
+    finally:
+        store.close()
 
 
 def test_target_image_and_grants():
@@ -121,4 +181,21 @@ def test_cli_users_and_devices_without_a_lab(state, cli):
         assert message in result.err and len(result.err.strip().splitlines()) == 1, result.err
     assert [d["id"] for d in cli("device", "list", "--json").json()] == ["fd00::1"]
     assert [u["name"] for u in cli("user", "list", "--json").json()] == ["alice"]
+    for args, message in [
+        (["device", "actuate", "fd00::9", '{"on": 1}'], "unknown device"),
+        (["device", "actuate", "fd00::1", '{"on": 1}'], "not an actuator"),
+        (["device", "actuate", "fd00::1", "on"], "JSON object"),
+        (["device", "actuate", "nope", "{}"], "invalid device ID"),
+    ]:
+        result = cli(*args)
+        assert result.status == ExitStatus.BAD_INPUT, (args, result.err)
+        assert message in result.err and len(result.err.strip().splitlines()) == 1, result.err
+
+
+def test_users_who_trust_each_other_share_a_proxy(state, cli):
+    assert cli("user", "add", "alice").status == ExitStatus.SUCCESS
+    shared = cli("user", "add", "bob", "--share-with", "alice", "--json")
+    assert shared.status == ExitStatus.SUCCESS and shared.json()["proxy_vm"] == "px-alice"
+    assert {u["name"]: u["proxy_vm"] for u in cli("user", "list", "--json").json()} == {
+        "alice": None, "bob": "px-alice"}
     assert main(["app", "list", "--json"]) == ExitStatus.SUCCESS
