@@ -5,7 +5,10 @@ model (ParkNet, traffic), then runs device emulators inside the fog node at incr
 record rates. For each rate it reports the records per second the proxy accepted,
 classified and fed to its models, the guest's dirty-page rate measured by QEMU
 (libvirt's dirty-rate calculation, page sampling) next to what the raw ring buffer alone
-writes (bytes/s ÷ 4096), and, per application, metadata bytes ÷ raw bytes read.
+writes (bytes/s ÷ 4096), and, per application, metadata bytes ÷ raw bytes read. A last
+phase starts the missing-child event (an add-on VM on the node) and streams one camera
+(32x32 frames, the child in every 5th) at `--camera-rate`, so the face-matching model's
+metadata ÷ raw is reported too (`camera`: its records/s and dirty rate).
 
     EDGEIOT_STATE_DIR=/tmp/h3-bench .venv/bin/python bench/dataplane.py [--rates 5,20,60,150]
 """
@@ -22,6 +25,7 @@ from typing import Any
 
 import libvirt
 
+from agent.devices import world
 from orchestrator.cli import main as cli
 from orchestrator.edge.devices import launch_emulator
 from orchestrator.edge.proxies import directory_path
@@ -35,6 +39,14 @@ PREFIX, SUBNET = "hdata", "10.73.0.0/16"
 DEVICES = [("fd00::1", "gps", "car-1"), ("fd00::2", "ultrasonic", "car-1"),
            ("fd00::3", "gps", "car-2"), ("fd00::4", "speed", "car-2"),
            ("fd00::5", "heart-rate", None)]
+CAMERA, CHILD = "fd00::6", 4242
+SOURCES = [{"kind": "parking", "gps": "fd00::1", "ultrasonic": "fd00::2",
+            "street_lat": 40.1, "start_lon": -74.0, "spots": 20},
+           {"kind": "drive", "gps": "fd00::3", "speed": "fd00::4",
+            "route": [[4010, -7400], [4010, -7399]], "congested": [[4010, -7399]]},
+           {"kind": "heart", "device": "fd00::5"}]
+CAMERA_SOURCES = [{"kind": "camera", "camera": CAMERA, "lat": 40.1003, "lon": -74.0007,
+                   "child": CHILD, "every": 5}]
 
 
 def run(args: list[str]) -> None:
@@ -62,19 +74,15 @@ def dirty_rate_mib_s(state_dir: Path, vm: str, seconds: int = 2) -> float | None
 
 
 def measure(state_dir: Path, proxy: GuestAgent, rate: int, seconds: float,
-            tmp: Path) -> dict[str, Any]:
+            tmp: Path, sources: list[dict[str, Any]] = SOURCES,
+            devices: int = len(DEVICES), tag: str = "") -> dict[str, Any]:
     spec = {"user": "bench", "rate": rate, "ticks": int(rate * seconds), "drain_s": 30,
             "directory": str(directory_path(state_dir)), "lab_subnet": SUBNET,
-            "bridge": "br-vm", "report": str(tmp / f"r{rate}.json"), "sources": [
-                {"kind": "parking", "gps": "fd00::1", "ultrasonic": "fd00::2",
-                 "street_lat": 40.1, "start_lon": -74.0, "spots": 20},
-                {"kind": "drive", "gps": "fd00::3", "speed": "fd00::4",
-                 "route": [[4010, -7400], [4010, -7399]], "congested": [[4010, -7399]]},
-                {"kind": "heart", "device": "fd00::5"}]}
+            "bridge": "br-vm", "report": str(tmp / f"r{tag}{rate}.json"), "sources": sources}
     before = proxy.request("stream_stats")
     t0 = time.monotonic()
     proc = launch_emulator(Lab.recorded(state_dir, PREFIX).enter_argv("fog1"), spec,
-                           tmp / f"s{rate}.json", tmp / f"e{rate}.log")
+                           tmp / f"s{tag}{rate}.json", tmp / f"e{tag}{rate}.log")
     time.sleep(seconds / 3)
     mid = proxy.request("stream_stats")
     t_mid = time.monotonic()
@@ -90,7 +98,7 @@ def measure(state_dir: Path, proxy: GuestAgent, rate: int, seconds: float,
         sum(d["accepted"] for d in mid["devices"].values())
     raw = steady["buffer"]["total_bytes"] - mid["buffer"]["total_bytes"]
     window_s = t_steady - t_mid
-    return {"offered_records_s": rate * len(DEVICES), "accepted": accepted,
+    return {"offered_records_s": rate * devices, "accepted": accepted,
             "records_s": round(window / window_s, 1),
             "records_s_whole_run": round(accepted / elapsed, 1),
             "raw_bytes_s": round(raw / window_s), "buffer_pages_s": round(raw / window_s / 4096, 1),
@@ -102,6 +110,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", default="5,20,60,150", help="ticks/s; 5 records per tick")
     parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--camera-rate", type=int, default=5, help="frames/s; 0: no camera")
     opts = parser.parse_args()
     state_dir = Path(os.environ.setdefault("EDGEIOT_STATE_DIR", "/tmp/h3-bench-state"))
     os.environ["EDGEIOT_LAB"] = PREFIX
@@ -109,7 +118,7 @@ def main() -> int:
     out: dict[str, Any] = {"domain_type": None, "rates": []}
     try:
         run(["user", "add", "bench", "--node", "fog1"])
-        for dev, dtype, group in DEVICES:
+        for dev, dtype, group in [*DEVICES, (CAMERA, "camera", None)]:
             run(["device", "add", dev, "--user", "bench", "--type", dtype]
                 + (["--group", group] if group else []))
         run(["app", "install", "park", "--kind", "parknet", "--node", "fog1"])
@@ -123,6 +132,13 @@ def main() -> int:
             out["idle_dirty_rate_mib_s"] = idle
             for rate in [int(r) for r in opts.rates.split(",")]:
                 out["rates"].append(measure(state_dir, proxy, rate, opts.seconds, Path(tmp)))
+            if opts.camera_rate > 0:
+                target = Path(tmp) / "child.pgm"
+                target.write_bytes(world.to_pgm(world.face_image(CHILD, variant=10**6)))
+                run(["app", "event", "findchild", "--area", "fog1", "--target-image",
+                     str(target)])
+                out["camera"] = measure(state_dir, proxy, opts.camera_rate, opts.seconds,
+                                        Path(tmp), CAMERA_SOURCES, 1, "cam")
         time.sleep(2)
         models = proxy.request("stream_stats")["models"]
         out["metadata_over_raw"] = {
