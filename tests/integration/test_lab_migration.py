@@ -15,8 +15,7 @@ import psutil
 import pytest
 
 from orchestrator.errors import ExitStatus
-from orchestrator.fleet import lab_fleet
-from orchestrator.fog.guest_agent import GuestAgent
+from orchestrator.lab.builder import processes_under
 from tests.integration.conftest import lab_fixture
 
 pytestmark = pytest.mark.lab
@@ -26,21 +25,19 @@ lab = lab_fixture(PREFIX, SUBNET)
 VM = "proxy-t1"
 
 
-def agent(lab_handle) -> GuestAgent:
-    fleet = lab_fleet(lab_handle.state_dir, lab_handle.prefix)
-    return GuestAgent("10.76.1.1", fleet.policy)
-
-
 def placement(cli) -> list[str]:
     rows = [r for r in cli("vm", "list", "--json").json() if r["name"] == VM]
     return [r["node"] for r in rows if r["state"] == "running"]
 
 
 def test_second_lab_up_is_refused(lab, cli):
+    state_file = lab.state_dir / "labs" / PREFIX / "lab.json"
+    before = state_file.read_text()
     result = cli("lab", "up", "--subnet", SUBNET)
     assert result.status == ExitStatus.BAD_INPUT
     assert "already up" in result.err and len(result.err.strip().splitlines()) == 1
     assert cli("lab", "status", "--json").json()["status"] == "up"
+    assert state_file.read_text() == before  # same daemons, same nodes: nothing changed
 
 
 def test_vm_boots_to_a_ready_agent(lab, cli):
@@ -48,7 +45,7 @@ def test_vm_boots_to_a_ready_agent(lab, cli):
     assert result.status == ExitStatus.SUCCESS, result.err
     assert result.json()["address"] == "10.76.1.1"
     assert placement(cli) == ["fog1"]
-    assert agent(lab).status()["counter"] > 0
+    assert lab.agent(VM).status()["counter"] > 0
 
 
 @pytest.mark.parametrize("args, message", [
@@ -76,7 +73,7 @@ def test_bad_input_is_refused_and_changes_nothing(lab, cli, args, message):
 @pytest.mark.parametrize("destination, bandwidth", [("fog2", "40"), ("fog3", "60"),
                                                       ("fog1", "40")])
 def test_vm_migrates_and_keeps_running(lab, cli, destination, bandwidth):
-    guest = agent(lab)
+    guest = lab.agent(VM)
     before = guest.status()
     result = cli("migrate", VM, "--to", destination, "--bandwidth", bandwidth, "--json")
     assert result.status == ExitStatus.SUCCESS, result.err
@@ -95,7 +92,7 @@ def test_vm_migrates_and_keeps_running(lab, cli, destination, bandwidth):
 
 
 def test_a_dirtying_guest_migrates_with_its_dirty_rate_recorded(lab, cli):
-    guest = agent(lab)
+    guest = lab.agent(VM)
     guest.set_dirtier(pages_per_s=1000, working_set_mib=12)
     try:
         result = cli("migrate", VM, "--to", "fog2", "--bandwidth", "20", "--json")
@@ -139,4 +136,5 @@ def test_lab_down_leaves_nothing_behind(lab, cli):
     qemus = [p for p in psutil.process_iter(["cmdline"])
              if f"guest={VM}" in " ".join(p.info["cmdline"] or [])]
     assert qemus == []
+    assert processes_under(lab.state_dir / "labs" / PREFIX) == []
     assert cli("lab", "status", "--json").json()["status"] == "down"
