@@ -35,6 +35,7 @@ from orchestrator.model.mobility import MINUTES_PER_DAY, BsArray, Layout, layout
 
 HEADER = "user,minute,bs_id"
 LAYOUT_HEADER = "bs_id,x_m,y_m,fog_id"
+WRITE_ROWS = 200_000  # rows formatted at once when writing (~10 MB of text)
 Source = str | Path | IO[str]
 
 
@@ -66,6 +67,24 @@ class _State:
     rows: int = 0
 
 
+@dataclass
+class _Pending:
+    """Validated rows not yet handed on: BS column and the ids of the users they start.
+
+    Only what a chunk needs is kept (4 bytes a row), in blocks joined once per chunk, so
+    memory stays near one chunk of users and no row is copied more than twice.
+    """
+
+    bs: list[npt.NDArray[np.int32]] = field(default_factory=list)
+    ids: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    rows: int = 0
+
+    def add(self, rows: npt.NDArray[np.int64]) -> None:
+        self.bs.append(rows[:, 2].astype(np.int32))
+        self.ids.append(rows[rows[:, 1] == 0, 0].copy())  # minute 0 starts a user
+        self.rows += len(rows)
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -84,13 +103,15 @@ def parse_trace(lines: Iterable[str], n_bs: int, n_minutes: int = MINUTES_PER_DA
     else:
         it = itertools.chain([first], it)
     state = _State(n_bs, n_minutes)
-    pending: list[npt.NDArray[np.int64]] = []
+    pending = _Pending()
     while block := list(itertools.islice(it, block_rows)):
         rows = _parse_block(block, line_no)
         _check_block(rows, line_no, state)
-        pending.append(rows)
+        pending.add(rows)
         line_no += len(block)
-        yield from _complete_users(pending, state, chunk_users, final=False)
+        del block, rows
+        if pending.rows >= chunk_users * n_minutes:
+            yield from _complete_users(pending, state, chunk_users, final=False)
     if state.rows == 0:
         raise TraceError(line_no, "no rows: expected user,minute,bs_id")
     if state.last_minute != n_minutes - 1:
@@ -201,20 +222,24 @@ def _message(problems: dict[str, npt.NDArray[np.bool_]], i: int, rows: npt.NDArr
     return f"user {u} appears again; rows of a user must be contiguous"
 
 
-def _complete_users(pending: list[npt.NDArray[np.int64]], st: _State, chunk_users: int,
+def _complete_users(pending: _Pending, st: _State, chunk_users: int,
                     final: bool) -> Iterator[TraceChunk]:
-    """Emit chunks of whole users from the validated rows (kept in `pending`)."""
-    rows = np.concatenate(pending) if len(pending) > 1 else pending[0]
-    pending.clear()
-    whole = len(rows) // st.n_minutes
+    """Emit chunks of whole users from the validated rows kept in `pending`."""
+    bs = np.concatenate(pending.bs) if len(pending.bs) > 1 else pending.bs[0]
+    ids = np.concatenate(pending.ids) if len(pending.ids) > 1 else pending.ids[0]
+    pending.bs.clear()
+    pending.ids.clear()
+    whole = len(bs) // st.n_minutes
     emitted = 0
     while whole > emitted and (final or whole - emitted >= chunk_users):
         size = min(chunk_users, whole - emitted)
-        part = rows[emitted * st.n_minutes:(emitted + size) * st.n_minutes]
-        yield TraceChunk(part[::st.n_minutes, 0].copy(),
-                         part[:, 2].reshape(size, st.n_minutes).astype(np.int32))
+        part = bs[emitted * st.n_minutes:(emitted + size) * st.n_minutes]
+        yield TraceChunk(ids[emitted:emitted + size].copy(), part.reshape(size, st.n_minutes))
         emitted += size
-    pending.append(rows[emitted * st.n_minutes:])
+    rest = bs[emitted * st.n_minutes:]
+    pending.bs.append(rest.copy() if emitted else rest)
+    pending.ids.append(ids[emitted:].copy() if emitted else ids)
+    pending.rows = len(rest)
 
 
 def read_trace(source: Source, n_bs: int, n_minutes: int = MINUTES_PER_DAY,
@@ -243,7 +268,9 @@ def write_trace(target: Source, chunks: Iterable[tuple[int, npt.NDArray[np.integ
     with _open(target, "w") as fh:
         fh.write(HEADER + "\n")
         for first, places in chunks:
-            fh.write(format_chunk(first, places))
+            step = max(1, WRITE_ROWS // max(1, places.shape[1]))
+            for at in range(0, places.shape[0], step):  # bounded text, whatever the chunk
+                fh.write(format_chunk(first + at, places[at:at + step]))
             rows += places.size
     return rows
 

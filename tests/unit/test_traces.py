@@ -53,6 +53,7 @@ def test_blocks_may_split_a_user() -> None:
 @pytest.mark.parametrize(("rows", "line", "needle"), [
     (["0,0,1", "0,1,1", "0,2,99"], 4, "unknown BS 99"),
     (["0,0,1", "0,1,1", "0,1,1"], 4, "minute goes backwards for user 0: 1 after 1"),
+    (["0,0,1", "0,1,1", "0,0,1"], 4, "minute goes backwards for user 0: 0 after 1"),
     (["0,0,1", "0,2,1"], 3, "gap for user 0: minute 2 after 0 (minute 1 missing)"),
     (["0,0,1", "0,1,1", "1,0,1", "1,1,1", "1,2,1"], 4, "user 0 ends at minute 1, expected 2"),
     (["0,1,1"], 2, "first row is minute 1, expected 0"),
@@ -79,6 +80,38 @@ def test_error_line_is_exact_deep_in_a_big_trace() -> None:
     with pytest.raises(tr.TraceError) as err:
         parse(csv(lay_rows), block_rows=16)
     assert err.value.line == 102 and "unknown BS 5000" in str(err.value)
+
+
+def test_parsing_streams_without_reading_the_whole_input() -> None:
+    """The first chunk comes out after about one chunk of rows, not after the whole file."""
+    read = 0
+
+    def lines() -> object:
+        nonlocal read
+        yield tr.HEADER + "\n"
+        for u in range(1000):
+            for m in range(3):
+                read += 1
+                yield f"{u},{m},{u % 10}\n"
+
+    chunks = tr.parse_trace(lines(), 10, 3, chunk_users=4, block_rows=5)  # type: ignore[arg-type]
+    first = next(chunks)
+    assert first.users.tolist() == [0, 1, 2, 3] and read <= 4 * 3 + 5
+    rest = list(chunks)
+    assert read == 3000 and sum(len(c.users) for c in rest) == 996
+    assert max(len(c.users) for c in rest) == 4
+    assert np.concatenate([c.users for c in rest]).tolist() == list(range(4, 1000))
+
+
+def test_writing_formats_big_chunks_in_slices() -> None:
+    m = np.arange(3 * 5, dtype=np.int32).reshape(3, 5) % 7
+    out = io.StringIO()
+    saved, tr.WRITE_ROWS = tr.WRITE_ROWS, 7  # one user per slice
+    try:
+        assert tr.write_trace(out, [(10, m)]) == 15
+    finally:
+        tr.WRITE_ROWS = saved
+    assert out.getvalue() == tr.HEADER + "\n" + tr.format_chunk(10, m)
 
 
 def test_empty_input() -> None:
