@@ -101,19 +101,46 @@ def plot_fig6b(path: Path, shares: LocationShares) -> Path:
 
 
 def plot_sweep(path: Path, rows: Sequence[Row], x: str, y: str, group: str, title: str,
-               xlabel: str, ylabel: str, log_x: bool = False) -> Path:
+               xlabel: str, ylabel: str, log_x: bool = False, log_y: bool = False) -> Path:
     """One line per value of `group`: e.g. core traffic vs replica count, per placement."""
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for g in dict.fromkeys(str(r[group]) for r in rows):
         pts = sorted((float(r[x]), float(r[y])) for r in rows if str(r[group]) == g)
         ax.plot(*zip(*pts, strict=True), marker="o", label=f"{group} = {g}")
-    if log_x:
-        ax.set_xscale("symlog")
+    if log_x:  # symlog keeps x = 0; linear only below the smallest positive value
+        positive = [float(r[x]) for r in rows if float(r[x]) > 0]
+        ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
+    if log_y:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+RUN_PANELS = (("core_gb", "core traffic per day (GB)", 1.0),
+              ("migrations", "migrations per day", 1.0),
+              ("remote_fraction", "device time served remotely (%)", 100.0),
+              ("energy_kj", "energy per day (kJ)", 1.0))
+
+
+def plot_run(path: Path, rows: Sequence[Row], title: str) -> Path:
+    """One operating point: a bar per policy for traffic, migrations, E2E proxy, energy."""
+    fig, axes = plt.subplots(1, len(RUN_PANELS), figsize=(12, 3.8), dpi=120)
+    policies = [str(r["policy"]) for r in rows]
+    colours = plt.get_cmap("tab10")(range(len(policies)))
+    for ax, (key, label, scale) in zip(axes, RUN_PANELS, strict=True):
+        values = [float(r[key]) * scale for r in rows]
+        bars = ax.bar(policies, values, color=colours)
+        ax.bar_label(bars, labels=[f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+                                   for v in values], fontsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        ax.margins(y=0.15)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
     return _save(fig, path)
 
 

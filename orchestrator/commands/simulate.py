@@ -10,7 +10,10 @@ estimator and the replica placement learn from, day 1 is simulated. An imported 
 several whole days uses its last day the same way; a one-day trace only gets the
 population-level estimator, fitted on itself (optimistic, said in the output).
 
-Tmig comes from the pre-copy predictor (`model.precopy`), once per VM memory size.
+Tmig comes from the pre-copy predictor (`model.precopy`), once per VM memory size, with
+the built-in calibration or a stored one (--calibration), and the calibration's footprint
+model or a given share of non-zero memory (--footprint-share 1: every page has data, the
+paper's M/r_mig).
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestrator import simreport
+from orchestrator import calibration_store, simreport
 from orchestrator.errors import UserError
 from orchestrator.model import dwell, mobility, simulation, traces
-from orchestrator.model.precopy import MigrationInputs, predict
+from orchestrator.model.precopy import Calibration, MigrationInputs, predict
 
 MIB = 2**20
 DEFAULT_R_DATA = "0.01,0.02,0.05,0.1,0.2,0.3,0.5,0.75,1,1.5"
@@ -82,6 +85,9 @@ class ModelOpts:
     replicas: int
     replica_delta: float
     placement: str
+    energy: simulation.EnergyModel
+    footprint_share: float | None
+    calibration: Calibration
 
 
 def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -115,6 +121,17 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="Share of memory still to move onto a replica."),
         click.option("--placement", type=click.Choice(simulation.PLACEMENTS), default="time",
                      show_default=True),
+        click.option("--footprint-share", type=click.FloatRange(0, 1), default=None,
+                     help="Non-zero share of VM memory for Tmig [default: calibration's "
+                     "model]; 1 is the paper's M/r_mig."),
+        click.option("--calibration", "calibration_file", type=click.Path(dir_okay=False),
+                     default=None, help="Calibration JSON for Tmig [default: built-in]."),
+        click.option("--core-j-per-mb", type=click.FloatRange(0), default=1.0,
+                     show_default=True, help="Energy: core transport per MB."),
+        click.option("--host-j-per-mb", type=click.FloatRange(0), default=0.5,
+                     show_default=True, help="Energy: hosts per migrated MB."),
+        click.option("--host-j-per-migration", type=click.FloatRange(0), default=20.0,
+                     show_default=True, help="Energy: fixed cost of one migration."),
         click.option("--out", "out_dir", type=click.Path(file_okay=False), default="sim-out",
                      show_default=True, help="Directory for CSV, JSON and PNG files."),
         click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table."),
@@ -127,9 +144,17 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _split(kw: dict[str, Any]) -> tuple[SourceOpts, ModelOpts, Path, bool]:
     src = SourceOpts(kw.pop("users"), kw.pop("seed"), kw.pop("n_bs"), kw.pop("fog_nodes"),
                      kw.pop("chunk_users"), kw.pop("trace"), kw.pop("layout"), kw.pop("minutes"))
+    energy = simulation.EnergyModel(kw.pop("core_j_per_mb") / 1e6, kw.pop("host_j_per_mb") / 1e6,
+                                    kw.pop("host_j_per_migration"))
+    if energy.core_j_per_byte <= 0:
+        raise UserError("--core-j-per-mb must be > 0 (the energy rule divides by it)")
+    calibration_file = kw.pop("calibration_file")
+    calibration = (calibration_store.read(calibration_file) if calibration_file
+                   else Calibration())
     model = ModelOpts(kw.pop("r_mig_mbps") * simulation.MBIT, kw.pop("epsilon_kb") * 1e3 / 8,
                       kw.pop("dirty_pages_s"), kw.pop("downtime_s"), kw.pop("replicas"),
-                      kw.pop("replica_delta"), kw.pop("placement"))
+                      kw.pop("replica_delta"), kw.pop("placement"), energy,
+                      kw.pop("footprint_share"), calibration)
     if src.fog_nodes is not None and src.fog_nodes > src.n_bs:
         raise UserError(f"--fog-nodes {src.fog_nodes} exceeds --bs {src.n_bs}")
     out = Path(kw.pop("out_dir"))
@@ -145,10 +170,18 @@ def _split(kw: dict[str, Any]) -> tuple[SourceOpts, ModelOpts, Path, bool]:
 
 def _predicted_t_mig(memory_bytes: float, m: ModelOpts) -> float:
     """Tmig from the pre-copy predictor; infinite when the migration would not converge."""
-    p = predict(MigrationInputs(memory_bytes=int(memory_bytes),
-                                dirty_rate_pages_s=m.dirty_pages_s,
-                                bandwidth_bytes_s=m.r_mig_bps, downtime_limit_s=m.downtime_s))
+    memory = max(1, int(memory_bytes))
+    footprint = None if m.footprint_share is None else int(memory * m.footprint_share)
+    p = predict(MigrationInputs(memory_bytes=memory, dirty_rate_pages_s=m.dirty_pages_s,
+                                bandwidth_bytes_s=m.r_mig_bps, downtime_limit_s=m.downtime_s,
+                                footprint_bytes=footprint), m.calibration)
     return p.total_time_s if p.converges else float("inf")
+
+
+def _t_mig_model(m: ModelOpts) -> dict[str, Any]:
+    return {"calibration": m.calibration.source, "footprint_share": m.footprint_share,
+            "dirty_pages_s": m.dirty_pages_s, "downtime_s": m.downtime_s,
+            "r_mig_mbps": m.r_mig_bps / simulation.MBIT}
 
 
 def _layout(src: SourceOpts) -> mobility.Layout:
@@ -237,7 +270,8 @@ def _simulate(src: SourceOpts, layout: mobility.Layout, scenarios: Sequence[simu
 def _base(m: ModelOpts, policy: str = "dynamic", r_data_bps: float = 0.0) -> simulation.Scenario:
     return simulation.Scenario(policy, r_data_bps, r_mig_bps=m.r_mig_bps,
                                epsilon_bytes=m.epsilon_bytes, replicas=m.replicas,
-                               placement=m.placement, replica_delta=m.replica_delta)
+                               placement=m.placement, replica_delta=m.replica_delta,
+                               energy=m.energy)
 
 
 def _row(sc: simulation.Scenario, t: simulation.Totals, **extra: Any) -> dict[str, Any]:
@@ -311,6 +345,7 @@ def fig6a(memory_mb: list[float], r_data_mbps: list[float], policies: str,
     payload = {"figure": "6a", "users": totals[0].users if totals else 0,
                "seconds": round(time.perf_counter() - started, 3),
                "t_mig_s": {str(k // MIB): v for k, v in t_mig.items()},
+               "t_mig_model": _t_mig_model(m),
                "personal_history": personal, "fig6b_shares_pct": _shares_dict(shares),
                "rows": rows}
     files["json"] = simreport.write_json(out / "fig6a.json", payload)
@@ -375,14 +410,17 @@ def run_cmd(memory_mb: float, r_data_mbps: float, policies: str, **kw: Any) -> N
     totals, shares, personal = _simulate(src, layout, scenarios, as_json, m.replicas)
     rows = [_row(sc, t, memory_mb=memory_mb) for sc, t in zip(scenarios, totals, strict=True)]
     payload = {"users": totals[0].users, "t_mig_s": t_mig, "replica_t_mig_s": t_rep,
+               "t_mig_model": _t_mig_model(m),
                "personal_history": personal, "dwell_accuracy": _accuracy(src, layout, base),
                "fig6b_shares_pct": _shares_dict(shares), "rows": rows}
+    title = f"r_data {r_data_mbps:g} Mb/s, M {memory_mb:g} MB, Tmig {t_mig:.1f} s"
     files = {"csv": simreport.write_csv(out / "run.csv", rows),
-             "json": simreport.write_json(out / "run.json", payload)}
+             "png": simreport.plot_run(out / "run.png", rows,
+                                       f"{totals[0].users:,} users, {title}")}
+    files["json"] = simreport.write_json(out / "run.json", payload)
     payload["files"] = {k: str(v) for k, v in files.items()}
     _emit(payload, rows, ["policy", "core_gb", "migrations", "migration_gb", "remote_fraction",
-                          "energy_kj"], as_json,
-          f"r_data {r_data_mbps} Mb/s, M {memory_mb:g} MB, Tmig {t_mig:.1f} s")
+                          "energy_kj"], as_json, title)
 
 
 def _accuracy(src: SourceOpts, layout: mobility.Layout,
@@ -399,7 +437,7 @@ def _accuracy(src: SourceOpts, layout: mobility.Layout,
 
 @command.group()
 def sweep() -> None:
-    """Beyond the paper: replica count and placement, overhead ε."""
+    """Beyond the paper: replica count and placement, overhead ε, energy-aware rule."""
 
 
 @sweep.command(name="replicas")
@@ -442,15 +480,43 @@ def sweep_epsilon(epsilons_kb: list[float], memory_mb: float, r_data_mbps: float
                   "core traffic vs migration overhead ε", "ε (kb)", log_x=True)
 
 
+@sweep.command(name="energy")
+@_options
+@click.option("--migration-j", "migration_js", type=LIST, default="0,20,200,2000,20000",
+              show_default=True, help="Fixed host energy of one migration, in joules.")
+@click.option("--memory-mb", type=click.FloatRange(min=0, min_open=True), default=512.0,
+              show_default=True)
+@click.option("--r-data-mbps", type=click.FloatRange(0), default=1.0, show_default=True)
+def sweep_energy(migration_js: list[float], memory_mb: float, r_data_mbps: float,
+                 **kw: Any) -> None:
+    """Energy per day vs the energy cost of a migration: Eq. 1 vs its energy-aware variant."""
+    src, m, out, as_json = _split(kw)
+    base = replace(_base(m, r_data_bps=r_data_mbps * simulation.MBIT),
+                   t_mig_s=_predicted_t_mig(memory_mb * MIB, m))
+    scenarios = [replace(base, policy=p, energy=replace(m.energy, host_j_per_migration=j))
+                 for p in ("static", "dynamic", "energy", "oracle") for j in migration_js]
+    totals, _, _ = _simulate(src, _layout(src), scenarios, as_json, m.replicas)
+    rows = [_row(sc, t, memory_mb=memory_mb, migration_j=sc.energy.host_j_per_migration,
+                 host_j_per_mb=sc.energy.host_j_per_byte * 1e6,
+                 core_j_per_mb=sc.energy.core_j_per_byte * 1e6)
+            for sc, t in zip(scenarios, totals, strict=True)]
+    _finish_sweep(out, "sweep-energy", rows, "migration_j", "policy", as_json,
+                  "energy vs the energy cost of one migration", "energy per migration (J)",
+                  log_x=True, y=("energy_kj", "energy per day (kJ, log scale)"), log_y=True)
+
+
 def _finish_sweep(out: Path, name: str, rows: list[dict[str, Any]], x: str, group: str,
-                  as_json: bool, title: str, xlabel: str, log_x: bool = False) -> None:
+                  as_json: bool, title: str, xlabel: str, log_x: bool = False,
+                  y: tuple[str, str] = ("core_gb", "core traffic per day (GB)"),
+                  log_y: bool = False) -> None:
     files = {"csv": simreport.write_csv(out / f"{name}.csv", rows),
-             "png": simreport.plot_sweep(out / f"{name}.png", rows, x, "core_gb", group, title,
-                                         xlabel, "core traffic per day (GB)", log_x)}
+             "png": simreport.plot_sweep(out / f"{name}.png", rows, x, y[0], group, title,
+                                         xlabel, y[1], log_x, log_y)}
     payload: dict[str, Any] = {"sweep": name, "rows": rows}
     files["json"] = simreport.write_json(out / f"{name}.json", payload)
     payload["files"] = {k: str(v) for k, v in files.items()}
-    _emit(payload, rows, [group, x, "core_gb", "migrations", "remote_fraction"], as_json, title)
+    columns = [group, x, "core_gb", "migrations", "remote_fraction"]
+    _emit(payload, rows, columns + ([y[0]] if y[0] not in columns else []), as_json, title)
 
 
 # ----------------------------------------------------------------------------- traces

@@ -38,6 +38,22 @@ def test_fig6b_and_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert [r["policy"] for r in out["rows"]] == list(  # type: ignore[union-attr]
         ("static", "dynamic", "oracle", "replicas", "energy"))
     assert 0 <= out["dwell_accuracy"]["decision_agreement"] <= 1  # type: ignore[index]
+    for name in ("run.csv", "run.json", "run.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "run.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(out["files"]) == {"csv", "png", "json"}  # type: ignore[arg-type]
+
+
+def test_tmig_model_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--footprint-share 1 makes every page carry data: Tmig grows with M (paper's M/r_mig)."""
+    args = ["run", *SMALL, "--out", str(tmp_path), "--policies", "static"]
+    calibrated = run_json(capsys, *args)["t_mig_s"]
+    full = run_json(capsys, *args, "--footprint-share", "1")
+    assert full["t_mig_s"] > 2 * calibrated  # type: ignore[operator]
+    assert full["t_mig_model"]["footprint_share"] == 1  # type: ignore[index]
+    assert main(["simulate", "run", *SMALL, "--out", str(tmp_path), "--calibration",
+                 str(tmp_path / "none.json")]) == ExitStatus.BAD_INPUT
+    assert "calibration file not found" in capsys.readouterr().err
 
 
 def test_sweeps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,6 +63,16 @@ def test_sweeps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                    "--epsilons-kb", "0,1000")
     assert len(out["rows"]) == 6  # type: ignore[arg-type]
     assert (tmp_path / "sweep-epsilon.png").exists()
+    out = run_json(capsys, "sweep", "energy", *SMALL, "--out", str(tmp_path),
+                   "--migration-j", "0,2000", "--r-data-mbps", "2")
+    rows = out["rows"]
+    assert isinstance(rows, list) and len(rows) == 4 * 2
+    by = {(r["policy"], r["migration_j"]): r for r in rows}
+    # the energy-aware rule migrates less when a migration costs more energy
+    assert by[("energy", 2000.0)]["migrations"] <= by[("energy", 0.0)]["migrations"]
+    assert by[("dynamic", 2000.0)]["migrations"] == by[("dynamic", 0.0)]["migrations"]
+    for name in ("sweep-energy.csv", "sweep-energy.json", "sweep-energy.png"):
+        assert (tmp_path / name).stat().st_size > 0
 
 
 def test_trace_generate_import_and_simulate(tmp_path: Path,
