@@ -66,6 +66,29 @@ def test_dynamic_follows_the_estimate_not_the_truth() -> None:
     assert (t.migrations, t.core_bytes) == (0, pytest.approx(36000 * 1e4))
 
 
+def test_dynamic_with_the_dwell_estimator_by_hand() -> None:
+    """T̂_BS from the same estimator the control plane uses, fitted on yesterday.
+
+    Yesterday = today = TRIP. Estimates: home at 00:00 → 60 min (same user, place, hour);
+    away at 01:00 → 600 min; home at 11:00 → no (user, place, hour) entry, so the user's
+    mean at home over complete stays = 60 min (the evening stay runs to midnight: censored).
+    Away: threshold 36000·1e4/1.01e6 = 356 s > Tmig 100 s → migrate, (1e6 + 1e4)·100 B.
+    Back home: threshold 3600·1e4/1.01e6 = 35.6 s < 100 s → stay remote all evening,
+    46800·1e4 B — worse than static (36000·1e4 B), an error only the oracle avoids.
+    """
+    v = visits_from_minutes(TRIP)
+    model = fit(v, n_places=2)
+    assert predict(model, v).tolist() == [3600.0, 36000.0, 3600.0]
+    prep = sim.prepare(v, predict(model, v), history=v)
+    t = sim.run(prep, sc("dynamic", 1e4))
+    assert t.migrations == 1
+    assert t.core_bytes == pytest.approx((1e6 + 1e4) * 100 + 46800 * 1e4)
+    assert t.remote_seconds == pytest.approx(100 + 46800)
+    assert t.remote_fraction == pytest.approx(46900 / 86400)
+    assert sim.run(prep, sc("static", 1e4)).core_bytes == pytest.approx(36000 * 1e4)
+    assert sim.run(prep, sc("oracle", 1e4)).core_bytes == pytest.approx(2 * (1e6 + 1e4) * 100)
+
+
 def test_migration_cut_short_charges_only_the_visit() -> None:
     trace = one_user((0, 60), (1, 1), (0, 1379))
     # predicted 10 h away: migrate (Tmig 100 s) but the user leaves after 60 s, then back
@@ -182,19 +205,26 @@ def city() -> sim.Prepared:
 
 def test_fig6a_shape(city: sim.Prepared) -> None:
     rates = [r * sim.MBIT for r in (0.25, 0.5, 1.0, 2.0, 4.0)]
-    t_migs = {256: 60.0, 512: 120.0, 1024: 240.0}
-    runs = sim.fig6a_scenarios(rates, t_migs, ("static", "dynamic", "oracle"))
+    t_migs = {256: 60.0, 512: 120.0, 1024: 240.0}  # Tmig ∝ M, as in the paper
+    dynamic = ("dynamic", "oracle", "replicas")
+    runs = sim.fig6a_scenarios(rates, t_migs, ("static", *dynamic),
+                               base=sim.Scenario("static", 0.0, replicas=2),
+                               replica_t_mig_by_memory={m: t / 4 for m, t in t_migs.items()})
     got = {(m, s.policy, s.r_data_bps): sim.run(city, s).core_bytes for m, s in runs}
     for m in t_migs:
-        gaps = [got[(m, "static", r)] - got[(m, "dynamic", r)] for r in rates]
-        assert gaps[-1] > 0 and gaps[-2] > 0, "dynamic below static at high r_data"
-        assert gaps[-1] > gaps[-2] > 0, "and further below as r_data grows"
-        assert got[(m, "oracle", rates[-1])] < got[(m, "static", rates[-1])]
-    for r in rates[-2:]:  # larger VMs cost more core traffic
-        series = [got[(m, "dynamic", r)] for m in sorted(t_migs)]
-        assert series == sorted(series)
-    statics = {got[(m, "static", rates[-1])] for m in t_migs}
-    assert len(statics) == 1  # static never migrates: M does not matter
+        for policy in dynamic:
+            gaps = [got[(m, "static", r)] - got[(m, policy, r)] for r in rates]
+            assert gaps == sorted(gaps), f"{policy}: further below static as r_data grows"
+            assert all(g > 0 for g in gaps[2:]), f"{policy} below static from 1 Mb/s, M={m}"
+        statics = [got[(m, "static", r)] for r in rates]
+        assert statics == sorted(statics) and statics[-1] / statics[0] == pytest.approx(16)
+    for policy in dynamic:  # larger VMs cost more core traffic, at every r_data
+        for r in rates:
+            series = [got[(m, policy, r)] for m in sorted(t_migs)]
+            assert series == sorted(series) and series[0] < series[-1], (policy, r)
+    for r in rates:
+        statics = {got[(m, "static", r)] for m in t_migs}
+        assert len(statics) == 1  # static never migrates: M does not matter
 
 
 def test_sweeps_build_the_right_grid() -> None:
