@@ -13,7 +13,7 @@ from orchestrator.commands._common import (
     print_listing,
     store,
 )
-from orchestrator.edge.proxies import ProxyService
+from orchestrator.edge.proxies import ProxyPlacement, ProxyService
 from orchestrator.edge.users import UserRegistry, validate_user
 
 
@@ -33,17 +33,21 @@ def add(ctx: click.Context, name: str, node: str | None, share_with: str | None,
         inventory: str | None, as_json: bool) -> None:
     """Add a user (and, with --node, start its proxy VM there)."""
     validate_user(name)
+    placed: ProxyPlacement | None = None
     with store(ctx) as records:
         if node is not None:
             with fleet_session(ctx, inventory) as session:
                 session.fleet.node(node)
                 user = UserRegistry(records).add(name, share_with)
-                user["proxy_vm"] = ProxyService(session, records, app(ctx).state_path).ensure(
+                placed = ProxyService(session, records, app(ctx).state_path).ensure_placed(
                     name, node)
+                user.update(proxy_vm=placed.vm, node=placed.node, offloaded=placed.offloaded)
         else:
             user = UserRegistry(records).add(name, share_with)
     if as_json:
         print_json(user)
+    elif placed is not None:
+        click.echo(f"user {name} added, {placed.message()}")
     else:
         click.echo(f"user {name} added" + (f", proxy VM {user['proxy_vm']}"
                                            if user["proxy_vm"] else ""))

@@ -21,7 +21,7 @@ from agent.guest.edgeiot_agent.models import MODELS
 from agent.guest.edgeiot_agent.permissions import PermissionDenied, check_grants
 from orchestrator.edge.capacity import MIB, free_vm_memory_bytes
 from orchestrator.edge.devices import validate_type
-from orchestrator.edge.proxies import ProxyService
+from orchestrator.edge.proxies import OFFLOAD_EVENT, ProxyService
 from orchestrator.edge.vms import VmService
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.guest_agent import GuestAgent
@@ -153,14 +153,15 @@ class AppService:
             used[vm.node] = used.get(vm.node, 0) + vm.memory_mib
         return used
 
-    def _place(self, wanted: str) -> tuple[str, bool]:
-        """The node for a new application VM: `wanted`, or the cloud when `wanted` lacks
-        room by our accounting or by what the node itself reports free."""
+    def _place(self, wanted: str, memory_mib: int = APP_MEMORY_MIB) -> tuple[str, bool]:
+        """The node for a new VM (application or proxy) of `memory_mib`: `wanted`, or the
+        cloud when `wanted` lacks room by our accounting or by what the node itself reports
+        free."""
         self.session.fleet.node(wanted)
         used, capacity = self.used(), self.capacities()
         free_mib = free_vm_memory_bytes(self.session, wanted) // MIB
         capacity[wanted] = min(capacity[wanted], used.get(wanted, 0) + free_mib)
-        return choose_node(wanted, APP_MEMORY_MIB, used, capacity, self.cloud_node())
+        return choose_node(wanted, memory_mib, used, capacity, self.cloud_node())
 
     # --- install / event / remove --------------------------------------------------------
 
@@ -266,7 +267,7 @@ class AppService:
     def _start_vm(self, app: str, vm: str, node: str, offloaded: bool) -> str:
         self.store.add_app_vm(app, vm, node, offloaded)
         if offloaded:
-            self.store.add_event("offload", vm, {"app": app, "node": node})
+            self.store.add_event(OFFLOAD_EVENT, vm, {"app": app, "node": node})
         VmService(self.session, self.store).create(vm, node, APP_MEMORY_MIB, role="app")
         self.agent(vm).request("app_configure", app=app, kind=self.store.application(app)["kind"])
         return vm

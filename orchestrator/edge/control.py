@@ -93,8 +93,11 @@ class FleetApplier:
 
     def _place(self, action: Action) -> dict[str, Any]:
         assert action.destination is not None
-        vm = self._proxies().ensure(action.user, action.destination)
-        return {"status": "placed", "vm": vm}
+        placed = self._proxies().ensure_placed(action.user, action.destination)
+        out: dict[str, Any] = {"status": "placed", "vm": placed.vm}
+        if placed.offloaded:
+            out.update(node=placed.node, offloaded=True, message=placed.message())
+        return out
 
     def _migrate(self, action: Action) -> dict[str, Any]:
         from orchestrator.edge.migrate import MigrationService

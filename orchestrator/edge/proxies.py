@@ -35,6 +35,7 @@ def directory_path(state_dir: Path) -> Path:
 
 
 HANDOVER_EVENT = "handover"
+OFFLOAD_EVENT = "offload"  # the same kind AppService records for application VMs
 
 
 def _entry(vm: str, addresses: Mapping[str, str]) -> dict[str, Any]:
@@ -72,6 +73,22 @@ def elsewhere(assigned: Mapping[str, str], owners: Mapping[str, str],
             if dev in owners and vm != user_proxy.get(owners[dev])}
 
 
+@dataclass(frozen=True)
+class ProxyPlacement:
+    vm: str
+    node: str
+    offloaded: bool  # placed in the cloud node because `wanted` lacked the capacity
+    created: bool
+    wanted: str
+
+    def message(self) -> str:
+        """How the CLI says where the proxy runs (and, when offloaded, why)."""
+        where = f"proxy VM {self.vm} on {self.node}"
+        if self.offloaded:
+            where += f" (offloaded to the cloud: fog node {self.wanted} lacks capacity)"
+        return where
+
+
 @dataclass
 class ProxyService:
     session: FleetSession
@@ -83,20 +100,35 @@ class ProxyService:
                           self.session.fleet.policy, timeout_s=10.0)
 
     def ensure(self, user: str, node: str, memory_mib: int = PROXY_MEMORY_MIB) -> str:
-        """The user's proxy VM, created on `node` if it does not exist yet."""
+        """The user's proxy VM, created on `node` if it does not exist yet (or in the cloud
+        node when `node` lacks the capacity: see `ensure_placed`)."""
+        return self.ensure_placed(user, node, memory_mib).vm
+
+    def ensure_placed(self, user: str, node: str,
+                      memory_mib: int = PROXY_MEMORY_MIB) -> ProxyPlacement:
+        """The user's proxy VM and where it runs. A new one goes where application VMs go
+        (`AppService._place`): `node`, or the cloud node when `node` lacks room, recorded as
+        an "offload" event. Without a cloud node, `node` it is, and a full node refuses."""
+        from orchestrator.edge.apps import AppService  # apps.py imports this module
+        apps = AppService(self.session, self.store, self.state_dir)
         record = UserRegistry(self.store).require(user)
         vm = record["proxy_vm"] or proxy_name(user)
-        created = self.store.vm(vm) is None
-        if created:
-            VmService(self.session, self.store).create(vm, node, memory_mib, role="proxy")
+        existing = self.store.vm(vm)
+        placed, offloaded = (existing.node if existing else node), False
+        if existing is None and apps.cloud_node() is not None:
+            placed, offloaded = apps._place(node, memory_mib)
+        if existing is None:
+            VmService(self.session, self.store).create(vm, placed, memory_mib, role="proxy")
+            if offloaded:
+                self.store.add_event(OFFLOAD_EVENT, vm, {"user": user, "role": "proxy",
+                                                         "wanted": node, "node": placed})
         if record["proxy_vm"] != vm:
             self.store.set_user_proxy(user, vm)
         self.push_devices(vm)
-        if created:  # applications installed before this proxy existed serve it too
-            from orchestrator.edge.apps import AppService  # apps.py imports this module
-            AppService(self.session, self.store, self.state_dir).serve_new_proxy(vm, node)
+        if existing is None:  # applications installed before this proxy existed serve it too
+            apps.serve_new_proxy(vm, placed)
         self.write_directory()
-        return vm
+        return ProxyPlacement(vm, placed, offloaded, existing is None, node)
 
     def users_of(self, vm: str) -> list[str]:
         return [u["name"] for u in self.store.users() if u["proxy_vm"] == vm]

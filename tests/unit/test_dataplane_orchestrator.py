@@ -199,3 +199,92 @@ def test_users_who_trust_each_other_share_a_proxy(state, cli):
     assert {u["name"]: u["proxy_vm"] for u in cli("user", "list", "--json").json()} == {
         "alice": None, "bob": "px-alice"}
     assert main(["app", "list", "--json"]) == ExitStatus.SUCCESS
+
+
+# --- proxy VMs offloaded like application VMs (libvirt's test driver) ---------------------
+
+CLOUD_XML = """<node><cpu><mhz>2000</mhz><model>x86</model><active>2</active><total>2</total>
+<nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads></cpu>
+<memory>4194304</memory></node>"""
+
+
+@pytest.fixture
+def test_driver_fleet(tmp_path):
+    """fog1 on test:///default, whose own "test" domain holds 8 GiB, so 256 MiB of the
+    declared 8448 are free (two 128 MiB proxies); `cloud` on a private test driver."""
+
+    import libvirt
+
+    from orchestrator.fleet import Fleet
+    from orchestrator.fog.node import FogNode
+    from orchestrator.fog.session import FleetSession
+    from orchestrator.netguard import NetworkPolicy
+
+    keeper = libvirt.open("test:///default")  # the driver's state lives while one is open
+    (tmp_path / "cloud.xml").write_text(CLOUD_XML)
+
+    def fleet(with_cloud: bool) -> FleetSession:
+        nodes = {"fog1": FogNode(name="fog1", uri="test:///default", address="fog1",
+                                 image_dir="/srv/img", domain_type="qemu",
+                                 facts={"kind": "fog", "memory_mib": 8192 + 256})}
+        if with_cloud:
+            nodes["cloud"] = FogNode(name="cloud", uri=f"test://{tmp_path}/cloud.xml",
+                                     address="cloud", image_dir="/srv/img", domain_type="qemu",
+                                     facts={"kind": "cloud", "memory_mib": 4096})
+        return FleetSession(Fleet(nodes=nodes, policy=NetworkPolicy(), vm_network=None,
+                                  prefix_len=None, gateway=None))
+    yield fleet
+    for dom in keeper.listAllDomains():
+        if dom.name().startswith("px-"):
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    keeper.close()
+
+
+def test_a_proxy_vm_goes_to_the_cloud_when_its_fog_node_is_full(test_driver_fleet, tmp_path):
+    from orchestrator.edge.proxies import ProxyService
+    from orchestrator.edge.users import UserRegistry
+
+    store = Store(tmp_path / "records.sqlite")
+    try:
+        with test_driver_fleet(with_cloud=True) as session:
+            proxies = ProxyService(session, store, tmp_path)
+            for user in ("a", "b", "c"):
+                UserRegistry(store).add(user)
+            placed = [proxies.ensure_placed(u, "fog1") for u in ("a", "b", "c")]
+            assert [(p.vm, p.node, p.offloaded) for p in placed] == [
+                ("px-a", "fog1", False), ("px-b", "fog1", False), ("px-c", "cloud", True)]
+            assert placed[2].message() == ("proxy VM px-c on cloud (offloaded to the cloud: "
+                                           "fog node fog1 lacks capacity)")
+            assert placed[0].message() == "proxy VM px-a on fog1"
+            assert store.vm("px-c").node == "cloud" and store.user("c")["proxy_vm"] == "px-c"
+            assert [g.node for g in session.locate("px-c")] == ["cloud"]
+            events = store.events("offload")
+            assert [(e["subject"], e["data"]) for e in events] == [
+                ("px-c", {"user": "c", "role": "proxy", "wanted": "fog1", "node": "cloud"})]
+            again = proxies.ensure_placed("c", "fog1")  # exists: stays where it is, no event
+            assert (again.node, again.offloaded, again.created) == ("cloud", False, False)
+            assert len(store.events("offload")) == 1
+            assert proxies.running_proxies() == {"px-a": "fog1", "px-b": "fog1",
+                                                 "px-c": "cloud"}
+    finally:
+        store.close()
+
+
+def test_a_full_fog_node_without_a_cloud_still_refuses_a_proxy_vm(test_driver_fleet, tmp_path):
+    from orchestrator.edge.proxies import ProxyService
+    from orchestrator.edge.users import UserRegistry
+
+    store = Store(tmp_path / "records.sqlite")
+    try:
+        with test_driver_fleet(with_cloud=False) as session:
+            proxies = ProxyService(session, store, tmp_path)
+            for user in ("a", "b", "c"):
+                UserRegistry(store).add(user)
+            assert proxies.ensure("a", "fog1") == "px-a" and proxies.ensure("b", "fog1")
+            with pytest.raises(UserError, match="not enough free memory for px-c"):
+                proxies.ensure("c", "fog1")
+            assert store.vm("px-c") is None and store.events("offload") == []
+    finally:
+        store.close()
