@@ -99,6 +99,7 @@ def replay(state: Path, trace: sc.Trace, policies: list[str],
     records = open_store(state)
     with FleetSession(lab_fleet(state)) as session:
         nodes = sorted(session.fleet.nodes)
+        cfg = sc.metered_config(cfg, session.fleet.nodes.values())
         namespaces = {n: session.fleet.nodes[n].facts["namespace"] for n in nodes}
         hooks = sc.LabHooks(core_bytes=lab.core_counters, enter=lab.enter_argv,
                             netns=lambda n: f"/run/netns/{namespaces[n]}",

@@ -9,10 +9,11 @@ VM's placement is verified afterwards on every node.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,12 +25,44 @@ from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.fog.hypervisor import Guest
 from orchestrator.fog.jobstats import JobSample, footprint_bytes
 from orchestrator.fog.migration import MigrationOutcome, MigrationRequest, run_migration
-from orchestrator.fog.node import validate_name
+from orchestrator.fog.node import FogNode, validate_name
 from orchestrator.fog.session import FleetSession
 from orchestrator.model.precopy import Calibration, MigrationInputs, Prediction, predict
 from orchestrator.store import Store
 
 DEFAULT_DOWNTIME_S = 0.3  # QEMU's default downtime limit
+# Frames on the core carry ~5 % more than the payload QEMU's cap counts (TCP/IP/Ethernet
+# headers on ~1448-byte segments).
+WIRE_OVERHEAD = 1.05
+
+
+def metered_bandwidth_mib_s(rate_mbit: float) -> int:
+    """The migration cap (whole MiB/s, as libvirt takes it) just under a core meter of
+    `rate_mbit`: the migration's frames then fit the meter, which only guards. Uncapped, the
+    meter polices QEMU's line-rate slices and TCP gets ~35 % of the rate (see meter_band).
+    80 Mbit/s gives 9 MiB/s; below ~8.8 Mbit/s the cap stays at libvirt's least, 1 MiB/s."""
+    if rate_mbit <= 0:
+        raise UserError(f"migration rate must be > 0 Mbit/s, got {rate_mbit}")
+    return max(1, math.floor(rate_mbit * 1e6 / 8 / WIRE_OVERHEAD / 2**20))
+
+
+def core_meter_mbit(nodes: Iterable[FogNode]) -> float | None:
+    """The tightest migration meter the nodes' facts name (a lab's SDN core), or None."""
+    rates = [float(rate) for node in nodes if (rate := node.facts.get("migration_mbit"))]
+    return min(rates) if rates else None
+
+
+def capped_request(request: MigrationRequest,
+                   nodes: Iterable[FogNode]) -> tuple[MigrationRequest, str | None]:
+    """The request with its bandwidth (r_mig), and where that came from: the user's
+    --bandwidth ("request"), else just under the core's migration meter ("core meter"),
+    else None (uncapped)."""
+    if request.bandwidth_mib_s is not None:
+        return request, "request"
+    rate = core_meter_mbit(nodes)
+    if rate is None:
+        return request, None
+    return replace(request, bandwidth_mib_s=metered_bandwidth_mib_s(rate)), "core meter"
 
 
 class MigrationObserver(Protocol):
@@ -140,11 +173,16 @@ class MigrationService:
             guest = self._running_guest(request.vm)
             if guest.node == destination.name:
                 raise UserError(f"VM {request.vm!r} already runs on {destination.name}")
+            # The cap and the prediction's r_mig are one figure: a lab core's meter sets it
+            # when the user gave none.
+            request, cap_from = capped_request(
+                request, [self.session.fleet.node(guest.node), destination])
             with node_slots(self.state_dir, [guest.node, destination.name], self.max_per_node):
-                return self._migrate(request, guest, observer)
+                return self._migrate(request, guest, observer, cap_from)
 
     def _migrate(self, request: MigrationRequest, guest: Guest,
-                 observer: MigrationObserver | None) -> dict[str, Any]:
+                 observer: MigrationObserver | None,
+                 cap_from: str | None = None) -> dict[str, Any]:
         """Room check, prediction, record, the migration itself, verification."""
         destination = self.session.fleet.node(request.destination)
         memory = guest.memory_bytes()
@@ -158,7 +196,8 @@ class MigrationService:
             request.vm, guest.node, destination.name, {**asdict(request), **guest_figures},
             prediction.as_dict() if prediction else None, os.getpid())
         outcome = self._run(guest, request, self._sample_sink(record_id, observer))
-        return self._finish(record_id, request, guest.node, memory, outcome, prediction)
+        return self._finish(record_id, request, guest.node, memory, outcome, prediction,
+                            cap_from)
 
     def _settle(self, vm: str) -> tuple[list[str], list[str]]:
         """(nodes where the VM runs, nodes whose leftover copy was removed), from one scan.
@@ -263,7 +302,8 @@ class MigrationService:
             source.drop_event(handle)
 
     def _finish(self, record_id: int, request: MigrationRequest, source: str, memory: int,
-                outcome: MigrationOutcome, prediction: Prediction | None) -> dict[str, Any]:
+                outcome: MigrationOutcome, prediction: Prediction | None,
+                cap_from: str | None = None) -> dict[str, Any]:
         placement, leftovers = self._settle(request.vm)
         final = outcome.final.as_dict() if outcome.final else {}
         status, error = outcome.status, outcome.error
@@ -278,6 +318,7 @@ class MigrationService:
             "id": record_id, "vm": request.vm, "source": source,
             "destination": request.destination, "status": status,
             "memory_bytes": memory, "bandwidth_mib_s": request.bandwidth_mib_s,
+            "bandwidth_from": cap_from,
             "downtime_limit_ms": request.downtime_ms, "policy": request.policy,
             "timeout_action": outcome.action, "stalled": outcome.stall,
             "wall_time_ms": round(outcome.wall_s * 1000),

@@ -42,9 +42,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 
 from orchestrator.edge.control import ControlPlane, proxies_from_store
+from orchestrator.edge.migrate import core_meter_mbit, metered_bandwidth_mib_s
 from orchestrator.edge.proxies import ProxyService
 from orchestrator.edge.replicas import ReplicaService
 from orchestrator.edge.scenario_actions import (
@@ -72,6 +73,7 @@ from orchestrator.edge.scenario_devices import (
 from orchestrator.edge.users import proxy_name
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.guest_agent import GuestAgent
+from orchestrator.fog.node import FogNode
 from orchestrator.fog.session import FleetSession
 from orchestrator.model import dwell as dwell_model
 from orchestrator.model import simulation
@@ -120,6 +122,15 @@ class ReplayConfig:
     @property
     def minute_s(self) -> float:
         return 60.0 / self.speedup
+
+
+def metered_config(cfg: ReplayConfig, nodes: Iterable[FogNode]) -> ReplayConfig:
+    """r_mig as the replay's migrations run: just under the core's migration meter when the
+    lab has one (MigrationService caps them there), else the configured figure."""
+    rate = core_meter_mbit(nodes)
+    if rate is None:
+        return cfg
+    return replace(cfg, r_mig_bps=float(metered_bandwidth_mib_s(rate) * 2**20))
 
 
 @dataclass(frozen=True)
