@@ -130,6 +130,143 @@ def test_metadata_schema_check():
             check(bad, schema)
 
 
+# --- the metadata sink: each line at most once, overflow drops only queued lines ---------
+
+class FakeLink:
+    """A socket that takes at most `budget` bytes (`chunk` per call), then resets; `gate`,
+    if given, makes the first send wait for it."""
+
+    def __init__(self, budget=None, chunk=7, gate=None, started=None):
+        self.budget, self.chunk, self.gate, self.started = budget, chunk, gate, started
+        self.got = b""
+
+    def send(self, data):
+        if self.started is not None:
+            self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(5)
+            self.gate = None
+        if self.budget is not None and len(self.got) >= self.budget:
+            raise ConnectionResetError("reset by peer")
+        n = min(len(data), self.chunk, (self.budget or 1 << 30) - len(self.got))
+        self.got += bytes(data[:n])
+        return n
+
+    def sendall(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[self.send(view):]
+
+    def close(self):
+        pass
+
+    def complete_lines(self):
+        """What an application VM keeps of this connection: whole lines only."""
+        return self.got.split(b"\n")[:-1]
+
+
+def sink_over(links, **kw):
+    from agent.guest.edgeiot_agent.metadata import MetadataSink
+
+    class Sink(MetadataSink):
+        def _connect(self):
+            return links.pop(0)
+    return Sink("127.0.0.1", retry_s=0.01, **kw)
+
+
+def wait_until(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert cond()
+
+
+def test_sink_resends_only_what_a_partial_send_left_no_line_twice():
+    lines = [b'{"app":"p","src":"d","m":{"i":%d}}\n' % i for i in range(40)]
+    first, second = FakeLink(budget=len(lines[0]) * 5 + 11), FakeLink()
+    sink = sink_over([first, second])
+    try:
+        with sink._wake:  # all queued before the thread takes a batch
+            for line in lines:
+                sink.send(line)
+        wait_until(lambda: sink.sent == len(lines))
+        delivered = first.complete_lines() + second.complete_lines()
+        assert delivered == [line.rstrip(b"\n") for line in lines]  # each once, in order
+        assert len(first.complete_lines()) == 5 and sink.reconnects == 2
+        assert sink.sent_bytes == sum(map(len, lines)) and sink.pending() == 0
+    finally:
+        sink.close()
+
+
+def test_sink_overflow_during_a_send_drops_queued_lines_not_the_batch_or_newer_ones():
+    import threading
+    gate, started = threading.Event(), threading.Event()
+    link = FakeLink(chunk=1 << 20, gate=gate, started=started)
+    sink = sink_over([link], max_queue=4)
+    try:
+        with sink._wake:
+            for i in range(4):
+                sink.send(b"L%d\n" % i)
+        assert started.wait(5)  # the batch L0..L3 is being sent; the queue is empty
+        for i in range(4, 10):
+            sink.send(b"L%d\n" % i)  # fills the queue; L4, L5 overflow
+        assert sink.dropped == 2 and sink.pending() == 8
+        gate.set()
+        wait_until(lambda: sink.pending() == 0)
+        assert link.complete_lines() == [b"L%d" % i for i in (0, 1, 2, 3, 6, 7, 8, 9)]
+        assert sink.sent == 8 and sink.dropped == 2
+    finally:
+        gate.set()
+        sink.close()
+
+
+def test_push_from_another_thread_holds_the_connection_lock_and_loses_nothing():
+    import threading
+
+    from agent.guest.edgeiot_agent.lineserver import LineServer
+
+    class Echo(LineServer):
+        def new_conn(self, sock):
+            self.conn = super().new_conn(sock)
+            return self.conn
+
+        def handle_line(self, conn, line):
+            return line + b"\n"
+
+    server = Echo("127.0.0.1", 0)
+    server.start()
+    client = socket.create_connection(server.address, timeout=5)
+    try:
+        wait_until(lambda: hasattr(server, "conn"))
+        conn = server.conn
+        with conn.lock:  # push waits for the lock the server thread takes around `out`
+            pusher = threading.Thread(target=server.push, args=(conn, b"held\n"))
+            pusher.start()
+            pusher.join(0.2)
+            assert pusher.is_alive() and b"held" not in conn.out
+        pusher.join(5)
+        n = 3000
+        pushes = threading.Thread(target=lambda: [server.push(conn, b"p%d\n" % i)
+                                                  for i in range(n)])
+        pushes.start()
+        client.sendall(b"".join(b"e%d\n" % i for i in range(n)))
+        pushes.join(10)
+        got = b""
+        while got.count(b"\n") < 2 * n + 1:
+            chunk = client.recv(65536)
+            assert chunk, "server closed early"
+            got += chunk
+        lines = got.split(b"\n")[:-1]
+        assert sorted(lines) == sorted([b"held"] + [b"p%d" % i for i in range(n)]
+                                       + [b"e%d" % i for i in range(n)])
+        client.close()
+        wait_until(lambda: conn.closed)
+        assert server.push(conn, b"late\n") is False
+    finally:
+        client.close()
+        server.stop()
+
+
 def test_role_from_kernel_command_line():
     assert parse_role("console=ttyS0 edgeiot.role=app edgeiot.name=x") == "app"
     assert parse_role("console=ttyS0") == "proxy"

@@ -44,13 +44,18 @@ class LineBuffer:
 
 
 class Conn:
-    """One client connection: its socket, its line splitter and the bytes still to send."""
+    """One client connection: its socket, its line splitter and the bytes still to send.
+
+    `out` is shared with other threads through `LineServer.push`: touch it only while
+    holding `lock`."""
 
     def __init__(self, sock: socket.socket, lines: Splitter) -> None:
         self.sock = sock
         self.lines = lines
         self.out = b""
         self.closing = False
+        self.closed = False  # set (under `lock`) once the server thread is closing it
+        self.lock = threading.Lock()
 
 
 class LineServer:
@@ -120,6 +125,20 @@ class LineServer:
                 key.fileobj.close()  # type: ignore[union-attr]
             self._sel.close()
 
+    def push(self, conn: Conn, data: bytes) -> bool:
+        """Queue bytes for `conn` from any thread (the server thread sends them when the
+        socket is writable); False if the connection is closed or closing."""
+        with conn.lock:
+            if conn.closed or conn.closing:
+                return False
+            conn.out += data
+            try:
+                self._sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            except (KeyError, ValueError, OSError):  # unregistered or closed meanwhile
+                conn.out = b""
+                return False
+        return True
+
     def serve(self) -> None:
         while not self._stop.is_set():
             for key, events in self._sel.select(timeout=0.2):
@@ -144,24 +163,31 @@ class LineServer:
         self._sel.register(sock, selectors.EVENT_READ, self.new_conn(sock))
 
     def _service(self, conn: Conn, events: int) -> None:
+        # NOTE: handlers run without the connection's lock (they may take other locks);
+        # every use of `out` holds it, since other threads `push` to it.
         try:
             if events & selectors.EVENT_READ:
                 data = conn.sock.recv(RECV_BYTES)
                 if data:
                     replies = self.handle_lines(conn, conn.lines.feed(data))
-                    conn.out += replies  # NOTE: after handling: other threads may queue too
+                    with conn.lock:
+                        conn.out += replies
                 else:
                     conn.closing = True
-            if conn.out:
-                sent = conn.sock.send(conn.out)
-                conn.out = conn.out[sent:]
+            with conn.lock:
+                if conn.out:
+                    sent = conn.sock.send(conn.out)
+                    conn.out = conn.out[sent:]
         except OSError:
-            conn.closing, conn.out = True, b""
-        if conn.closing and not conn.out:
+            with conn.lock:
+                conn.closing, conn.out = True, b""
+        with conn.lock:
+            conn.closed = conn.closing and not conn.out
+            if not conn.closed:
+                mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
+                self._sel.modify(conn.sock, mask, conn)
+        if conn.closed:
             self._close(conn)
-        else:
-            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
-            self._sel.modify(conn.sock, mask, conn)
 
     def _close(self, conn: Conn) -> None:
         self._conns -= 1

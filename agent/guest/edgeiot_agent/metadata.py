@@ -45,13 +45,24 @@ def envelope(app: str, src: str, meta: dict[str, Any]) -> bytes:
 
 
 class MetadataSink:
-    """Ships lines to host:port from a daemon thread; never blocks the caller."""
+    """Ships lines to host:port from a daemon thread; never blocks the caller.
+
+    Lines move from the bounded queue (where an overflow drops the oldest) to a batch of
+    at most `batch_lines` owned by the shipping thread, so an overflow during a send never
+    drops a line of the batch, nor a newer line in its place. A line counts as sent once
+    the socket took all its bytes; after a failed or partial send only the lines not
+    wholly taken are sent again, on a new connection (the application VM drops the torn
+    line the old connection ended with), so no metadata line arrives twice.
+    """
+
+    batch_lines = 256
 
     def __init__(self, host: str, port: int = APP_PORT, max_queue: int = 10000,
                  retry_s: float = 0.5) -> None:
         self.host, self.port = host, port
         self.retry_s = retry_s
         self._queue: collections.deque[bytes] = collections.deque(maxlen=max_queue)
+        self._batch: list[bytes] = []  # taken from the queue, not wholly sent yet
         self._wake = threading.Condition()
         self._stop = False
         self.sent_bytes = self.sent = self.dropped = self.reconnects = 0
@@ -72,37 +83,55 @@ class MetadataSink:
         self._thread.join(timeout=2)
 
     def pending(self) -> int:
-        return len(self._queue)
+        with self._wake:
+            return len(self._queue) + len(self._batch)
+
+    def _connect(self) -> socket.socket:
+        return socket.create_connection((self.host, self.port), timeout=3)
 
     def _run(self) -> None:
         sock: socket.socket | None = None
         while True:
             with self._wake:
-                while not self._queue and not self._stop:
+                while not self._queue and not self._batch and not self._stop:
                     self._wake.wait(1.0)
                 if self._stop:
                     break
-                batch = b"".join(self._queue)
-                count = len(self._queue)
+                while self._queue and len(self._batch) < self.batch_lines:
+                    self._batch.append(self._queue.popleft())
+                data = b"".join(self._batch)
+            taken, failed = 0, False
             try:
                 if sock is None:
-                    sock = socket.create_connection((self.host, self.port), timeout=3)
+                    sock = self._connect()
                     self.reconnects += 1
-                sock.sendall(batch)
+                view = memoryview(data)
+                while taken < len(data):
+                    taken += sock.send(view[taken:])
             except OSError:
+                failed = True
+            self._done(taken)
+            if failed:
                 if sock is not None:
                     sock.close()
                 sock = None
                 with self._wake:
                     self._wake.wait(self.retry_s)
-                continue
-            with self._wake:
-                for _ in range(count):
-                    self._queue.popleft()
-            self.sent += count
-            self.sent_bytes += len(batch)
         if sock is not None:
             sock.close()
+
+    def _done(self, taken: int) -> None:
+        """Forget the batch's lines whose bytes are all within the first `taken` bytes."""
+        with self._wake:
+            count = 0
+            for line in self._batch:
+                if len(line) > taken:
+                    break
+                taken -= len(line)
+                count += 1
+                self.sent_bytes += len(line)
+            del self._batch[:count]
+            self.sent += count
 
     def status(self) -> dict[str, Any]:
         return {"host": self.host, "port": self.port, "sent": self.sent,

@@ -22,7 +22,6 @@ device asks the directory again at once.
 from __future__ import annotations
 
 import hashlib
-import selectors
 import socket
 import threading
 
@@ -417,7 +416,8 @@ class StreamService(LineServer):
         conn = state.conn
         if conn is None:
             raise RequestError(f"actuator {dev!r} is not connected")
-        # NOTE: handed to the stream thread's connection buffer; sent on its next wakeup.
-        conn.out += encode({"t": "cmd", "cmd": command})
-        self._sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+        # NOTE: handed to the stream thread's connection buffer (under the connection's
+        # lock: this runs on the control thread); sent when the socket is writable.
+        if not self.push(conn, encode({"t": "cmd", "cmd": command})):
+            raise RequestError(f"actuator {dev!r} is not connected")
         return {"sent": True}
