@@ -6,12 +6,19 @@ and be non-empty, and every host that is reached over the network passes
 `netguard.check_destination` (a lab address only through its lab's bridge). Runner events
 become plain dicts; what a run means (progress lines, the per-host summary, which host failed
 in which task) is computed from them by pure functions, tested on captured events.
+
+Before ansible-runner starts, `ssh_targets` turns the hosts the playbook will touch (after
+--limit) into `ssh.SshTarget`s, with the address, user, port, key and known_hosts file that
+Ansible itself would use, so the command can check each of them over paramiko first.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -23,6 +30,7 @@ from typing import Any
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.netguard import NetworkPolicy, check_destination
 from orchestrator.runner import LocalRunner, Runner
+from orchestrator.ssh import SshTarget
 
 ANSIBLE_DIR = Path(__file__).resolve().parents[1] / "ansible"
 PLAYBOOKS: dict[str, tuple[str, ...]] = {
@@ -32,6 +40,14 @@ PLAYBOOKS: dict[str, tuple[str, ...]] = {
     "monitoring": ("monitoring",),
     "site": ("fog_nodes", "orchestrator", "monitoring"),
 }
+# playbook → groups its plays run on (fog_node.yml also covers cloud hosts)
+PLAY_GROUPS: dict[str, tuple[str, ...]] = {
+    "fog_node": ("fog_nodes", "cloud"),
+    "orchestrator": ("orchestrator",),
+    "monitoring": ("monitoring",),
+    "site": ("fog_nodes", "cloud", "orchestrator", "monitoring"),
+}
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 PYTHON = "/usr/bin/python3"  # NOTE: interpreter discovery finds a pyenv shim on these hosts
 STAT_KEYS = {"ok": "ok", "changed": "changed", "failures": "failed", "dark": "unreachable",
              "skipped": "skipped", "rescued": "rescued", "ignored": "ignored"}
@@ -187,6 +203,59 @@ def network_hosts(inventory: dict[str, Any]) -> dict[str, str]:
     return found
 
 
+def play_hosts(inventory: dict[str, Any], playbook: str) -> list[str]:
+    """Hosts the playbook's plays run on, in inventory order, each once."""
+    found: list[str] = []
+    for group in PLAY_GROUPS.get(playbook, ()):
+        found += [h for h in _group_hosts(inventory, group) if h not in found]
+    return found
+
+
+_KNOWN_HOSTS_OPTION = re.compile(r"^-o\s*UserKnownHostsFile\s*=?\s*(.+)$", re.IGNORECASE)
+
+
+def known_hosts_file(ssh_args: str) -> str | None:
+    """The first file of `-o UserKnownHostsFile=...` in Ansible's ssh arguments; pure."""
+    words = shlex.split(ssh_args)
+    for i, word in enumerate(words):
+        option = f"{word} {words[i + 1]}" if word == "-o" and i + 1 < len(words) else word
+        match = _KNOWN_HOSTS_OPTION.match(option)
+        if match:
+            return match.group(1).split()[0]
+    return None
+
+
+def ssh_target(host: str, hostvars: dict[str, Any], trust_on_first_use: bool = False,
+               default_user: str | None = None) -> SshTarget:
+    """How Ansible would reach this host over SSH, as an SshTarget; pure."""
+    args = " ".join(str(hostvars.get(k) or "") for k in
+                    ("ansible_ssh_common_args", "ansible_ssh_extra_args"))
+    known = known_hosts_file(args) or DEFAULT_KNOWN_HOSTS
+    key = hostvars.get("ansible_ssh_private_key_file") or hostvars.get("ansible_private_key_file")
+    return SshTarget(
+        host=str(hostvars.get("ansible_host") or host),
+        known_hosts=Path(known).expanduser(),
+        user=str(hostvars.get("ansible_user") or hostvars.get("ansible_ssh_user")
+                 or default_user or getpass.getuser()),
+        port=int(hostvars.get("ansible_port") or hostvars.get("ansible_ssh_port") or 22),
+        key_file=Path(str(key)).expanduser() if key else None,
+        trust_on_first_use=trust_on_first_use,
+    )
+
+
+def ssh_targets(inventory: dict[str, Any], hosts: Iterable[str],
+                trust_on_first_use: bool = False) -> dict[str, SshTarget]:
+    """name → SshTarget for each of these hosts that Ansible reaches over SSH."""
+    hostvars = inventory.get("_meta", {}).get("hostvars", {})
+    targets = {}
+    for host in hosts:
+        hv = hostvars.get(host, {})
+        if hv.get("ansible_connection", "ssh") not in ("ssh", "paramiko", "smart"):
+            continue  # local, docker, ...: not ours to check
+        targets[host] = ssh_target(host, hv, trust_on_first_use)
+    return targets
+
+
 # --- effects -----------------------------------------------------------------------------
 
 def tool_env() -> dict[str, str]:
@@ -199,11 +268,14 @@ def tool_env() -> dict[str, str]:
             "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
 
 
-def read_inventory(path: str, runner: Runner | None = None) -> dict[str, Any]:
+def read_inventory(path: str, runner: Runner | None = None,
+                   limit: str | None = None) -> dict[str, Any]:
+    """The inventory as Ansible reads it; with a limit, only the hosts it selects."""
     if not Path(path).is_file():
         raise UserError(f"cannot read inventory {path}")
     result = (runner or LocalRunner()).run(
-        [str(Path(sys.executable).parent / "ansible-inventory"), "-i", path, "--list"],
+        [str(Path(sys.executable).parent / "ansible-inventory"), "-i", path, "--list",
+         *(["--limit", limit] if limit else [])],
         check=False, timeout=60)
     if not result.ok:
         raise UserError(f"{path}: ansible cannot parse it: {result.stderr.strip()[-300:]}")

@@ -6,16 +6,24 @@ RejectPolicy). Trust on first use is an explicit choice (`trust_on_first_use=Tru
 for a lab): an unknown key is then accepted *and written* to known_hosts, so the next
 connection is strict again. argv is quoted with `shlex.join`, so no argument is ever
 re-parsed by the remote shell.
+
+`preflight` checks a set of hosts at once (reachability, host key, login, one command) and
+returns what failed per host; `orchestrator deploy` runs it before Ansible touches anything,
+`orchestrator host run` uses the runner for ad-hoc commands.
 """
 
 from __future__ import annotations
 
+import fcntl
 import shlex
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
+from paramiko.hostkeys import HostKeyEntry
 
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.netguard import NetworkPolicy, check_destination
@@ -33,8 +41,15 @@ class SshTarget:
     connect_timeout_s: float = 10.0
 
 
+_APPEND_LOCK = threading.Lock()
+
+
 class _RememberPolicy(paramiko.MissingHostKeyPolicy):
-    """Trust on first use: accept an unknown key and save it to the known_hosts file."""
+    """Trust on first use: accept an unknown key and append it to the known_hosts file.
+
+    Appended under a lock (threads) and flock (processes), never rewritten: parallel first
+    connections to several hosts keep every key, and existing (hashed) lines stay as they are.
+    """
 
     def __init__(self, known_hosts: Path) -> None:
         self.known_hosts = known_hosts
@@ -42,8 +57,13 @@ class _RememberPolicy(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
                          key: paramiko.PKey) -> None:
         client.get_host_keys().add(hostname, key.get_name(), key)
+        line = HostKeyEntry([hostname], key).to_line()
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        client.save_host_keys(str(self.known_hosts))
+        with _APPEND_LOCK, self.known_hosts.open("a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            text = f.read()
+            f.write(("" if not text or text.endswith("\n") else "\n") + line)
 
 
 def remote_command(argv: Sequence[str]) -> str:
@@ -125,3 +145,25 @@ class SshRunner:
             raise OrchestratorError(f"{self.target.host}: {command}: {exc}") from exc
         result = CommandResult(tuple(argv), rc, out, err)
         return result.check() if check else result
+
+
+def preflight(targets: Mapping[str, SshTarget], policy: NetworkPolicy,
+              argv: Sequence[str] = ("true",), workers: int = 8) -> dict[str, str]:
+    """Connect to every target (in parallel), verify its host key, log in and run argv.
+
+    Returns name → one-line reason for each target that failed, empty when all passed.
+    """
+    def probe(item: tuple[str, SshTarget]) -> tuple[str, str | None]:
+        name, target = item
+        try:
+            with SshRunner(target, policy) as runner:
+                runner.run(argv, timeout=max(target.connect_timeout_s, 10.0))
+        except (OrchestratorError, paramiko.SSHException, OSError, EOFError) as exc:
+            return name, " ".join(str(exc).split()) or type(exc).__name__
+        return name, None
+
+    if not targets:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(targets)))) as pool:
+        results = list(pool.map(probe, sorted(targets.items())))
+    return {name: reason for name, reason in results if reason is not None}

@@ -3,14 +3,20 @@ named by host and task, inventory checks. No Ansible run here (see the lab tier)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orchestrator.deploy import (
     check_groups,
     failure_of,
+    known_hosts_file,
     network_hosts,
+    play_hosts,
     progress_line,
     required_groups,
+    ssh_target,
+    ssh_targets,
     summarize,
 )
 from orchestrator.errors import UserError
@@ -106,3 +112,41 @@ def test_missing_or_empty_group_is_refused_by_name():
 
 def test_network_hosts_skip_local_connections():
     assert network_hosts(INVENTORY) == {"fog1": "10.79.0.11"}
+
+
+def test_play_hosts_follow_the_playbooks_plays_and_the_limit():
+    inventory = {"all": {"children": ["fog_nodes", "cloud", "orchestrator"]},
+                 "fog_nodes": {"hosts": ["fog1", "fog2"]}, "cloud": {"hosts": ["c1"]},
+                 "orchestrator": {"hosts": ["localhost"]}, "monitoring": {"hosts": ["fog1"]}}
+    assert play_hosts(inventory, "fog_node") == ["fog1", "fog2", "c1"]
+    assert play_hosts(inventory, "site") == ["fog1", "fog2", "c1", "localhost"]
+    assert play_hosts(inventory, "monitoring") == ["fog1"]
+
+
+def test_known_hosts_file_from_ansible_ssh_args():
+    assert known_hosts_file("-o UserKnownHostsFile=/k/h -o StrictHostKeyChecking=yes") == "/k/h"
+    assert known_hosts_file("-oUserKnownHostsFile=/a -C") == "/a"
+    assert known_hosts_file("-o 'UserKnownHostsFile /b /c'") == "/b"
+    assert known_hosts_file("-o StrictHostKeyChecking=yes") is None
+    assert known_hosts_file("") is None
+
+
+def test_ssh_target_is_what_ansible_would_use(tmp_path):
+    hv = {"ansible_host": "10.79.0.11", "ansible_user": "root", "ansible_port": "2222",
+          "ansible_ssh_private_key_file": "/lab/id_ed25519",
+          "ansible_ssh_common_args": "-o UserKnownHostsFile=/lab/known_hosts "
+                                     "-o StrictHostKeyChecking=yes"}
+    target = ssh_target("fog1", hv, trust_on_first_use=True)
+    assert (target.host, target.user, target.port) == ("10.79.0.11", "root", 2222)
+    assert target.key_file == Path("/lab/id_ed25519")
+    assert target.known_hosts == Path("/lab/known_hosts") and target.trust_on_first_use
+    bare = ssh_target("h", {}, default_user="ops")
+    assert (bare.host, bare.user, bare.port, bare.key_file) == ("h", "ops", 22, None)
+    assert bare.known_hosts == Path("~/.ssh/known_hosts").expanduser()
+    assert not bare.trust_on_first_use
+
+
+def test_ssh_targets_skip_hosts_not_reached_over_ssh():
+    inventory = {"_meta": {"hostvars": {"localhost": {"ansible_connection": "local"},
+                                        "fog1": {"ansible_host": "10.0.0.1"}}}}
+    assert list(ssh_targets(inventory, ["localhost", "fog1"])) == ["fog1"]

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import UnsafeDestination, UserError
+from orchestrator.cli import main
+from orchestrator.deploy import DeploySummary
+from orchestrator.errors import ExitStatus, UnsafeDestination, UserError
 from orchestrator.lab.sshd import known_hosts_line, sshd_config
 from orchestrator.netguard import NetworkPolicy
-from orchestrator.ssh import SshRunner, SshTarget, remote_command
+from orchestrator.ssh import SshRunner, SshTarget, preflight, remote_command
 
 
 def test_argv_is_quoted_for_the_remote_shell():
@@ -55,7 +57,9 @@ def sshd(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = sshd_config("127.0.0.1", d / "host", d / "sshd.pid", d / "authorized_keys")
-    (d / "sshd_config").write_text(config.replace("Port 22", f"Port {port}"))
+    # a second loopback address: two "hosts" for the parallel trust-on-first-use test
+    (d / "sshd_config").write_text(config.replace("Port 22", f"Port {port}")
+                                   + "ListenAddress 127.0.0.2\n")
     Path("/run/sshd").mkdir(exist_ok=True)
     proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(d / "sshd_config"),
                              "-E", str(d / "log")])
@@ -110,3 +114,84 @@ def test_a_changed_host_key_is_refused(sshd, tmp_path):
         (tmp_path / "o.pub").read_text().split()[:2]) + "\n")
     with pytest.raises(UserError, match="does not match"):
         SshRunner(target(sshd, wrong), NetworkPolicy()).run(["true"])
+
+
+def test_preflight_names_each_failing_host_and_tofu_keeps_every_key(sshd, tmp_path):
+    d, port, known = sshd
+    empty = tmp_path / "known_hosts"
+    empty.write_text("# kept\n")
+    targets = {"good": target(sshd, known), "stranger": target(sshd, empty)}
+    failed = preflight(targets, NetworkPolicy())
+    assert list(failed) == ["stranger"] and "unknown host key" in failed["stranger"]
+    # two hosts trusted on first use at once (same file): both keys appended, nothing lost
+    other = SshTarget("127.0.0.2", empty, port=port, key_file=d / "client",
+                      trust_on_first_use=True)
+    assert preflight({"a": target(sshd, empty, tofu=True), "b": other}, NetworkPolicy()) == {}
+    lines = empty.read_text().splitlines()
+    assert lines[0] == "# kept" and {line.split()[0] for line in lines[1:]} == {
+        f"[127.0.0.1]:{port}", f"[127.0.0.2]:{port}"}
+
+
+def test_preflight_tofu_writes_the_key_once_then_is_strict(sshd, tmp_path):
+    fresh = tmp_path / "sub" / "known_hosts"  # does not exist yet
+    assert preflight({"h": target(sshd, fresh, tofu=True)}, NetworkPolicy()) == {}
+    assert preflight({"h": target(sshd, fresh)}, NetworkPolicy()) == {}
+    assert len(fresh.read_text().splitlines()) == 1
+
+
+def inventory_for(sshd, known: Path, path: Path) -> Path:
+    d, port, _ = sshd
+    path.write_text(
+        "[fog_nodes]\n"
+        f"loop ansible_host=127.0.0.1 ansible_port={port} ansible_user=root "
+        f"ansible_ssh_private_key_file={d / 'client'} "
+        f"ansible_ssh_common_args='-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes'\n"
+        "[orchestrator]\nlocalhost ansible_connection=local\n"
+        "[monitoring]\nlocalhost ansible_connection=local\n")
+    return path
+
+
+def test_host_run_over_the_inventory(sshd, tmp_path, capsys):
+    inventory = inventory_for(sshd, sshd[2], tmp_path / "inv.ini")
+    state = ["--state-dir", str(tmp_path / "state")]
+    assert main([*state, "host", "run", "--inventory", str(inventory), "loop", "--",
+                 "sh", "-c", 'echo "$1"; echo err >&2', "-", "a b;c"]) == ExitStatus.SUCCESS
+    out = capsys.readouterr()
+    assert out.out == "a b;c\n" and out.err == "err\n"
+    assert main([*state, "host", "run", "--inventory", str(inventory), "loop", "--",
+                 "sh", "-c", "exit 4"]) == ExitStatus.ERROR
+    assert "loop: sh -c exit 4: exit status 4" in capsys.readouterr().err
+    assert main([*state, "host", "run", "--inventory", str(inventory), "nowhere", "--",
+                 "true"]) == ExitStatus.BAD_INPUT
+
+
+def test_host_run_refuses_an_unknown_key_unless_trusted_on_first_use(sshd, tmp_path, capsys):
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    inventory = inventory_for(sshd, known, tmp_path / "inv.ini")
+    args = ["--state-dir", str(tmp_path / "state"), "host", "run", "--inventory",
+            str(inventory)]
+    assert main([*args, "loop", "--", "true"]) == ExitStatus.BAD_INPUT
+    assert "loop: 127.0.0.1: unknown host key" in capsys.readouterr().err
+    assert main([*args, "--trust-on-first-use", "loop", "--", "true"]) == ExitStatus.SUCCESS
+    assert "ssh-ed25519" in known.read_text()
+    assert main([*args, "loop", "--", "true"]) == ExitStatus.SUCCESS
+
+
+def test_deploy_preflight_refuses_before_ansible_runs(sshd, tmp_path, capsys, monkeypatch):
+    ran = []
+    monkeypatch.setattr("orchestrator.commands.deploy.run_playbook",
+                        lambda *a: ran.append(a) or (DeploySummary(), "successful"))
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    inventory = inventory_for(sshd, known, tmp_path / "inv.ini")
+    args = ["--state-dir", str(tmp_path / "state"), "deploy", "--inventory", str(inventory),
+            "--playbook", "fog_node"]
+    assert main(args) == ExitStatus.BAD_INPUT
+    err = capsys.readouterr().err
+    assert "ssh preflight failed, nothing applied: loop: 127.0.0.1: unknown host key" in err
+    assert len(err.strip().splitlines()) == 1 and not ran
+    assert main([*args, "--trust-on-first-use"]) == ExitStatus.SUCCESS and len(ran) == 1
+    assert "SSH preflight: 1 host(s) ok" in capsys.readouterr().out
+    assert main(args) == ExitStatus.SUCCESS and len(ran) == 2  # strict now, key known
+    assert main([*args, "--limit", "localhost"]) == ExitStatus.SUCCESS  # nothing over SSH
