@@ -150,3 +150,48 @@ def test_ssh_targets_skip_hosts_not_reached_over_ssh():
     inventory = {"_meta": {"hostvars": {"localhost": {"ansible_connection": "local"},
                                         "fog1": {"ansible_host": "10.0.0.1"}}}}
     assert list(ssh_targets(inventory, ["localhost", "fog1"])) == ["fog1"]
+
+
+def test_the_exporter_service_listens_where_prometheus_scrapes():
+    """Real hosts: the orchestrator role's unit runs `metrics serve` on ansible_host and the
+    port the monitoring role's scrape target uses; the lab keeps its own exporter."""
+    import jinja2
+    import yaml
+
+    from orchestrator.commands.metrics import parse_listen
+    from orchestrator.deploy import ANSIBLE_DIR
+
+    roles = ANSIBLE_DIR / "roles"
+    orch = yaml.safe_load((roles / "orchestrator/defaults/main.yml").read_text())
+    mon = yaml.safe_load((roles / "monitoring/defaults/main.yml").read_text())
+    assert orch["orchestrator_metrics_port"] == mon["orchestrator_metrics_port"]
+    assert "ansible_host" in orch["orchestrator_metrics_address"]
+    assert "orchestrator_metrics_address" in mon["orchestrator_metrics_target"]
+    assert orch["orchestrator_metrics_service"].startswith("{{ 'none' if edgeiot_lab_mode")
+    unit = jinja2.Template(
+        (roles / "orchestrator/templates/edgeiot-orchestrator-metrics.service.j2").read_text()
+    ).render(ansible_managed="managed", orchestrator_bin="/opt/edgeiot/venv/bin/orchestrator",
+             orchestrator_state_dir="/var/lib/edgeiot", orchestrator_metrics_address="10.0.0.5",
+             orchestrator_metrics_port=9177)
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    argv = exec_start.removeprefix("ExecStart=").split()
+    assert argv[:3] == ["/opt/edgeiot/venv/bin/orchestrator", "--state-dir", "/var/lib/edgeiot"]
+    assert argv[3:6] == ["metrics", "serve", "--listen"]
+    assert parse_listen(argv[6]) == ("10.0.0.5", 9177)
+    tasks = yaml.safe_load((roles / "orchestrator/tasks/main.yml").read_text())
+    service = [t for t in tasks if "edgeiot-orchestrator-metrics" in str(t)]
+    assert len(service) == 2
+    assert all("orchestrator_metrics_service == 'systemd'" in t["when"] for t in service)
+
+
+def test_playbooks_pass_ansible_syntax_check():
+    import subprocess
+    import sys
+
+    from orchestrator.deploy import ANSIBLE_DIR
+
+    inventory = ANSIBLE_DIR.parent / "inventory.example.ini"
+    done = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"),
+                           "--syntax-check", "-i", str(inventory), str(ANSIBLE_DIR / "site.yml")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
