@@ -157,6 +157,14 @@ def render_summary(summary: dict[str, Any]) -> None:
     print_table(f"held-out accuracy ({summary['held_out']} of {summary['migrations']} "
                 f"migrations)", ["quantity", "n", "MAPE %", "p90 %", "naive MAPE %",
                                  "naive p90 %"], rows)
+    cv = summary["cross_validated"]
+    console.print(f"cross-validated ({cv['folds']} folds, every migration held out once): "
+                  f"total time MAPE {_fmt(cv['total_time']['mape_pct'])} %, p90 "
+                  f"{_fmt(cv['total_time']['p90_pct'])} %; bytes "
+                  f"{_fmt(cv['transferred_bytes']['mape_pct'])} %; non-convergence "
+                  f"{cv['non_convergence']['predicted']} of {cv['non_convergence']['measured']}"
+                  f" predicted, {cv['non_convergence']['verdicts_right']} of "
+                  f"{cv['non_convergence']['n']} verdicts right")
     conv = summary["non_convergence_all"]
     console.print(f"non-convergence: {conv['non_converged_predicted']} of "
                   f"{conv['non_converged']} predicted; {conv['correct']} of {conv['n']} "
