@@ -38,7 +38,7 @@ from orchestrator.lab.topology import LabSpec
 from orchestrator.model.calibration import calibrate
 from orchestrator.store import open_store
 
-PREFIX, SUBNET = "bcal", "10.67.0.0/16"
+PREFIX, SUBNET = "bcal", "10.81.0.0/16"  # NOTE: no lab test uses 10.81
 
 
 def progress(done: int, total: int, result: PointResult) -> None:
