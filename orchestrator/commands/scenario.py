@@ -103,7 +103,8 @@ def replay(state: Path, trace: sc.Trace, policies: list[str],
         namespaces = {n: session.fleet.nodes[n].facts["namespace"] for n in nodes}
         hooks = sc.LabHooks(core_bytes=lab.core_counters, enter=lab.enter_argv,
                             netns=lambda n: f"/run/netns/{namespaces[n]}",
-                            subnet=record["spec"]["subnet"], bridge="br-vm")
+                            subnet=record["spec"]["subnet"], bridge="br-vm",
+                            core_classes=lab.core_classes)
         recorded = {b["bs_id"]: b["node"] for b in records.base_stations()}
         bs_map = sc.default_bs_map({b for row in trace.bs for b in row}, nodes, recorded)
         runner = sc.Replay(session, records, state, hooks, trace, bs_map, cfg, calibration)

@@ -240,6 +240,13 @@ def simulate(places: np.ndarray, n_nodes: int, cfg: ReplayConfig, t_mig_s: float
     return out
 
 
+def counter_deltas(after: Mapping[str, Mapping[str, int]],
+                   before: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """Per-key counter deltas ({node or class: {field: n}}) of what both snapshots hold."""
+    return {k: {f: int(v) - int(before[k].get(f, 0)) for f, v in fields.items()}
+            for k, fields in after.items() if k in before}
+
+
 def core_total(counters: dict[str, dict[str, int]]) -> int:
     """Bytes that entered the core (each crossing counted once, at its sender)."""
     return sum(c["to_core"] for c in counters.values())
@@ -375,6 +382,8 @@ class LabHooks:
     netns: Callable[[str], str]
     subnet: str
     bridge: str
+    # The SDN core's per-class counters ({class: {bytes, packets}}); None: no such core.
+    core_classes: Callable[[], dict[str, dict[str, int]] | None] | None = None
 
 
 @dataclass
@@ -443,7 +452,7 @@ class Replay:
         addresses = self._create_vms(replicas, policy)
         world.start({u: self.home(u) for u in self.trace.users})
         first_event = max((e["id"] for e in self.store.events("decision")), default=0)
-        before_nodes = self.lab.core_bytes()
+        before_nodes, before_classes = self.lab.core_bytes(), self._core_classes()
         t0 = self.clock()
         timeline: dict[str, list[tuple[float, int]]] = {n: [] for n in self.nodes}
         self._timeline_place(timeline, ctl, 0.0)
@@ -455,15 +464,25 @@ class Replay:
             outcomes = applier.wait()
         finally:  # nothing may still run when the VMs are cleaned up
             applier.close(cancel=True)
-        after_nodes = self.lab.core_bytes()
+        after_nodes, after_classes = self.lab.core_bytes(), self._core_classes()
         devices = world.finish()
         summary = self._summary(policy, core_total(after_nodes) - core_total(before_nodes),
                                 wall, outcomes, rows, first_event, timeline)
         summary["devices"], summary["records"] = devices, device_summary(devices)
-        summary["core_bytes_by_node"] = {
-            n: {k: after_nodes[n][k] - before_nodes[n][k] for k in after_nodes[n]}
-            for n in after_nodes if n in before_nodes}
+        summary["core_bytes_by_node"] = counter_deltas(after_nodes, before_nodes)
+        if before_classes is not None and after_classes is not None:
+            # the paper's metric per class: raw streams, metadata, migration, control
+            summary["core_bytes_by_class"] = counter_deltas(after_classes, before_classes)
         return summary
+
+    def _core_classes(self) -> dict[str, dict[str, int]] | None:
+        """The core's per-class counters now, None without an SDN core (or its controller)."""
+        if self.lab.core_classes is None:
+            return None
+        try:
+            return self.lab.core_classes()
+        except OrchestratorError:
+            return None
 
     def _play(self, plane: ControlPlane, streams: Streams, world: DeviceWorld,
               addresses: dict[str, str], t0: float,

@@ -209,6 +209,15 @@ class Lab:
                 return dict(stats["links"])
         return self.network.core_link_bytes()
 
+    def core_classes(self) -> dict[str, dict[str, int]] | None:
+        """Core bytes and packets per traffic class (raw, metadata, migration, control,
+        other) from the SDN controller's flow stats; None on the Linux-bridge core or while
+        the controller has no switch."""
+        if not isinstance(self.network, SdnNetwork):
+            return None
+        stats = self.network.core_stats()
+        return dict(stats["classes"]) if stats.get("connected") else None
+
     def _entry(self, record: dict[str, Any], node: str) -> dict[str, Any]:
         entry = next((e for e in record["nodes"] if e["name"] == node), None)
         if entry is None:

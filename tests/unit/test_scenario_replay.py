@@ -301,3 +301,27 @@ def test_decision_table_leaves_first_sightings_out() -> None:
     assert decision_rows(policies) == [
         ("dynamic", 1, "u0", "decompose", "fog3", "1.77", "2.83", "decomposed"),
         ("dynamic", 9, "u0", "compose", "fog1", "", "", "composed")]
+
+
+def test_core_counter_deltas_per_node_and_per_class(tmp_path: Path) -> None:
+    before = {"raw": {"bytes": 100, "packets": 2}, "migration": {"bytes": 0, "packets": 0}}
+    after = {"raw": {"bytes": 250, "packets": 5}, "migration": {"bytes": 9000, "packets": 7},
+             "new": {"bytes": 1, "packets": 1}}
+    assert sc.counter_deltas(after, before) == {"raw": {"bytes": 150, "packets": 3},
+                                                "migration": {"bytes": 9000, "packets": 7}}
+
+    def hooks(core_classes: Any) -> sc.LabHooks:
+        return sc.LabHooks(core_bytes=dict, enter=lambda n: [], netns=str, subnet="10.9.0.0/16",
+                           bridge="br-vm", core_classes=core_classes)
+
+    def replay(lab: sc.LabHooks) -> sc.Replay:
+        trace = sc.parse_small_trace(["0,0,0"])
+        return sc.Replay(None, None, tmp_path, lab, trace, {}, sc.ReplayConfig())  # type: ignore[arg-type]
+
+    def down() -> None:
+        raise OrchestratorError("the controller does not answer")
+
+    assert replay(hooks(None))._core_classes() is None  # the Linux-bridge core
+    assert replay(hooks(lambda: None))._core_classes() is None  # controller without a switch
+    assert replay(hooks(down))._core_classes() is None
+    assert replay(hooks(lambda: after))._core_classes() == after
