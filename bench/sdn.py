@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.edge.migrate import metered_bandwidth_mib_s
 from orchestrator.fleet import lab_fleet
 from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.lab.controller.moves import GapProbe
@@ -67,10 +68,11 @@ MIGRATE_CAP: list[str] = []  # `orchestrator migrate` options capping the rate (
 
 
 def cap_options(migration_mbit: float | None) -> list[str]:
-    """--bandwidth (whole MiB/s) at 95 % of the meter's rate, so the meter only guards."""
+    """--bandwidth (whole MiB/s) just under the meter, as `migrate` defaults to on the SDN
+    core, given explicitly so the bridge core's migrations run at the same cap."""
     if not migration_mbit:
         return []
-    return ["--bandwidth", str(max(1, int(migration_mbit * 1e6 / 8 / 2**20 * 0.95)))]
+    return ["--bandwidth", str(metered_bandwidth_mib_s(migration_mbit))]
 
 
 def orchestrator(*args: str) -> Any:
