@@ -102,8 +102,9 @@ class FleetApplier:
     def _migrate(self, action: Action) -> dict[str, Any]:
         from orchestrator.edge.migrate import MigrationService
         assert action.destination is not None
-        # NOTE: uncapped on purpose: a bandwidth-capped multi-round pre-copy of a guest that
-        # dirties memory can corrupt the guest under TCG on this QEMU (LAB-NOTES).
+        # No --bandwidth: on a metered SDN core the migration caps itself just under the
+        # meter (r_mig), elsewhere it runs at line rate. Capped multi-round pre-copy under
+        # TCG is safe since guests boot with pti=on (docs/tcg-migration-corruption.md).
         result = MigrationService(self.session, self.store, self.state_dir).migrate(
             MigrationRequest(vm=action.proxy, destination=action.destination))
         return {"status": result["status"], "migration_id": result["id"],
