@@ -310,6 +310,11 @@ def run_playbook(request: DeployRequest, private_dir: Path,
     env = tool_env()
     os.environ["PATH"] = env["PATH"]  # NOTE: ansible-runner looks up ansible-playbook here
     private_dir.mkdir(parents=True, exist_ok=True)
+    # NOTE: ansible-runner saves the cmdline it is given to env/cmdline and *reads that file
+    # back* on any later run given none: after one `--check`, every later deploy would run
+    # in check mode and report success having applied nothing. No stale run options, then.
+    for stale in ("cmdline", "extravars", "envvars"):
+        (private_dir / "env" / stale).unlink(missing_ok=True)
     events: list[Event] = []
 
     def handler(event: Event) -> bool:

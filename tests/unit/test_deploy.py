@@ -195,3 +195,27 @@ def test_playbooks_pass_ansible_syntax_check():
                            "--syntax-check", "-i", str(inventory), str(ANSIBLE_DIR / "site.yml")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_check_run_does_not_leave_later_runs_in_check_mode(tmp_path, monkeypatch):
+    """ansible-runner reads env/cmdline back when a run gives none: a real run after a
+    `--check` run must still apply (real ansible-runner, a local-only playbook)."""
+    import orchestrator.deploy as deploy
+
+    target = tmp_path / "applied.txt"
+    books = tmp_path / "ansible"
+    books.mkdir()
+    (books / "site.yml").write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        f"    - ansible.builtin.copy: {{content: applied, dest: {target}}}\n")
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text("localhost ansible_connection=local\n")
+    monkeypatch.setattr(deploy, "ANSIBLE_DIR", books)
+    private = tmp_path / "private"
+    checked, status = deploy.run_playbook(
+        deploy.DeployRequest(str(inventory), check=True), private, lambda e: None)
+    assert status == "successful" and checked.changed == 1 and not target.exists()
+    applied, status = deploy.run_playbook(
+        deploy.DeployRequest(str(inventory)), private, lambda e: None)
+    assert status == "successful" and applied.changed == 1
+    assert target.read_text() == "applied"
