@@ -6,7 +6,10 @@ started and the orchestrator exporter; every PromQL expression of the Grafana da
 returns data from it.
 
 The records are seeded (a finished and a running migration, a decision, a VM, energy) so
-every panel has something to show without booting guests on this 2-core machine.
+every panel has something to show at any instant; on top of that one real 128 MiB guest is
+migrated at a low bandwidth cap while Prometheus scrapes every second, and what it saw of
+that migration (dirty rate, bandwidth, running count, completed counter, per-domain series
+on both nodes) is checked over the HTTP API with `max_over_time`.
 """
 
 from __future__ import annotations
@@ -166,6 +169,18 @@ def test_check_mode_streams_progress_and_applies_nothing(lab):
     assert agent_answers("10.79.0.11") and not agent_answers("10.79.0.11", 9101)
 
 
+def ansible_log(lab, lines: int = 80) -> str:
+    """Task, handler and result lines of the newest ansible-runner run (for failure messages)."""
+    runs = sorted((lab["tmp"] / "state" / "deploy" / "artifacts").glob("*/stdout"),
+                  key=lambda f: f.stat().st_mtime)
+    if not runs:
+        return "(no ansible-runner artifacts)"
+    keep = ("TASK", "RUNNING HANDLER", "changed", "ok:", "fatal", "failed", "skipping", "PLAY")
+    text = [line for line in runs[-1].read_text(errors="replace").splitlines()
+            if line.startswith(keep)]
+    return "\n".join(text[-lines:])
+
+
 def test_a_failed_run_names_host_and_task_and_a_rerun_repairs_it(lab):
     """fog1's agent restarted with an interpreter that does not exist: the run fails naming
     fog1 and the task, leaving the agent down; the next run with the right inventory brings
@@ -175,7 +190,7 @@ def test_a_failed_run_names_host_and_task_and_a_rerun_repairs_it(lab):
                              lab["inventory"].read_text(), flags=re.M))
     done = cli(lab["env"], "deploy", "--inventory", str(broken), "--playbook", "fog_node",
                "--limit", "fog1", "--json")
-    assert done.returncode == 1, done.stdout
+    assert done.returncode == 1, f"{done.stdout}\n{ansible_log(lab)}"
     failures = json.loads(done.stdout)["failures"]
     assert [f["host"] for f in failures] == ["fog1"] and failures[0]["task"] not in ("", "-")
     assert f"fog1: task '{failures[0]['task']}' failed" in done.stderr
@@ -198,17 +213,65 @@ def test_missing_group_is_refused(lab):
 
 
 def test_unknown_host_key_and_unreachable_host_are_named(lab):
+    """The SSH preflight (paramiko) refuses before Ansible starts, naming both hosts; with
+    the preflight skipped, Ansible's own host key checking still refuses."""
     bad = lab["tmp"] / "bad-hosts.ini"
     empty = lab["tmp"] / "empty_known_hosts"
     empty.write_text("")
     text = lab["inventory"].read_text().replace(lab["ssh"]["known_hosts"], str(empty))
-    text = text.replace("[cloud]\n", "[cloud]\nghost ansible_host=10.79.0.19\n")
+    # a fog node (so it has the lab's SSH settings) at a lab address where nothing answers
+    text = text.replace("[fog_nodes]\n", "[fog_nodes]\nghost ansible_host=10.79.0.19\n")
     bad.write_text(text)
-    done = cli(lab["env"], "deploy", "--inventory", str(bad), "--playbook", "fog_node",
-               "--limit", "fog1,ghost", "--json")
+    args = ["deploy", "--inventory", str(bad), "--playbook", "fog_node", "--limit", "fog1,ghost"]
+    started = time.monotonic()
+    done = cli(lab["env"], *args, "--json")
+    print(f"preflight refusal in {time.monotonic() - started:.1f} s: {done.stderr.strip()}")
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "ssh preflight failed, nothing applied" in done.stderr
+    assert f"fog1: 10.79.0.11: unknown host key (not in {empty})" in done.stderr
+    assert "ghost: 10.79.0.19: cannot connect over SSH" in done.stderr
+    assert [f["host"] for f in json.loads(done.stdout)["failures"]] == ["fog1", "ghost"]
+    assert empty.read_text() == ""  # nothing trusted without asking
+    done = cli(lab["env"], *args, "--json", "--skip-ssh-preflight")
     assert done.returncode == 1
     assert "fog1: unreachable" in done.stderr and "Host key verification failed" in done.stderr
     assert "ghost: unreachable" in done.stderr
+
+
+def test_trust_on_first_use_writes_the_key_once_then_it_is_verified(lab):
+    """`host run --trust-on-first-use` accepts fog1's unknown key and writes exactly the key
+    the node has; the next run is strict and passes; a deploy preflight then knows fog1 and
+    still refuses fog2 until `deploy --trust-on-first-use`, after which Ansible (OpenSSH,
+    StrictHostKeyChecking=yes) accepts the file paramiko wrote."""
+    tofu = lab["tmp"] / "tofu_known_hosts"
+    tofu.write_text("")
+    inventory = lab["tmp"] / "tofu.ini"
+    inventory.write_text(lab["inventory"].read_text().replace(lab["ssh"]["known_hosts"],
+                                                              str(tofu)))
+    run = ["host", "run", "--inventory", str(inventory)]
+    refused = cli(lab["env"], *run, "fog1", "--", "true")
+    assert refused.returncode == 2 and "fog1: 10.79.0.11: unknown host key" in refused.stderr
+    first = cli(lab["env"], *run, "--trust-on-first-use", "fog1", "--",
+                "ip", "-o", "-4", "addr", "show")
+    assert first.returncode == 0, first.stderr
+    assert "10.79.0.11/" in first.stdout  # ran inside fog1's namespace
+    lab_keys = dict(line.split(" ", 1)
+                    for line in Path(lab["ssh"]["known_hosts"]).read_text().splitlines())
+    assert tofu.read_text() == f"10.79.0.11 {lab_keys['10.79.0.11']}\n"
+    again = cli(lab["env"], *run, "fog1", "--", "cat", "/proc/sys/kernel/hostname")
+    assert again.returncode == 0, again.stderr
+    assert tofu.read_text().count("10.79.0.11") == 1  # verified, not written again
+    deploy_args = ["deploy", "--inventory", str(inventory), "--playbook", "fog_node",
+                   "--limit", "fog_nodes", "--check", "--json"]
+    done = cli(lab["env"], *deploy_args)
+    assert done.returncode == 2 and "fog2: 10.79.0.12: unknown host key" in done.stderr
+    assert "fog1" not in done.stderr
+    done = cli(lab["env"], *deploy_args, "--trust-on-first-use")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ok"]
+    assert sorted(tofu.read_text().splitlines()) == sorted(
+        f"{a} {k}" for a, k in lab_keys.items())
 
 
 def query(base: str, expr: str) -> list:
@@ -218,7 +281,17 @@ def query(base: str, expr: str) -> list:
     return data["data"]["result"]
 
 
-def test_prometheus_scrapes_agents_and_exporter_and_dashboard_has_data(lab, tmp_path):
+def value(base: str, expr: str) -> float | None:
+    """The single value an expression returns now, None when it returns nothing."""
+    result = query(base, expr)
+    assert len(result) <= 1, (expr, result)
+    return float(result[0]["value"][1]) if result else None
+
+
+@pytest.fixture(scope="module")
+def prometheus(lab, tmp_path_factory):
+    """Debian's Prometheus on loopback with the config the playbook wrote (1 s scrapes),
+    once every target (two host agents, the exporter) is up."""
     config = lab["mon"] / "prometheus" / "prometheus.yml"
     if not config.is_file():
         pytest.skip("deploy did not run")
@@ -226,8 +299,9 @@ def test_prometheus_scrapes_agents_and_exporter_and_dashboard_has_data(lab, tmp_
         check_destination(target, Lab(LabSpec(prefix=PREFIX, nodes=NODES, subnet=SUBNET),
                                       lab["tmp"] / "state").policy)
     port = free_port()
+    tsdb = tmp_path_factory.mktemp("tsdb")
     prom = subprocess.Popen(["prometheus", f"--config.file={config}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--storage.tsdb.path={tsdb}",
                              f"--web.listen-address=127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -243,16 +317,85 @@ def test_prometheus_scrapes_agents_and_exporter_and_dashboard_has_data(lab, tmp_
             assert time.monotonic() < deadline, "Prometheus did not scrape all three targets"
             time.sleep(1)
         assert {r["metric"]["job"] for r in up} == {"edgeiot-host", "edgeiot-orchestrator"}
-        libvirt = query(base, "edgeiot_host_libvirt_up")
-        assert {r["metric"]["node"]: r["value"][1] for r in libvirt} == {"fog1": "1",
-                                                                          "fog2": "1"}
-        dashboard = json.loads(DASHBOARD.read_text())
-        exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-        empty = [e for e in exprs if not query(base, e)]
-        assert not empty, f"dashboard expressions without data: {empty}"
+        yield base
     finally:
         prom.terminate()
         prom.wait(15)
+
+
+MIGRATING_VM, CAP_MIB_S = "prom-vm", 5
+
+
+def test_prometheus_sees_a_real_migration(lab, prometheus):
+    """A 128 MiB guest dirtying memory, capped at 5 MiB/s (tens of seconds, 1 s scrapes):
+    Prometheus saw its dirty rate and bandwidth while it ran, one more running migration
+    than the seeded one, the completed counter go up, and the guest's per-domain series
+    from the host agents of both nodes."""
+    from orchestrator.fleet import lab_fleet
+    from orchestrator.fog.guest_agent import GuestAgent
+
+    env, base = lab["env"], prometheus
+    completed = 'edgeiot_migrations_total{status="completed"}'
+    assert value(base, completed) == 1.0  # the seeded migration
+    made = cli(env, "vm", "create", MIGRATING_VM, "--node", "fog1", "--memory", "128",
+               "--json")
+    assert made.returncode == 0, made.stderr
+    try:
+        guest = GuestAgent(json.loads(made.stdout)["address"],
+                           lab_fleet(lab["tmp"] / "state", PREFIX).policy)
+        guest.wait_ready(30)
+        guest.set_dirtier(pages_per_s=250, working_set_mib=16)
+        time.sleep(3)  # a few scrapes of the guest on fog1 before it moves
+        started = time.monotonic()
+        moved = cli(env, "migrate", MIGRATING_VM, "--to", "fog2", "--bandwidth",
+                    str(CAP_MIB_S), "--json")
+        seconds = time.monotonic() - started
+        assert moved.returncode == 0, moved.stderr
+        record = json.loads(moved.stdout)
+        assert record["status"] == "completed" and record["placement"] == ["fog2"]
+        window = f"[{int(seconds) + 60}s]"
+        deadline = time.monotonic() + 15  # the counter's next scrape
+        while value(base, completed) != 2.0:
+            assert time.monotonic() < deadline, "completed migrations never went up"
+            time.sleep(0.5)
+        selector = f'{{vm="{MIGRATING_VM}",source="fog1",destination="fog2"}}'
+        dirty = value(base, "max_over_time(edgeiot_migration_dirty_rate_bytes_per_second"
+                            f"{selector}{window})")
+        bandwidth = value(base, "max_over_time(edgeiot_migration_bandwidth_bytes_per_second"
+                                f"{selector}{window})")
+        samples = value(base, "count_over_time(edgeiot_migration_bandwidth_bytes_per_second"
+                              f"{selector}{window})")
+        running = value(base, f"max_over_time(edgeiot_migrations_running{window})")
+        went_up = value(base, f"max_over_time({completed}{window}) - "
+                              f"min_over_time({completed}{window})")
+        domains = query(base, "count by (node) (max_over_time(edgeiot_domain_memory_bytes"
+                              f'{{domain="{MIGRATING_VM}"}}{window}))')
+        cpu = query(base, f'edgeiot_domain_cpu_seconds_total{{domain="{MIGRATING_VM}"}}')
+        print(f"migration {seconds:.1f} s ({record['total_time_ms']} ms, "
+              f"{record['transferred_bytes']} bytes, {record['iterations']} iterations); "
+              f"Prometheus: {samples} bandwidth samples, max dirty {dirty} B/s, max bandwidth "
+              f"{bandwidth} B/s, max running {running}, completed +{went_up}, domain series "
+              f"on {sorted(r['metric']['node'] for r in domains)}")
+        assert samples is not None and samples >= 3, "fewer than 3 scrapes saw it running"
+        assert dirty is not None and dirty > 0
+        assert bandwidth is not None and bandwidth > 0
+        assert running is not None and running >= 2  # the seeded one and this one
+        assert value(base, "edgeiot_migrations_running") == 1.0  # this one is over
+        assert went_up is not None and went_up >= 1
+        assert {r["metric"]["node"] for r in domains} == {"fog1", "fog2"}
+        assert [r["metric"]["node"] for r in cpu] == ["fog2"]
+    finally:
+        cli(env, "vm", "destroy", MIGRATING_VM)
+
+
+def test_prometheus_scrapes_agents_and_exporter_and_dashboard_has_data(lab, prometheus):
+    base = prometheus
+    libvirt = query(base, "edgeiot_host_libvirt_up")
+    assert {r["metric"]["node"]: r["value"][1] for r in libvirt} == {"fog1": "1", "fog2": "1"}
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    empty = [e for e in exprs if not query(base, e)]
+    assert not empty, f"dashboard expressions without data: {empty}"
 
 
 def tls_fleet_inventory(lab, pki: Path) -> Path:
