@@ -34,7 +34,7 @@ from tests.integration.conftest import lab_fixture
 
 pytestmark = pytest.mark.lab
 
-# NOTE: not 10.67.0.0/16 (bench/calibrate.py's bcal lab uses it)
+# NOTE: not 10.67.0.0/16 (test_decompose_lab uses it)
 PREFIX, SUBNET, RATE_MBIT = "esdn", "10.68.0.0/16", 80
 CAP_MIB_S = 8  # the cap `migrate` derives from the meter (r_mig): 80 Mbit/s = 9.5 MiB/s,
 # frames ~7 % above the payload
