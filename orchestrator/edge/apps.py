@@ -153,7 +153,7 @@ class AppService:
             used[vm.node] = used.get(vm.node, 0) + vm.memory_mib
         return used
 
-    def _place(self, wanted: str, memory_mib: int = APP_MEMORY_MIB) -> tuple[str, bool]:
+    def place(self, wanted: str, memory_mib: int = APP_MEMORY_MIB) -> tuple[str, bool]:
         """The node for a new VM (application or proxy) of `memory_mib`: `wanted`, or the
         cloud when `wanted` lacks room by our accounting or by what the node itself reports
         free."""
@@ -183,7 +183,7 @@ class AppService:
                 raise UserError("a local application needs --node")
             if node == self.cloud_node():
                 raise UserError(f"{node} is the cloud node: deploy remote instead")
-            placed, offloaded = self._place(node)
+            placed, offloaded = self.place(node)
             serves = [vm for vm, n in self._proxies().items() if n == node]
         elif deployment == "remote":
             placed, offloaded = self.cloud_node() or "", False
@@ -214,7 +214,7 @@ class AppService:
         self.store.add_application(name, kind, "addon", granted, params or {})
         try:
             for node in area:
-                placed, offloaded = self._place(node)
+                placed, offloaded = self.place(node)
                 vm = self._start_vm(name, f"ev-{name}-{node}", placed, offloaded)
                 for proxy in [p for p, n in self._proxies().items() if n == node]:
                     self._install_model(name, kind, granted, params or {}, proxy, vm)

@@ -107,7 +107,7 @@ class ProxyService:
     def ensure_placed(self, user: str, node: str,
                       memory_mib: int = PROXY_MEMORY_MIB) -> ProxyPlacement:
         """The user's proxy VM and where it runs. A new one goes where application VMs go
-        (`AppService._place`): `node`, or the cloud node when `node` lacks room, recorded as
+        (`AppService.place`): `node`, or the cloud node when `node` lacks room, recorded as
         an "offload" event. Without a cloud node, `node` it is, and a full node refuses."""
         from orchestrator.edge.apps import AppService  # apps.py imports this module
         apps = AppService(self.session, self.store, self.state_dir)
@@ -116,7 +116,7 @@ class ProxyService:
         existing = self.store.vm(vm)
         placed, offloaded = (existing.node if existing else node), False
         if existing is None and apps.cloud_node() is not None:
-            placed, offloaded = apps._place(node, memory_mib)
+            placed, offloaded = apps.place(node, memory_mib)
         if existing is None:
             VmService(self.session, self.store).create(vm, placed, memory_mib, role="proxy")
             if offloaded:

@@ -51,9 +51,9 @@ def test_placement_offloads_when_the_node_reports_too_little_free_memory(monkeyp
     free = {"fog1": 1024 * 2**20}
     monkeypatch.setattr(apps_module, "free_vm_memory_bytes", lambda _s, node: free[node])
     try:
-        assert service._place("fog1") == ("fog1", False)
+        assert service.place("fog1") == ("fog1", False)
         free["fog1"] = 100 * 2**20  # under the default 1024 MiB, but not free on the node
-        assert service._place("fog1") == ("cloud", True)
+        assert service.place("fog1") == ("cloud", True)
     finally:
         store.close()
 
