@@ -29,7 +29,7 @@ from .buffer import RawBuffer
 from .classify import DATA_TYPES, ClassifyError, classify
 from .codec import MAX_FRAME_BYTES, FrameError, LineSplitter, decode_frame, encode
 from .control import RequestError
-from .handover import SnapshotError, parse_snapshot
+from .handover import COUNTERS, SnapshotError, parse_snapshot
 from .lineserver import Conn, LineServer
 from .metadata import APP_PORT, MetadataSink, SchemaError, check, envelope
 from .models import MODELS, Record
@@ -68,13 +68,12 @@ class DeviceState:
         """Profile and stream progress: what another proxy needs to continue the stream."""
         return {"id": self.dev, "type": self.dtype, "user": self.user, "role": self.role,
                 "group": self.group, "next": self.next, "chain": self.chain,
-                "accepted": self.accepted, "duplicates": self.duplicates,
-                "invalid": self.invalid, "raw_bytes": self.raw_bytes}
+                **{key: getattr(self, key) for key in COUNTERS}}
 
     def restore(self, snap: dict[str, Any]) -> None:
         self.next, self.chain = snap["next"], snap["chain"]
-        self.accepted, self.duplicates = snap["accepted"], snap["duplicates"]
-        self.invalid, self.raw_bytes = snap["invalid"], snap["raw_bytes"]
+        for key in COUNTERS:
+            setattr(self, key, snap[key])
         self.away = False
 
 
