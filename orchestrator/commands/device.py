@@ -86,11 +86,7 @@ def actuate(ctx: click.Context, device_id: str, command_json: str,
     if not isinstance(command_obj, dict):
         raise UserError(f"COMMAND must be a JSON object, got {command_json!r}")
     with store(ctx) as records:
-        device = next((d for d in records.devices() if d["id"] == device_id), None)
-        if device is None:
-            raise UserError(f"unknown device {device_id!r}")
-        if device["role"] != "actuator":
-            raise UserError(f"device {device_id} is a {device['role']}, not an actuator")
+        DeviceRegistry(records).require_actuator(device_id)  # before any connection
         with fleet_session(ctx, inventory) as session:
             result = ProxyService(session, records, app(ctx).state_path).actuate(
                 device_id, command_obj)

@@ -72,7 +72,7 @@ class DeviceRegistry:
             raise UserError(f"invalid group {group!r}: lowercase letters, digits and '-'")
         if self.store.user(user) is None:
             raise UserError(f"unknown user {user!r}: add it with 'orchestrator user add'")
-        if any(d["id"] == device_id for d in self.store.devices()):
+        if self.get(device_id) is not None:
             raise UserError(f"device {device_id} is already registered")
         device = {"id": device_id, "user": user, "type": dtype, "mobility": mobility,
                   "role": role, "bs": bs, "grp": group}
@@ -81,6 +81,18 @@ class DeviceRegistry:
 
     def listing(self, user: str | None = None) -> list[dict[str, Any]]:
         return self.store.devices(user)
+
+    def get(self, device_id: str) -> dict[str, Any] | None:
+        return next((d for d in self.store.devices() if d["id"] == device_id), None)
+
+    def require_actuator(self, device_id: str) -> dict[str, Any]:
+        """The registered actuator `device_id`; UserError for an unknown one or a sensor."""
+        device = self.get(device_id)
+        if device is None:
+            raise UserError(f"unknown device {device_id!r}")
+        if device["role"] != "actuator":
+            raise UserError(f"device {device_id} is a {device['role']}, not an actuator")
+        return device
 
 
 def launch_emulator(enter_argv: list[str], spec: dict[str, Any], spec_path: Path,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.edge.devices import profile
+from orchestrator.edge.devices import DeviceRegistry, profile
 from orchestrator.edge.users import UserRegistry, proxy_name
 from orchestrator.edge.vms import VmService
 from orchestrator.errors import UserError
@@ -114,10 +114,11 @@ class ProxyService:
         record = UserRegistry(self.store).require(user)
         vm = record["proxy_vm"] or proxy_name(user)
         existing = self.store.vm(vm)
-        placed, offloaded = (existing.node if existing else node), False
-        if existing is None and apps.cloud_node() is not None:
-            placed, offloaded = apps.place(node, memory_mib)
-        if existing is None:
+        if existing is not None:
+            placed, offloaded = existing.node, False
+        else:  # without a cloud node, `node` itself refuses when full (VmService says why)
+            placed, offloaded = (apps.place(node, memory_mib) if apps.cloud_node() is not None
+                                 else (node, False))
             VmService(self.session, self.store).create(vm, placed, memory_mib, role="proxy")
             if offloaded:
                 self.store.add_event(OFFLOAD_EVENT, vm, {"user": user, "role": "proxy",
@@ -142,11 +143,7 @@ class ProxyService:
 
     def actuate(self, device_id: str, command: dict[str, Any]) -> dict[str, Any]:
         """Forward a command to an actuator through the proxy VM serving it now."""
-        device = next((d for d in self.store.devices() if d["id"] == device_id), None)
-        if device is None:
-            raise UserError(f"unknown device {device_id!r}")
-        if device["role"] != "actuator":
-            raise UserError(f"device {device_id} is a {device['role']}, not an actuator")
+        device = DeviceRegistry(self.store).require_actuator(device_id)
         vm = self.served_elsewhere().get(device_id) or \
             UserRegistry(self.store).require(device["user"])["proxy_vm"]
         if not vm or self.store.vm(vm) is None:
