@@ -243,23 +243,25 @@ class AppService:
     def copy_models(self, source_vm: str, target_vm: str, target_node: str,
                     types: set[str]) -> list[str]:
         """Install on `target_vm` the models of `source_vm` that read any of `types`."""
-        installed = []
-        for name, sink in models_to_copy(self.store.applications(), source_vm, target_vm,
-                                         target_node, types):
-            app = self.describe(name)
-            self._install_model(name, app["kind"], app["types"], app["params"], target_vm, sink)
-            installed.append(name)
-        return installed
+        applications = self.store.applications()
+        return self._install_on(target_vm, applications, models_to_copy(
+            applications, source_vm, target_vm, target_node, types))
 
     def serve_new_proxy(self, proxy_vm: str, node: str) -> list[str]:
         """Install, on a proxy VM just created on `node`, the models of the applications
         already installed that serve it (see `models_for_new_proxy`)."""
-        installed = []
-        for name, sink in models_for_new_proxy(self.store.applications(), proxy_vm, node):
-            app = self.describe(name)
+        applications = self.store.applications()
+        return self._install_on(proxy_vm, applications,
+                                models_for_new_proxy(applications, proxy_vm, node))
+
+    def _install_on(self, proxy_vm: str, applications: list[dict[str, Any]],
+                    pairs: list[tuple[str, str]]) -> list[str]:
+        """Install each (application, sink VM) model of `pairs` on `proxy_vm`."""
+        by_name = {app["name"]: app for app in applications}
+        for name, sink in pairs:
+            app = by_name[name]
             self._install_model(name, app["kind"], app["types"], app["params"], proxy_vm, sink)
-            installed.append(name)
-        return installed
+        return [name for name, _ in pairs]
 
     def _proxies(self) -> dict[str, str]:
         return ProxyService(self.session, self.store, self.state_dir).running_proxies()
