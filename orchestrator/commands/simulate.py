@@ -274,6 +274,12 @@ def _base(m: ModelOpts, policy: str = "dynamic", r_data_bps: float = 0.0) -> sim
                                energy=m.energy)
 
 
+def _at(m: ModelOpts, memory_mb: float, r_data_mbps: float) -> simulation.Scenario:
+    """The base scenario at one operating point: r_data, and Tmig predicted for M."""
+    return replace(_base(m, r_data_bps=r_data_mbps * simulation.MBIT),
+                   t_mig_s=_predicted_t_mig(memory_mb * MIB, m))
+
+
 def _row(sc: simulation.Scenario, t: simulation.Totals, **extra: Any) -> dict[str, Any]:
     return {**extra, "policy": sc.policy, "r_data_mbps": sc.r_data_bps / simulation.MBIT,
             "t_mig_s": sc.t_mig_s, "replicas": sc.replicas if sc.policy == "replicas" else 0,
@@ -401,10 +407,9 @@ def fig6b(**kw: Any) -> None:
 def run_cmd(memory_mb: float, r_data_mbps: float, policies: str, **kw: Any) -> None:
     """Every policy at one operating point, with the T_BS estimator's accuracy."""
     src, m, out, as_json = _split(kw)
-    t_mig = _predicted_t_mig(memory_mb * MIB, m)
     t_rep = _predicted_t_mig(memory_mb * MIB * m.replica_delta, m)
-    base = replace(_base(m, r_data_bps=r_data_mbps * simulation.MBIT), t_mig_s=t_mig,
-                   replica_t_mig_s=t_rep)
+    base = replace(_at(m, memory_mb, r_data_mbps), replica_t_mig_s=t_rep)
+    t_mig = base.t_mig_s
     scenarios = [replace(base, policy=p) for p in _policies(policies)]
     layout = _layout(src)
     totals, shares, personal = _simulate(src, layout, scenarios, as_json, m.replicas)
@@ -450,8 +455,7 @@ def sweep_replicas(ks: list[float], memory_mb: float, r_data_mbps: float, **kw: 
     """Core traffic vs number of replicas k, for each placement rule."""
     src, m, out, as_json = _split(kw)
     kk = sorted({int(k) for k in ks})
-    base = replace(_base(m, r_data_bps=r_data_mbps * simulation.MBIT),
-                   t_mig_s=_predicted_t_mig(memory_mb * MIB, m),
+    base = replace(_at(m, memory_mb, r_data_mbps),
                    replica_t_mig_s=_predicted_t_mig(memory_mb * MIB * m.replica_delta, m))
     scenarios = simulation.replica_sweep(base, kk)
     totals, _, _ = _simulate(src, _layout(src), scenarios, as_json, max(kk))
@@ -470,8 +474,7 @@ def sweep_epsilon(epsilons_kb: list[float], memory_mb: float, r_data_mbps: float
                   **kw: Any) -> None:
     """Core traffic and migrations vs the fixed overhead ε, dynamic and oracle."""
     src, m, out, as_json = _split(kw)
-    base = replace(_base(m, r_data_bps=r_data_mbps * simulation.MBIT),
-                   t_mig_s=_predicted_t_mig(memory_mb * MIB, m))
+    base = _at(m, memory_mb, r_data_mbps)
     scenarios = simulation.epsilon_sweep(base, [e * 1e3 / 8 for e in epsilons_kb],
                                          ("dynamic", "oracle", "energy"))
     totals, _, _ = _simulate(src, _layout(src), scenarios, as_json, m.replicas)
@@ -491,8 +494,7 @@ def sweep_energy(migration_js: list[float], memory_mb: float, r_data_mbps: float
                  **kw: Any) -> None:
     """Energy per day vs the energy cost of a migration: Eq. 1 vs its energy-aware variant."""
     src, m, out, as_json = _split(kw)
-    base = replace(_base(m, r_data_bps=r_data_mbps * simulation.MBIT),
-                   t_mig_s=_predicted_t_mig(memory_mb * MIB, m))
+    base = _at(m, memory_mb, r_data_mbps)
     scenarios = [replace(base, policy=p, energy=replace(m.energy, host_j_per_migration=j))
                  for p in ("static", "dynamic", "energy", "oracle") for j in migration_js]
     totals, _, _ = _simulate(src, _layout(src), scenarios, as_json, m.replicas)
