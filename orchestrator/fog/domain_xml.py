@@ -14,12 +14,19 @@ from dataclasses import dataclass, field
 from orchestrator.fog.node import validate_name
 
 DOMAIN_TYPES = ("kvm", "qemu")
+ANTI_SPOOF_FILTER = "clean-traffic"  # libvirt's stock nwfilter (libvirt-daemon-config-nwfilter)
 
 
 @dataclass(frozen=True)
 class Nic:
+    """A bridged virtio NIC. With `ip`, the NIC carries libvirt's `clean-traffic` filter
+    bound to that address and the NIC's MAC: the VM can send nothing else (no other source
+    IP or MAC, no ARP for others, no non-IPv4 L2 traffic), so it cannot take another VM's,
+    a device's or a fog node's identity on the lab segment."""
+
     bridge: str
     mac: str
+    ip: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,18 @@ def _os(domain: ET.Element, spec: DomainSpec) -> None:
     _sub(os_el, "cmdline", spec.cmdline)
 
 
+def _filterref(iface: ET.Element, ip: str) -> None:
+    """Anti-spoofing on one interface: `clean-traffic` with the VM's own address.
+
+    NOTE: clean-traffic takes the MAC from the interface itself ($MAC); IP is given, not
+    learnt, so the filter is complete from the first packet. The filter is looked up by
+    name on whichever node defines the domain, so every node's libvirtd needs the nwfilter
+    driver and the stock filters (a migration to a node without them fails at its start).
+    """
+    ref = _sub(iface, "filterref", filter=ANTI_SPOOF_FILTER)
+    _sub(ref, "parameter", name="IP", value=ip)
+
+
 def _devices(domain: ET.Element, spec: DomainSpec) -> None:
     devices = _sub(domain, "devices")
     _sub(devices, "emulator", "/usr/bin/qemu-system-x86_64")
@@ -116,6 +135,8 @@ def _devices(domain: ET.Element, spec: DomainSpec) -> None:
         _sub(iface, "mac", address=nic.mac)
         _sub(iface, "source", bridge=nic.bridge)
         _sub(iface, "model", type="virtio")
+        if nic.ip:
+            _filterref(iface, nic.ip)
     serial = _sub(devices, "serial", type="pty")
     _sub(serial, "log", file=f"/var/log/libvirt/qemu/{spec.name}-console.log", append="on")
     _sub(serial, "target", port="0")

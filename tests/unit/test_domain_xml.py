@@ -1,6 +1,7 @@
 """Domain XML: pinned by golden files, and accepted by libvirt's test driver."""
 
 import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import libvirt
@@ -19,7 +20,7 @@ SPECS = {
         vcpus=1, domain_type="qemu", kernel="/srv/images/vmlinuz",
         initrd="/srv/images/initrd.img",
         cmdline=guest_cmdline("proxy-alice", "10.77.1.2", 16, tcg=True),
-        nics=(Nic("br-vm", "52:54:00:1b:9c:01"),), metadata={"role": "proxy"}),
+        nics=(Nic("br-vm", "52:54:00:1b:9c:01", ip="10.77.1.2"),), metadata={"role": "proxy"}),
     "app-kvm-2nics": DomainSpec(
         name="app-parknet", uuid="9f1d6a2e-3b4c-4d5e-8f70-112233445566", memory_mib=512,
         vcpus=2, domain_type="kvm", kernel="/k", initrd="/i", cmdline="console=ttyS0",
@@ -51,6 +52,18 @@ def test_libvirt_test_driver_accepts_it(key):
         dom.undefine()
     finally:
         conn.close()
+
+
+def test_a_nic_with_an_address_carries_clean_traffic_bound_to_it():
+    root = ET.fromstring(to_xml(SPECS["proxy-tcg"]))
+    (ref,) = root.findall("./devices/interface/filterref")
+    assert ref.get("filter") == "clean-traffic"
+    assert [(p.get("name"), p.get("value")) for p in ref] == [("IP", "10.77.1.2")]
+
+
+def test_a_nic_without_an_address_has_no_filter():
+    root = ET.fromstring(to_xml(SPECS["app-kvm-2nics"]))
+    assert root.findall("./devices/interface/filterref") == []
 
 
 @pytest.mark.parametrize("name", ["Proxy", "a_b", "-lead", "x" * 64, "", "a b", "ä"])
