@@ -1,12 +1,16 @@
 """`orchestrator locate DEVICE --bs BS`: one location update through the control plane.
 
-Also `--serve ADDR:PORT`: the line-JSON endpoint device emulators send updates to
-(loopback or the lab gateway only), running until interrupted.
+Also `--serve ADDR:PORT`: the line-JSON endpoint the SDN controller's relay forwards the
+MME's updates to (loopback or the lab gateway only; every update signed with the lab's relay
+key, see `lab.controller.api.RelayAuth`), running until interrupted. Updates are applied in
+this process's main thread, the one that opened the records.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,6 +26,8 @@ from orchestrator.commands._common import (
 )
 from orchestrator.edge.control import LocationServer, build_control_plane, check_listen_address
 from orchestrator.errors import UserError
+from orchestrator.lab.controller.api import RelayAuth, load_relay_key, relay_key_file
+from orchestrator.lab.state import LabPaths
 from orchestrator.model.controller import POLICIES, ControlParams
 from orchestrator.model.mme import LocationUpdate
 
@@ -63,7 +69,8 @@ def command(ctx: click.Context, device: str | None, bs_id: str | None,
     with fleet_session(ctx, inventory) as session, store(ctx) as records:
         plane = build_control_plane(session, records, app(ctx).state_path, params, calibration)
         if serve:
-            _serve(serve, plane, session.fleet.gateway, session.fleet.nodes)
+            _serve(serve, plane, session.fleet.gateway, session.fleet.nodes,
+                   relay_key_path(app(ctx).state_path, session.fleet.nodes))
             return
         if not device or not bs_id:
             raise UserError("give DEVICE and --bs BS (or --serve ADDR:PORT)")
@@ -76,15 +83,30 @@ def command(ctx: click.Context, device: str | None, bs_id: str | None,
                   a["result"].get("status")) for a in actions])
 
 
-def _serve(spec: str, plane: object, gateway: str | None, nodes: dict[str, object]) -> None:
+def relay_key_path(state_dir: Path, nodes: dict[str, Any]) -> Path:
+    """The key `locate --serve` shares with the relay: the lab's own (its state directory),
+    or, for a real-host inventory, one in the orchestrator's state directory."""
+    labs = {str(n.facts["lab"]) for n in nodes.values() if n.facts.get("lab")}
+    if len(labs) == 1:
+        return relay_key_file(LabPaths(state_dir, labs.pop()).root)
+    return relay_key_file(state_dir)
+
+
+def _serve(spec: str, plane: object, gateway: str | None, nodes: dict[str, Any],
+           key_file: Path) -> None:
     host, _, port = spec.rpartition(":")
-    if not port.isdigit():
+    if not port.isdigit() or not 0 < int(port) < 65536:
         raise UserError(f"--serve wants ADDR:PORT, got {spec!r}")
     gateways = {gateway} if gateway else set()
     gateways |= {str(getattr(n, "facts", {}).get("gateway")) for n in nodes.values()}
     check_listen_address(host, gateways)
-    server = LocationServer((host, int(port)), plane)  # type: ignore[arg-type]
-    click.echo(f"location updates on {host}:{port} (line JSON); Ctrl-C to stop")
+    auth = RelayAuth(load_relay_key(key_file))
+    try:
+        server = LocationServer((host, int(port)), plane, auth)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise UserError(f"cannot listen on {spec}: {exc.strerror}") from None
+    click.echo(f"location updates on {host}:{port} (line JSON signed with {key_file}); "
+               "Ctrl-C to stop")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

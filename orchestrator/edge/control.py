@@ -13,16 +13,17 @@ a decomposition first boots the mobile proxy, a composition destroys the proxy t
 longer needed once it serves nothing. When an action fails, the engine's view of that user
 is re-read from the records (what really runs and serves whom).
 
-Location updates arrive from the CLI (`orchestrator locate`) or from device emulators over
-a tiny line-JSON TCP endpoint (`LocationServer`) that only listens on loopback or on the
-lab's gateway address.
+Location updates arrive from the CLI (`orchestrator locate`) or from the SDN controller's
+relay (the MME's network function) over a line-JSON TCP endpoint (`LocationServer`) that
+only listens on loopback or on the lab's gateway address and accepts only updates signed
+with the lab's relay key.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import socketserver
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -30,10 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.host.bounded import BoundedServer, Limits, LineFraming, Respond
 from orchestrator.edge.proxies import HANDOVER_EVENT, assignments, elsewhere
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.migration import MigrationRequest
 from orchestrator.fog.session import FleetSession
+from orchestrator.lab.controller.api import RelayAuth, check_update
 from orchestrator.model.controller import (
     Action,
     ConstantDwell,
@@ -239,42 +242,91 @@ def check_listen_address(address: str, allowed: set[str]) -> str:
     return address
 
 
-def parse_update(line: bytes, clock: Callable[[], float]) -> LocationUpdate:
-    """One request line: {"device": ID, "bs": BS[, "members": [...], "at": t]}."""
+MAX_UPDATE_LINE = 16384
+LOCATE_LIMITS = Limits(max_connections=32, request_timeout_s=10.0, write_timeout_s=5.0)
+
+
+def update_from(msg: Any, clock: Callable[[], float]) -> LocationUpdate:
+    """A checked update dict ({"device", "bs"[, "members", "at"]}) as the MME takes it."""
     try:
-        msg = json.loads(line)
-        members = tuple(str(m) for m in msg.get("members", ()))
-        return LocationUpdate(str(msg["device"]), str(msg["bs"]),
-                              float(msg.get("at", clock())), members)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        body = check_update(msg)
+    except ValueError as exc:
         raise UserError(f"bad location update: {exc}") from None
+    at = body.get("at")
+    return LocationUpdate(body["device"], body["bs"], float(clock() if at is None else at),
+                          tuple(body.get("members", ())))
 
 
-class LocationServer(socketserver.ThreadingTCPServer):
-    """Line-JSON location updates; one JSON reply line per request."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], plane: ControlPlane) -> None:
-        self.plane = plane
-        super().__init__(address, _Handler)
+def parse_json_line(line: bytes) -> Any:
+    """One strict UTF-8 JSON document (no other encodings, no parser-exhausting nesting)."""
+    try:
+        return json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise UserError("bad location update: not a UTF-8 JSON line") from None
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    server: LocationServer
+def parse_update(line: bytes, clock: Callable[[], float]) -> LocationUpdate:
+    """One unsigned request line: {"device": ID, "bs": BS[, "members": [...], "at": t]}."""
+    return update_from(parse_json_line(line), clock)
 
-    def handle(self) -> None:
-        for line in self.rfile:
-            if not line.strip():
-                continue
+
+class LocationServer:
+    """`locate --serve`: signed line-JSON location updates, one JSON reply line each.
+
+    Only the controller's relay can send updates (each line is a RelayAuth-signed message;
+    anything else gets one error line and the connection is closed). The listener is bounded
+    (`agent.host.bounded`). Every accepted update is applied by the thread that runs
+    `serve_forever()` — the one that opened the store (SQLite connections belong to their
+    thread), and the one place decisions are serialised anyway."""
+
+    def __init__(self, address: tuple[str, int], plane: ControlPlane, auth: RelayAuth,
+                 limits: Limits = LOCATE_LIMITS) -> None:
+        self.plane, self.auth = plane, auth
+        self._work: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._stop = threading.Event()
+        self.listener = BoundedServer(address, LineFraming(MAX_UPDATE_LINE), self._dispatch,
+                                      limits, name="locate-serve")
+        self.server_address = self.listener.server_address
+
+    def _dispatch(self, line: bytes, respond: Respond) -> None:
+        """In the listener's thread: authenticate and check; queue what passes."""
+        if not line.strip():
+            respond(b"", False)
+            return
+        try:
+            update = update_from(self.auth.verify(parse_json_line(line)), self.plane.clock)
+        except (UserError, ValueError) as exc:
+            respond(_reply_line({"ok": False, "error": str(exc)}), True)
+            return
+        self._work.put(lambda: respond(_reply_line(self._apply(update)), False))
+
+    def _apply(self, update: LocationUpdate) -> dict[str, Any]:
+        try:
+            return {"ok": True, "actions": self.plane.handle(update)}
+        except UserError as exc:
+            return {"ok": False, "error": str(exc)}
+
+    def serve_forever(self) -> None:
+        """Listen, and apply updates in this thread until `shutdown()`."""
+        self.listener.start()
+        while not self._stop.is_set():
             try:
-                update = parse_update(line, self.server.plane.clock)
-                reply: dict[str, Any] = {"ok": True,
-                                         "actions": self.server.plane.handle(update)}
-            except UserError as exc:
-                reply = {"ok": False, "error": str(exc)}
-            self.wfile.write(json.dumps(reply, default=str).encode() + b"\n")
+                job = self._work.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            job()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self.listener.shutdown()
+
+    def server_close(self) -> None:
+        self.shutdown()
+        self.listener.server_close()
+
+
+def _reply_line(reply: dict[str, Any]) -> bytes:
+    return json.dumps(reply, default=str).encode() + b"\n"
 
 
 # ----------------------------------------------------------------------------- wiring

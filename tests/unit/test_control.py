@@ -10,6 +10,7 @@ import json
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,7 @@ from orchestrator.edge.control import (
 from orchestrator.edge.handover import check_released, newest, progress
 from orchestrator.edge.proxies import HANDOVER_EVENT, assignments, directory, elsewhere
 from orchestrator.errors import OrchestratorError, UserError
+from orchestrator.lab.controller.api import RelayAuth
 from orchestrator.model.controller import (
     Action,
     ConstantDwell,
@@ -110,24 +112,71 @@ def test_parse_update_and_listen_checks() -> None:
         check_listen_address("nope", set())
 
 
-def test_location_server_round_trip(tmp_path: Path) -> None:
-    cp, _rec, _store = plane(tmp_path)
-    cp.store = None  # the store's connection belongs to this thread
-    server = LocationServer(("127.0.0.1", 0), cp)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with socket.create_connection(server.server_address[:2], timeout=5) as sock:
-            sock.sendall(b'{"device": "hr", "bs": "b1", "at": 1}\n{"device": "x", "bs": "b1"}\n'
-                         b'{"device": "hr", "bs": "b2", "at": 2}\n')
-            lines = sock.makefile("rb")
-            replies = [json.loads(lines.readline()) for _ in range(3)]
-    finally:
-        server.shutdown()
-        server.server_close()
+def signed_lines(auth: RelayAuth, *updates: dict[str, Any]) -> bytes:
+    return b"".join(json.dumps(auth.sign(u)).encode() + b"\n" for u in updates)
+
+
+def test_location_server_round_trip_with_the_real_store(tmp_path: Path) -> None:
+    """The plane's store is a real SQLite connection opened in this thread; the server
+    applies updates in the thread that runs serve_forever() (this one), so the records get
+    every location and decision."""
+    cp, _rec, store = plane(tmp_path)
+    auth = RelayAuth(b"s" * 32)
+    server = LocationServer(("127.0.0.1", 0), cp, RelayAuth(auth.key))
+    replies: list[dict[str, Any]] = []
+
+    def client() -> None:
+        try:
+            with socket.create_connection(server.server_address, timeout=5) as sock:
+                sock.sendall(signed_lines(auth, {"device": "hr", "bs": "b1", "at": 1},
+                                          {"device": "x", "bs": "b1"},
+                                          {"device": "hr", "bs": "b2", "at": 2}))
+                lines = sock.makefile("rb")
+                replies.extend(json.loads(lines.readline()) for _ in range(3))
+        finally:
+            server.shutdown()
+
+    threading.Thread(target=client, daemon=True).start()
+    server.serve_forever()
+    server.server_close()
     assert replies[0]["ok"] and replies[0]["actions"][0]["verdict"] == "place"
     assert not replies[1]["ok"] and "unknown device" in replies[1]["error"]
     assert replies[2]["actions"][0]["verdict"] == "migrate"
+    assert [(loc["device"], loc["bs_id"]) for loc in store.locations()] == [
+        ("hr", "b1"), ("hr", "b2")]
+    assert [e["data"]["verdict"] for e in store.events("decision")] == ["place", "migrate"]
+
+
+def test_location_server_refuses_unsigned_forged_and_replayed_lines(tmp_path: Path) -> None:
+    cp, _rec, store = plane(tmp_path)
+    auth = RelayAuth(b"s" * 32)
+    server = LocationServer(("127.0.0.1", 0), cp, RelayAuth(auth.key))
+    signed = auth.sign({"device": "hr", "bs": "b1", "at": 1})
+    forged = {**auth.sign({"device": "hr", "bs": "b1"}), "update": {"device": "hr",
+                                                                     "bs": "b2"}}
+    attempts = [b'{"device": "hr", "bs": "b1"}\n',  # unsigned
+                json.dumps(RelayAuth(b"o" * 32).sign({"device": "hr", "bs": "b1"})).encode()
+                + b"\n",  # another key
+                json.dumps(forged).encode() + b"\n",
+                json.dumps(signed).encode() + b"\n",  # accepted once...
+                json.dumps(signed).encode() + b"\n"]  # ...and refused as a replay
+    replies: list[dict[str, Any]] = []
+
+    def client() -> None:
+        try:
+            for line in attempts:
+                with socket.create_connection(server.server_address, timeout=5) as sock:
+                    sock.sendall(line)
+                    replies.append(json.loads(sock.makefile("rb").readline()))
+        finally:
+            server.shutdown()
+
+    threading.Thread(target=client, daemon=True).start()
+    server.serve_forever()
+    server.server_close()
+    assert [r["ok"] for r in replies] == [False, False, False, True, False]
+    assert "replayed" in replies[4]["error"] and "bad signature" in replies[2]["error"]
+    assert [loc["bs_id"] for loc in store.locations()] == ["b1"]
 
 
 # --- decomposition and composition: the pure parts ---------------------------------------

@@ -20,6 +20,7 @@ from orchestrator.lab.controller import rules
 from orchestrator.lab.controller.api import (
     ControllerClient,
     LocationRelay,
+    RelayAuth,
     check_endpoint,
     check_update,
     dispatch,
@@ -271,19 +272,20 @@ class FakePlane:
 def mme_server():
     """A real `locate --serve` line-JSON server on loopback with a fake control plane."""
     plane = FakePlane()
-    server = LocationServer(("127.0.0.1", 0), plane)  # type: ignore[arg-type]
+    auth = RelayAuth(b"k" * 32)
+    server = LocationServer(("127.0.0.1", 0), plane, RelayAuth(auth.key))  # type: ignore[arg-type]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield plane, f"127.0.0.1:{server.server_address[1]}"
+        yield plane, f"127.0.0.1:{server.server_address[1]}", auth
     finally:
         server.shutdown()
         server.server_close()
 
 
 def test_controller_api_forwards_updates_to_locate_serve(mme_server):
-    plane, endpoint = mme_server
+    plane, endpoint, auth = mme_server
     controller = FakeController()
-    relay = LocationRelay()
+    relay = LocationRelay(auth=auth)
     controller.locate = relay.locate  # type: ignore[method-assign]
     controller.set_locate_endpoint = relay.set_endpoint  # type: ignore[method-assign]
     api = serve_api(controller, "127.0.0.1", 0)
@@ -386,7 +388,8 @@ def lab_controller(tmp_path, monkeypatch):
 
 def test_cli_location_update_through_the_controller_reaches_the_mme(cli, lab_controller,
                                                                     mme_server):
-    plane, endpoint = mme_server
+    plane, endpoint, auth = mme_server
+    lab_controller.auth = auth
     kept = cli("core", "locate", "d1", "--bs", "b1", "--json")
     assert kept.status == ExitStatus.SUCCESS and kept.json() == {"ok": True, "stored": True}
     assert cli("core", "relay").out.strip().endswith("are only kept")

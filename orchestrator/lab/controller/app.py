@@ -23,6 +23,7 @@ import math
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from os_ken.base import app_manager
@@ -32,7 +33,13 @@ from os_ken.lib.packet import arp, ethernet, packet
 from os_ken.ofproto import ofproto_v1_3
 
 from orchestrator.lab.controller import rules
-from orchestrator.lab.controller.api import LocationRelay, serve_api
+from orchestrator.lab.controller.api import (
+    LocationRelay,
+    RelayAuth,
+    load_relay_key,
+    relay_key_file,
+    serve_api,
+)
 
 CONFIG_ENV = "EDGEIOT_SDN_CONFIG"
 STATS_TIMEOUT_S = 5.0
@@ -48,8 +55,11 @@ class CoreController(app_manager.OSKenApp):  # type: ignore[misc]
         self.nodes: dict[str, dict[str, Any]] = {}  # name -> {port, mac}
         self.moves: dict[str, tuple[str, float]] = {}  # VM MAC -> (node, pin's end)
         gateway = self.config.get("gateway")
+        # <lab root>/ovs/<prefix>-controller.json: the relay key is in <lab root>.
+        key_file = relay_key_file(Path(os.environ[CONFIG_ENV]).resolve().parent.parent)
         self.relay = LocationRelay(self.config.get("locate_endpoint"),
-                                   {str(gateway)} if gateway else set())
+                                   {str(gateway)} if gateway else set(),
+                                   auth=RelayAuth(load_relay_key(key_file)))
         self.locations = self.relay.updates
         self.datapath: Any = None
         self.lock = threading.Lock()
