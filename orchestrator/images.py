@@ -8,10 +8,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.guest.edgeiot_agent import wire
 from orchestrator.errors import OrchestratorError
 
 DEFAULT_IMAGE_DIR = Path(__file__).resolve().parents[1] / "images" / "out"
-AGENT_PORT = 7070
+AGENT_PORT = wire.CONTROL_PORT
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,21 @@ def local_image() -> GuestImage:
 
 
 def guest_cmdline(name: str, address: str | None, prefix_len: int | None,
-                  gateway: str | None = None, role: str = "proxy", tcg: bool = False) -> str:
+                  gateway: str | None = None, role: str = "proxy", tcg: bool = False,
+                  key: str | None = None) -> str:
     """Kernel command line of a VM; the initramfs configures eth0 from it and the agent
-    takes its role (proxy or app) from it."""
+    takes its role (proxy or app) and its control key from it.
+
+    Why the key travels here: the command line is part of the domain definition, which
+    reaches the guest out of band (never over the lab network) and moves with a live
+    migration, so the VM keeps its key wherever it runs.
+    """
     parts = ["console=ttyS0", "quiet", "panic=-1", f"edgeiot.name={name}",
              f"edgeiot.role={role}"]
+    if key is not None:
+        if not wire.is_key(key):  # a space or '=' would smuggle other parameters in
+            raise ValueError("a VM key must be 64 lowercase hex characters")
+        parts.append(f"{wire.KEY_CMDLINE}={key}")
     if tcg:
         # NOTE: QEMU < 9.0 under TCG loses dirty pages written through cached softmmu TLB
         # entries during pre-copy (fixed upstream by 03bfc2188f); a guest with page-table

@@ -8,6 +8,7 @@ the records are both the audit trail and the predictor's calibration data set.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -18,7 +19,7 @@ from typing import Any
 
 from orchestrator.errors import OrchestratorError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
@@ -111,7 +112,27 @@ CREATE TABLE IF NOT EXISTS locations (
     reporter TEXT                       -- cluster head that reported it, if not the device
 );
 CREATE INDEX IF NOT EXISTS locations_device ON locations(device, at);
+-- v4 (issue 13): secret keys, apart from the rows they belong to so that no listing
+-- (SELECT * of vms or devices) can carry one; read one subject at a time.
+CREATE TABLE IF NOT EXISTS vm_keys (
+    vm TEXT PRIMARY KEY,                -- the guest agent's control key (kernel command line)
+    key TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS device_keys (
+    device TEXT PRIMARY KEY,            -- the device's credential for hello on the proxy
+    key TEXT NOT NULL
+);
 """
+
+
+def keep_private(path: Path) -> None:
+    """The records hold keys (v4): the file is the owner's only, from its creation on
+    (SQLite gives its -wal and -shm files the database file's mode)."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+    except OSError:
+        pass  # not ours to change (read-only state, another owner): SQLite says what is wrong
 
 
 @dataclass(frozen=True)
@@ -131,6 +152,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        keep_private(path)
         try:
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         except sqlite3.Error as exc:
@@ -163,11 +185,20 @@ class Store:
 
     # --- VMs -------------------------------------------------------------------------
 
-    def add_vm(self, vm: VmRecord) -> None:
+    def add_vm(self, vm: VmRecord, key: str | None = None) -> None:
+        """Record a VM and, in the same transaction, its control key (if it has one)."""
         with self.transaction() as db:
             db.execute("INSERT INTO vms VALUES (?,?,?,?,?,?,?,?,?)",
                        (vm.name, vm.uuid, vm.node, vm.memory_mib, vm.vcpus, vm.address,
                         vm.mac, vm.role, vm.created_at or time.time()))
+            db.execute("DELETE FROM vm_keys WHERE vm=?", (vm.name,))
+            if key is not None:
+                db.execute("INSERT INTO vm_keys VALUES (?,?)", (vm.name, key))
+
+    def vm_key(self, name: str) -> str | None:
+        """The VM's control key; None for a VM recorded before keys existed."""
+        row = self.db.execute("SELECT key FROM vm_keys WHERE vm=?", (name,)).fetchone()
+        return str(row[0]) if row else None
 
     def vm(self, name: str) -> VmRecord | None:
         row = self.db.execute("SELECT * FROM vms WHERE name=?", (name,)).fetchone()
@@ -181,6 +212,7 @@ class Store:
 
     def remove_vm(self, name: str) -> None:
         self.db.execute("DELETE FROM vms WHERE name=?", (name,))
+        self.db.execute("DELETE FROM vm_keys WHERE vm=?", (name,))  # a reused name gets a new one
 
     def used_addresses(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT address FROM vms WHERE address IS NOT NULL")}
@@ -269,10 +301,29 @@ class Store:
     def set_user_proxy(self, name: str, proxy_vm: str | None) -> None:
         self.db.execute("UPDATE users SET proxy_vm=? WHERE name=?", (proxy_vm, name))
 
-    def add_device(self, device: dict[str, Any]) -> None:
-        self.db.execute("INSERT INTO devices VALUES (?,?,?,?,?,?,?,?)",
-                        (device["id"], device["user"], device["type"], device["mobility"],
-                         device["role"], device.get("bs"), device.get("grp"), time.time()))
+    def add_device(self, device: dict[str, Any], key: str | None = None) -> None:
+        """Record a device and, in the same transaction, its credential (if given)."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO devices VALUES (?,?,?,?,?,?,?,?)",
+                       (device["id"], device["user"], device["type"], device["mobility"],
+                        device["role"], device.get("bs"), device.get("grp"), time.time()))
+            if key is not None:
+                db.execute("INSERT OR REPLACE INTO device_keys VALUES (?,?)",
+                           (device["id"], key))
+
+    def set_device_key(self, device_id: str, key: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO device_keys VALUES (?,?)", (device_id, key))
+
+    def device_keys(self, ids: Iterable[str]) -> dict[str, str]:
+        """device → credential, for those of `ids` that have one."""
+        wanted = sorted(set(ids))
+        out: dict[str, str] = {}
+        for i in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+            chunk = wanted[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update((str(r[0]), str(r[1])) for r in self.db.execute(
+                f"SELECT device, key FROM device_keys WHERE device IN ({marks})", chunk))
+        return out
 
     def devices(self, user: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT * FROM devices" + (" WHERE user=?" if user else "") + " ORDER BY id"

@@ -6,6 +6,11 @@ an event such as finding a missing child) — falling back to the cloud when a f
 lacks capacity, and saying so; (2) installing its semantic model, with the data types it
 is granted, into the proxy VMs it serves, pointed at that application VM. Proxies enforce
 the grants; the orchestrator checks them first so a refused application creates nothing.
+
+Installing a model is also what authorises a proxy to feed an application VM: the proxy
+gets, with the sink's address, the sink key `wire.sink_key(application VM's key,
+application, proxy VM)`, which the application VM derives from its own key to verify the
+proxy's `hello`. Only the proxies the orchestrator installed the model on hold one.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.guest.edgeiot_agent import wire
 from agent.guest.edgeiot_agent.models import MODELS
 from agent.guest.edgeiot_agent.permissions import PermissionDenied, check_grants
 from orchestrator.edge.capacity import MIB, free_vm_memory_bytes
@@ -274,9 +280,15 @@ class AppService:
         self.agent(vm).request("app_configure", app=app, kind=self.store.application(app)["kind"])
         return vm
 
+    def sink(self, app: str, proxy: str, sink_vm: str) -> dict[str, Any]:
+        """Where `proxy` sends `app`'s metadata, and the key that authorises it there."""
+        vms = VmService(self.session, self.store)
+        return {"host": vms.address_of(sink_vm), "port": wire.METADATA_PORT,
+                "key": wire.sink_key(vms.key_of(sink_vm), app, proxy)}
+
     def _install_model(self, app: str, kind: str, granted: list[str], params: dict[str, Any],
                        proxy: str, sink_vm: str) -> None:
-        sink = {"host": VmService(self.session, self.store).address_of(sink_vm), "port": 7072}
+        sink = self.sink(app, proxy, sink_vm)
         try:
             ProxyService(self.session, self.store, self.state_dir).agent(proxy).request(
                 "model_install", app=app, model=KINDS[kind], grants=granted, params=params,
@@ -290,8 +302,7 @@ class AppService:
     # --- using an application -------------------------------------------------------------
 
     def agent(self, vm: str) -> GuestAgent:
-        return GuestAgent(VmService(self.session, self.store).address_of(vm),
-                          self.session.fleet.policy, timeout_s=10.0)
+        return VmService(self.session, self.store).agent(vm, timeout_s=10.0)
 
     def describe(self, name: str) -> dict[str, Any]:
         app = self.store.application(name)

@@ -4,6 +4,11 @@ Why here: the orchestrator is the MME-like registrar. A device is recorded once 
 globally unique: an EPC URN, a 96-bit EPC in hex, or an IPv6 address), belongs to a user,
 and is pushed to that user's proxy VM so the proxy knows its profile (data type, group)
 before the device's first record arrives.
+
+Each device also gets a credential (a key, agent.guest.edgeiot_agent.wire) when it is
+added: recorded apart from the device's row (no listing shows it), given to every proxy
+the device is registered on (`registration`) and to the device itself (the emulator's
+spec, written readable by its owner only), so its `hello` can prove it is that device.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from agent.devices.emulator import DEVICE_KEYS
+from agent.guest.edgeiot_agent import wire
 from agent.guest.edgeiot_agent.classify import DATA_TYPES
 from orchestrator.errors import UserError
 from orchestrator.store import Store
@@ -54,6 +62,11 @@ def profile(device: dict[str, Any]) -> dict[str, Any]:
             "role": device["role"], "group": device.get("grp") or device["user"]}
 
 
+def registration(device: dict[str, Any], key: str) -> dict[str, Any]:
+    """What a proxy is told to serve a device: its profile and its credential."""
+    return {**profile(device), "key": key}
+
+
 class DeviceRegistry:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -76,8 +89,25 @@ class DeviceRegistry:
             raise UserError(f"device {device_id} is already registered")
         device = {"id": device_id, "user": user, "type": dtype, "mobility": mobility,
                   "role": role, "bs": bs, "grp": group}
-        self.store.add_device(device)
+        self.store.add_device(device, wire.new_key())
         return device
+
+    def keys(self, ids: Iterable[str]) -> dict[str, str]:
+        """device → credential for each of `ids`; a device recorded before credentials
+        existed gets one now (the orchestrator hands it to the device and its proxy alike)."""
+        wanted = sorted(set(ids))
+        keys = self.store.device_keys(wanted)
+        for device_id in wanted:
+            if device_id not in keys:
+                keys[device_id] = wire.new_key()
+                self.store.set_device_key(device_id, keys[device_id])
+        return keys
+
+    def registrations(self, devices: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`registration` of each device, with its credential."""
+        devices = list(devices)
+        keys = self.keys(d["id"] for d in devices)
+        return [registration(d, keys[d["id"]]) for d in devices]
 
     def listing(self, user: str | None = None) -> list[dict[str, Any]]:
         return self.store.devices(user)
@@ -95,14 +125,36 @@ class DeviceRegistry:
         return device
 
 
+def spec_device_ids(spec: dict[str, Any]) -> list[str]:
+    """The device IDs an emulator spec's sources emit as."""
+    return [s[k] for s in spec.get("sources", ()) for k in DEVICE_KEYS if k in s]
+
+
+def with_keys(spec: dict[str, Any], store: Store) -> dict[str, Any]:
+    """`spec` with `"keys": {device: credential}` for every device its sources emit as
+    (the emulator proves each device's identity with its own key)."""
+    return {**spec, "keys": DeviceRegistry(store).keys(spec_device_ids(spec))}
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its owner only, from the first byte on (an
+    existing file is tightened before it is rewritten)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(fd, 0o600)
+        out.write(text)
+
+
 def launch_emulator(enter_argv: list[str], spec: dict[str, Any], spec_path: Path,
                     log_path: Path) -> subprocess.Popen[bytes]:
     """Start `python -m agent.devices SPEC` inside a fog node's namespaces.
 
+    The spec file is written mode 0600: it carries the devices' credentials (`keys`).
+
     NOTE: the process lives in the node's network namespace, so the lab's teardown ends it
     (by pid) even if the caller crashes.
     """
-    spec_path.write_text(json.dumps(spec))
+    write_private(spec_path, json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     with log_path.open("ab") as log:
         return subprocess.Popen([*enter_argv, sys.executable, "-m", "agent.devices",

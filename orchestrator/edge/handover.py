@@ -5,8 +5,9 @@ what it accepted), so a device may only ever be accepted by the proxy holding it
 state. A handover (decomposition, composition, reassignment) therefore moves that state,
 never copies it:
 
-1. the target learns the devices' profiles, `held`: it knows them but accepts nothing and
-   answers `moved` (the device retries shortly);
+1. the target learns the devices' profiles and credentials (snapshots carry no keys),
+   `held`: it knows them but accepts nothing and answers `moved` (the device retries
+   shortly);
 2. the target gets the user's models that read the devices' data types;
 3. the directory names the target for these devices (devices still connected to the
    source keep streaming there: nothing reads the directory until a reconnect);
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.edge.apps import AppService
-from orchestrator.edge.devices import profile
+from orchestrator.edge.devices import DeviceRegistry
 from orchestrator.edge.proxies import HANDOVER_EVENT, ProxyService
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.session import FleetSession
@@ -94,7 +95,8 @@ class HandoverService:
         proxies = self.proxies()
         src, dst = proxies.agent(source), proxies.agent(target)
         t0 = self.clock()
-        dst.request("device_register", devices=[profile(known[d]) for d in devs], held=True)
+        dst.request("device_register", held=True,
+                    devices=DeviceRegistry(self.store).registrations(known[d] for d in devs))
         models = AppService(self.session, self.store, self.state_dir).copy_models(
             source, target, target_vm.node, {known[d]["type"] for d in devs})
         proxies.write_directory(pending=dict.fromkeys(devs, target))

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.edge.devices import DeviceRegistry, profile
+from agent.guest.edgeiot_agent import wire
+from orchestrator.edge.devices import DeviceRegistry
 from orchestrator.edge.users import UserRegistry, proxy_name
 from orchestrator.edge.vms import VmService
 from orchestrator.errors import UserError
@@ -26,7 +27,7 @@ from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.fog.session import FleetSession
 from orchestrator.store import Store
 
-STREAM_PORT = 7071
+STREAM_PORT = wire.STREAM_PORT
 PROXY_MEMORY_MIB = 128
 
 
@@ -96,8 +97,7 @@ class ProxyService:
     state_dir: Path
 
     def agent(self, vm: str) -> GuestAgent:
-        return GuestAgent(VmService(self.session, self.store).address_of(vm),
-                          self.session.fleet.policy, timeout_s=10.0)
+        return VmService(self.session, self.store).agent(vm, timeout_s=10.0)
 
     def ensure(self, user: str, node: str, memory_mib: int = PROXY_MEMORY_MIB) -> str:
         """The user's proxy VM, created on `node` if it does not exist yet (or in the cloud
@@ -135,8 +135,9 @@ class ProxyService:
         return [u["name"] for u in self.store.users() if u["proxy_vm"] == vm]
 
     def push_devices(self, vm: str) -> int:
-        """Tell the proxy the profile of every device of every user it serves."""
-        devices = [profile(d) for u in self.users_of(vm) for d in self.store.devices(u)]
+        """Tell the proxy the profile and credential of every device of every user it serves."""
+        devices = DeviceRegistry(self.store).registrations(
+            d for u in self.users_of(vm) for d in self.store.devices(u))
         if devices:
             self.agent(vm).request("device_register", devices=devices)
         return len(devices)

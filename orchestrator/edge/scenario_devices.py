@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.edge.devices import DeviceRegistry, launch_emulator
+from orchestrator.edge.devices import DeviceRegistry, launch_emulator, with_keys
 from orchestrator.edge.proxies import ProxyService, directory_path
 from orchestrator.edge.users import proxy_name
 from orchestrator.errors import OrchestratorError, UserError
@@ -188,9 +188,10 @@ class DeviceWorld:
         for user, devs in self.plan.items():
             node = self.homes[user]
             self._attach(user, node)
-            spec = emulator_spec(devs, self.hz, directory_path(self.state_dir), self.subnet,
-                                 self.bridge, self._path(user, "report.json"),
-                                 self._path(user, "radios.json"))
+            spec = with_keys(emulator_spec(devs, self.hz, directory_path(self.state_dir),
+                                           self.subnet, self.bridge,
+                                           self._path(user, "report.json"),
+                                           self._path(user, "radios.json")), self.store)
             self.procs[user] = launch_emulator(self.enter(node), spec,
                                                self._path(user, "spec.json"),
                                                self._path(user, "emulator.log"))

@@ -2,6 +2,11 @@
 
 The store keeps what the orchestrator decided (address, MAC, role); libvirt is the truth
 about where a VM runs, so listing always asks every node.
+
+Every VM gets its own control key when it is created: recorded (apart from the VM's row,
+so no listing shows it), written on the guest kernel command line of the domain it is
+defined with (out of band, and it migrates with the domain), and used by `agent()` to sign
+every request to the VM's guest agent.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent.guest.edgeiot_agent import wire
 from orchestrator.edge.capacity import require_room
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.domain_xml import Disk, DomainSpec, Nic, to_xml
@@ -64,13 +70,13 @@ class VmService:
         if self.store.vm(name) is not None or self.session.locate(name):
             raise UserError(f"VM {name!r} already exists")
         require_room(self.session, node.name, name, memory_mib * 2**20)
-        record = self._plan(name, node, memory_mib, vcpus, role)
+        record, key = self._plan(name, node, memory_mib, vcpus, role), wire.new_key()
         hv = self.session.hypervisor(node.name)
-        hv.define_and_start(to_xml(replace(self._spec(record, node), disks=disks)))
-        self.store.add_vm(record)
+        hv.define_and_start(to_xml(replace(self._spec(record, node, key), disks=disks)))
+        self.store.add_vm(record, key)
         if wait_s and record.address:
             try:
-                GuestAgent(record.address, self.session.fleet.policy).wait_ready(wait_s)
+                self.agent(name).wait_ready(wait_s)
             except OrchestratorError:
                 self.destroy(name)
                 raise
@@ -85,7 +91,7 @@ class VmService:
                         vcpus=vcpus, address=address, mac=mac_for(vm_uuid, address), role=role,
                         created_at=time.time())
 
-    def _spec(self, record: VmRecord, node: FogNode) -> DomainSpec:
+    def _spec(self, record: VmRecord, node: FogNode, key: str) -> DomainSpec:
         fleet = self.session.fleet
         image = GuestImage(Path(node.image_dir))
         domain_type = self._domain_type(node, image)
@@ -94,7 +100,7 @@ class VmService:
             vcpus=record.vcpus, domain_type=domain_type,
             kernel=str(image.kernel), initrd=str(image.initrd),
             cmdline=guest_cmdline(record.name, record.address, fleet.prefix_len, fleet.gateway,
-                                  record.role, tcg=domain_type == "qemu"),
+                                  record.role, tcg=domain_type == "qemu", key=key),
             nics=(Nic(bridge=node.vm_bridge, mac=record.mac),),
             metadata={"role": record.role},
         )
@@ -145,3 +151,17 @@ class VmService:
         if record is None or not record.address:
             raise UserError(f"VM {name!r} has no known address")
         return record.address
+
+    def key_of(self, name: str) -> str:
+        """The VM's control key; a VM recorded before keys existed has none, and its guest
+        (booted without one) cannot be authenticated: it has to be created again."""
+        key = self.store.vm_key(name)
+        if key is None:
+            raise OrchestratorError(f"VM {name!r} has no control key in the records (created "
+                                    "before authentication): destroy it and create it again")
+        return key
+
+    def agent(self, name: str, timeout_s: float = 3.0) -> GuestAgent:
+        """A client of the VM's guest agent that signs with the VM's key."""
+        address, key = self.address_of(name), self.key_of(name)
+        return GuestAgent(address, self.session.fleet.policy, timeout_s=timeout_s, key=key)

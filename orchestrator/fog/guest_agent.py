@@ -1,6 +1,13 @@
 """Client of the in-guest agent's control port: newline-delimited JSON over TCP.
 
 Every connection is checked by netguard first: a guest address is a lab address.
+
+Authentication (agent.guest.edgeiot_agent.wire): with the VM's key, each request opens a
+connection, asks for a `challenge` nonce and sends the request signed as the first (n = 1)
+on that connection, so a request captured on the lab segment is worthless on any other
+connection and on this one. Only the open ops (`ping`, `challenge`) go unsigned. Without a
+key (`key=None`) requests go unsigned: that only serves guests that predate
+authentication, and a guest that requires it refuses them with a one-line error.
 """
 
 from __future__ import annotations
@@ -10,33 +17,70 @@ import socket
 import time
 from typing import Any
 
+from agent.guest.edgeiot_agent import wire
 from orchestrator.errors import OrchestratorError, UnsafeDestination
-from orchestrator.images import AGENT_PORT
 from orchestrator.netguard import NetworkPolicy, check_destination
+
+MAX_REPLY_BYTES = 64 * 2**20  # a longer line is a broken (or hostile) guest, not an answer
+
+
+class GuestRefused(OrchestratorError):
+    """The agent answered, and said no: waiting longer will not change the answer."""
 
 
 class GuestAgent:
-    def __init__(self, address: str, policy: NetworkPolicy, port: int = AGENT_PORT,
-                 timeout_s: float = 3.0) -> None:
+    def __init__(self, address: str, policy: NetworkPolicy, port: int = wire.CONTROL_PORT,
+                 timeout_s: float = 3.0, key: str | None = None) -> None:
+        if key is not None and not wire.is_key(key):
+            raise OrchestratorError(f"guest agent {address}: malformed VM key in the records")
         self.address = address
         self.policy = policy
         self.port = port
         self.timeout_s = timeout_s
+        self._key = key  # never part of a message, a repr or a log line
+
+    def __repr__(self) -> str:
+        return f"GuestAgent({self.address}:{self.port}, signed={self._key is not None})"
 
     def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """One request on a fresh connection; signed unless `op` is open or there is no key."""
         target = check_destination(self.address, self.policy)
+        request = {"op": op, **args}
         try:
             with socket.create_connection((target, self.port), timeout=self.timeout_s) as sock:
-                sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
-                reply = sock.makefile("rb").readline()
+                lines = sock.makefile("rb")
+                if self._key is not None and op not in wire.OPEN_OPS:
+                    nonce = self._challenge(sock, lines)
+                    request = wire.sign_request(self._key, nonce, 1, request)
+                answer = self._exchange(sock, lines, request)
         except OSError as exc:
             raise OrchestratorError(f"guest agent {self.address}:{self.port}: {exc}") from exc
-        try:
-            answer: dict[str, Any] = json.loads(reply)
-        except ValueError as exc:
-            raise OrchestratorError(f"guest agent {self.address}: bad reply {reply!r}") from exc
         if not answer.get("ok"):
-            raise OrchestratorError(f"guest agent {self.address}: {answer.get('error')}")
+            raise GuestRefused(f"guest agent {self.address}: {answer.get('error')}")
+        return answer
+
+    def _challenge(self, sock: socket.socket, lines: Any) -> str:
+        answer = self._exchange(sock, lines, {"op": wire.OP_CHALLENGE})
+        nonce = answer.get("nonce")
+        if not answer.get("ok") or not isinstance(nonce, str) or not nonce:
+            why = answer.get("error") or "no nonce in the answer"
+            raise GuestRefused(f"guest agent {self.address}: challenge refused: {why}")
+        return nonce
+
+    def _exchange(self, sock: socket.socket, lines: Any,
+                  request: dict[str, Any]) -> dict[str, Any]:
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        reply = lines.readline(MAX_REPLY_BYTES + 1)
+        if not reply.endswith(b"\n"):
+            what = "reply too long" if len(reply) > MAX_REPLY_BYTES else "connection closed"
+            raise OrchestratorError(f"guest agent {self.address}: {what} before an answer")
+        try:
+            answer = json.loads(reply)
+        except ValueError as exc:
+            raise OrchestratorError(
+                f"guest agent {self.address}: bad reply {reply[:200]!r}") from exc
+        if not isinstance(answer, dict):
+            raise OrchestratorError(f"guest agent {self.address}: bad reply {reply[:200]!r}")
         return answer
 
     def status(self) -> dict[str, Any]:
@@ -46,11 +90,13 @@ class GuestAgent:
         return self.request("dirty", pages_per_s=pages_per_s, working_set_mib=working_set_mib)
 
     def wait_ready(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        """The agent's status once it answers; a refusal (a wrong key, say) ends the wait at
+        once, since the agent is up and will refuse again."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 return self.status()
-            except UnsafeDestination:
+            except (UnsafeDestination, GuestRefused):
                 raise
             except OrchestratorError as exc:
                 if time.monotonic() > deadline:
