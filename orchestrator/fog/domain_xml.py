@@ -48,7 +48,9 @@ class DomainSpec:
     domain_type: str  # "kvm" or "qemu" (TCG), from the node's probe
     kernel: str
     initrd: str
-    cmdline: str
+    # The guest kernel command line carries the VM's control key (edgeiot.key=): it is
+    # in the XML (that is how it reaches the guest), never in a repr, log line or trace.
+    cmdline: str = field(repr=False)
     nics: tuple[Nic, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     on_poweroff: str = "destroy"

@@ -19,7 +19,7 @@ SPECS = {
         name="proxy-alice", uuid="2c5a3c1e-7d0b-4f59-9d53-0f5e2a1b9c01", memory_mib=256,
         vcpus=1, domain_type="qemu", kernel="/srv/images/vmlinuz",
         initrd="/srv/images/initrd.img",
-        cmdline=guest_cmdline("proxy-alice", "10.77.1.2", 16, tcg=True),
+        cmdline=guest_cmdline("proxy-alice", "10.77.1.2", 16, tcg=True, key="5a" * 32),
         nics=(Nic("br-vm", "52:54:00:1b:9c:01", ip="10.77.1.2"),), metadata={"role": "proxy"}),
     "app-kvm-2nics": DomainSpec(
         name="app-parknet", uuid="9f1d6a2e-3b4c-4d5e-8f70-112233445566", memory_mib=512,

@@ -424,3 +424,12 @@ def test_the_records_that_hold_keys_are_the_owners_only(tmp_path):
             assert stat.S_IMODE(made.stat().st_mode) == 0o600, made
     finally:
         store.close()
+
+
+def test_a_domain_spec_never_shows_its_key_in_a_repr():
+    from orchestrator.fog.domain_xml import DomainSpec, to_xml
+
+    spec = DomainSpec(name="px-a", uuid="u", memory_mib=128, vcpus=1, domain_type="qemu",
+                      kernel="k", initrd="i", cmdline=guest_cmdline("px-a", None, None, key=KEY))
+    assert KEY not in repr(spec) and KEY not in str(spec)
+    assert f"{wire.KEY_CMDLINE}={KEY}" in to_xml(spec)
