@@ -8,6 +8,7 @@ event. Device emulators run inside the fog nodes' namespaces (teardown ends them
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -17,12 +18,13 @@ import pytest
 
 from agent.devices import world
 from agent.guest.edgeiot_agent.models import MODELS
-from orchestrator.edge.devices import launch_emulator
+from orchestrator.edge.devices import launch_emulator, with_keys
 from orchestrator.edge.proxies import directory_path
 from orchestrator.errors import ExitStatus
 from orchestrator.fleet import lab_fleet
 from orchestrator.lab.builder import Lab
 from orchestrator.netguard import check_destination
+from orchestrator.store import open_store
 from tests.integration.conftest import lab_fixture
 
 pytestmark = pytest.mark.lab
@@ -52,14 +54,21 @@ DEVICES = [  # id, user, type, group, bs, mobility
 D = {i: d[0] for i, d in enumerate(DEVICES)}
 
 
+def keyed(handle, spec: dict) -> dict:
+    """`spec` with its devices' credentials, as the orchestrator issued them."""
+    with contextlib.closing(open_store(handle.state_dir)) as store:
+        return with_keys(spec, store)
+
+
 def run_emulators(handle, specs: list[tuple[str, dict]], tmp: Path,
                   timeout_s: float = 180) -> list[dict]:
     """Run one emulator per (node, spec) inside that node's namespaces; their reports."""
     enter = Lab.recorded(handle.state_dir, PREFIX)
     procs = []
     for n, (node, spec) in enumerate(specs):
-        spec = {"directory": str(directory_path(handle.state_dir)), "lab_subnet": SUBNET,
-                "bridge": "br-vm", "report": str(tmp / f"report-{n}.json"), **spec}
+        spec = keyed(handle, {"directory": str(directory_path(handle.state_dir)),
+                              "lab_subnet": SUBNET, "bridge": "br-vm",
+                              "report": str(tmp / f"report-{n}.json"), **spec})
         procs.append(launch_emulator(enter.enter_argv(node), spec, tmp / f"spec-{n}.json",
                                      tmp / f"emulator-{n}.log"))
     for proc in procs:
@@ -263,8 +272,8 @@ def test_every_record_arrives_exactly_once_across_a_migration(lab, setup, cli):
     enter = Lab.recorded(lab.state_dir, PREFIX)
     spec.update(directory=str(directory_path(lab.state_dir)), lab_subnet=SUBNET,
                 bridge="br-vm", report=str(setup / "migration.json"))
-    proc = launch_emulator(enter.enter_argv("fog1"), spec, setup / "migration-spec.json",
-                           setup / "migration.log")
+    proc = launch_emulator(enter.enter_argv("fog1"), keyed(lab, spec),
+                           setup / "migration-spec.json", setup / "migration.log")
     time.sleep(4)
     moved = cli("migrate", "px-alice", "--to", "fog2", "--json")  # uncapped: see LAB-NOTES
     assert moved.status == ExitStatus.SUCCESS, moved.err

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.edge.devices import launch_emulator
+from orchestrator.edge.devices import launch_emulator, with_keys
 from orchestrator.edge.proxies import directory_path
 from orchestrator.errors import ExitStatus
 from orchestrator.fleet import lab_fleet
@@ -157,6 +157,8 @@ def run(lab, tmp_path_factory):
                 {"kind": "drive", "gps": GPS, "speed": SPEED, "seed": 4, "dwell": 20,
                  "route": [[4010, -7400], [4010, -7399], [4011, -7399]]},
                 {"kind": "heart", "device": HR}]}
+    with contextlib.closing(open_store(lab.state_dir)) as store:
+        spec = with_keys(spec, store)  # each device proves its identity with its own key
     enter = Lab.recorded(lab.state_dir, PREFIX).enter_argv("fog1")
     proc = launch_emulator(enter, spec, tmp / "spec.json", tmp / "emulator.log")
     seen: dict[str, Any] = {}

@@ -22,12 +22,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.edge.devices import launch_emulator
+from orchestrator.edge.devices import launch_emulator, with_keys
 from orchestrator.edge.proxies import directory_path
 from orchestrator.errors import ExitStatus
 from orchestrator.fleet import lab_fleet
 from orchestrator.fog.session import FleetSession
 from orchestrator.lab.builder import Lab
+from orchestrator.store import open_store
 from tests.integration.conftest import lab_fixture
 
 pytestmark = pytest.mark.lab
@@ -111,6 +112,11 @@ def stream(lab, tmp_path_factory) -> Iterator[dict]:
             "directory": str(directory_path(lab.state_dir)), "lab_subnet": SUBNET,
             "bridge": "br-vm", "report": str(tmp / "report.json"),
             "sources": [{"kind": "heart", "device": dev} for dev in DEVICES]}
+    store = open_store(lab.state_dir)
+    try:
+        spec = with_keys(spec, store)  # each device proves its identity with its own key
+    finally:
+        store.close()
     enter = Lab.recorded(lab.state_dir, PREFIX)
     proc = launch_emulator(enter.enter_argv("fog1"), spec, tmp / "spec.json",
                            tmp / "emulator.log")
