@@ -9,6 +9,9 @@ packages=(
   busybox-static cpio gzip binutils kmod iproute2 util-linux procps
   openssh-server openssh-client prometheus
   openvswitch-switch ethtool
+  # the lab's trust boundary: nft for the management guard and device anti-spoofing;
+  # libvirt's nwfilter (clean-traffic on VM NICs) drives ebtables/iptables (-nft variants)
+  nftables iptables libvirt-daemon-config-nwfilter
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -43,7 +43,14 @@ from orchestrator.lab.daemons import (
 )
 from orchestrator.lab.network import LabNetwork
 from orchestrator.lab.sdn import SdnNetwork, stop_core
-from orchestrator.lab.topology import MAX_NODES, VM_BRIDGE, LabSpec, Topology, plan
+from orchestrator.lab.topology import (
+    MAX_NODES,
+    VM_BRIDGE,
+    LabSpec,
+    NodePlan,
+    Topology,
+    plan,
+)
 from orchestrator.netguard import LabNetwork as GuardedSubnet
 from orchestrator.netguard import NetworkPolicy, check_destination
 from orchestrator.runner import LocalRunner, Runner
@@ -118,11 +125,13 @@ class Lab:
 
     def _build(self, record: dict[str, Any]) -> None:
         self.network.create_core()
+        self.network.guard_root()
         for node in self.topology.nodes:
             self.network.create_node(node)
+            self.network.create_devices(node)
+            self.network.guard_node(node)  # before any daemon of the node listens
             self.network.shape(node, node.rate_mbit, node.delay_ms)
-            record["nodes"].append({"name": node.name, "namespace": node.namespace,
-                                    "address": node.address, "kind": node.kind})
+            record["nodes"].append(self._node_entry(node))
             state.save(self.paths, record)
         first: FogNode | None = None
         for entry, node in zip(record["nodes"], self.topology.nodes, strict=True):
@@ -142,6 +151,15 @@ class Lab:
         for fog in nodes:
             wait_until_reachable(fog, self.policy)
         record["domain_type"] = self._domain_type(nodes[0])
+
+    @staticmethod
+    def _node_entry(node: NodePlan) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": node.name, "namespace": node.namespace,
+                                 "address": node.address, "kind": node.kind}
+        if node.devices is not None:
+            entry["devices_namespace"] = node.devices.namespace
+            entry["devices_address"] = node.devices.address
+        return entry
 
     def _domain_type(self, first: FogNode) -> str:
         """Probe once per host boot: every lab node shares this machine's hypervisor."""
@@ -171,7 +189,9 @@ class Lab:
                    "migration_mbit": self.spec.migration_mbit,
                    "memory_mib": self.spec.node_memory_mib if node.kind == "fog" else None,
                    "subnet": self.spec.subnet, "gateway": self.topology.gateway,
-                   "vm_network": str(self.topology.vm_network)},
+                   "vm_network": str(self.topology.vm_network),
+                   "devices_namespace": node.devices.namespace if node.devices else None,
+                   "devices_address": node.devices.address if node.devices else None},
         )
 
     # --- using a running lab ----------------------------------------------------------
@@ -234,6 +254,28 @@ class Lab:
             raise UserError(f"fog node {node!r} has no running daemons")
         return ["nsenter", "--target", str(anchor), "--mount", "--net", "--"]
 
+    def devices_netns(self, node: str) -> str:
+        """Path of a fog node's devices namespace (for setns: the emulator's attachments)."""
+        self._entry(self.require_up(), node)
+        plan_ = next(n for n in self.topology.nodes if n.name == node)
+        if plan_.devices is None:
+            raise UserError(f"node {node!r} has no devices namespace (only fog nodes do)")
+        return f"/run/netns/{plan_.devices.namespace}"
+
+    def devices_enter_argv(self, node: str) -> list[str]:
+        """argv prefix that runs a command where a fog node's devices sit: their own network
+        namespace behind the node's VM bridge, not the node's (see topology.DevicesPlan).
+        Such a process reaches VMs and other devices but no node's management port."""
+        return ["nsenter", f"--net={self.devices_netns(node)}", "--"]
+
+    def guard_counters(self) -> dict[str, dict[str, int]]:
+        """Packets the trust boundary refused, dropped or found spoofed: per node's
+        namespace, and "gateway" for the root namespace's table."""
+        counters = {"gateway": self.network.guard_counters(None)}
+        for entry in self.require_up()["nodes"]:
+            counters[entry["name"]] = self.network.guard_counters(entry["namespace"])
+        return counters
+
     def restart_libvirtd(self, node: str) -> int:
         """(Re)start a node's libvirtd in its namespaces, as after a daemon crash or upgrade.
 
@@ -258,10 +300,13 @@ class Lab:
         """Remove everything carrying the lab's prefix; safe to run any number of times."""
         record = state.load(self.paths) or {}
         namespaces = sorted(set(self.network.lab_namespaces())
-                            | {e["namespace"] for e in record.get("nodes", [])})
+                            | {e["namespace"] for e in record.get("nodes", [])}
+                            | {e["devices_namespace"] for e in record.get("nodes", [])
+                               if e.get("devices_namespace")})
         killed = self._end_processes(namespaces)
         killed += stop_core(self.paths.root, self.spec.prefix)  # SDN core, if any
         self.network.delete_namespaces(namespaces)
+        self.network.unguard_root()
         links = self.network.lab_links()
         self.network.delete_links(links)
         for node in self.topology.nodes:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import tempfile
 from collections.abc import Iterable
 
 from orchestrator.errors import UserError
-from orchestrator.lab.topology import VM_BRIDGE, NodePlan, Topology
+from orchestrator.lab import firewall
+from orchestrator.lab.topology import DEVICE_LINK, VM_BRIDGE, NodePlan, Topology, lab_mac
 from orchestrator.runner import LocalRunner, NamespaceRunner, Runner
 
 
@@ -53,8 +55,7 @@ def bridge_mac(address: str) -> str:
     replies to that MAC stayed inside the source (a local address of its own bridge) and the
     two nodes could not reach each other until libvirt's keepalive gave up.
     """
-    packed = ipaddress.IPv4Address(address).packed
-    return "02:1e:" + ":".join(f"{b:02x}" for b in packed)
+    return lab_mac(address)
 
 
 def shaping_args(rate_mbit: float | None, delay_ms: float | None) -> list[str]:
@@ -70,6 +71,16 @@ def shaping_args(rate_mbit: float | None, delay_ms: float | None) -> list[str]:
         burst = max(32 * 1024, int(rate_mbit * 1e6 / 8 * 0.004))
         return ["tbf", "rate", f"{rate_mbit:g}mbit", "burst", str(burst), "latency", "100ms"]
     return []
+
+
+def apply_ruleset(runner: Runner, script: str) -> None:
+    """`nft -f` one script: all of it or nothing (nft applies a file as one transaction).
+
+    NOTE: through a file, not stdin: a `Runner` gives commands no input."""
+    with tempfile.NamedTemporaryFile("w", prefix="edgeiot-nft-", suffix=".nft") as file:
+        file.write(script)
+        file.flush()
+        runner.run(["nft", "-f", file.name])
 
 
 class LabNetwork:
@@ -99,6 +110,62 @@ class LabNetwork:
         ns.run(["ip", "addr", "add", f"{node.address}/{self.topology.prefix_len}",
                 "dev", VM_BRIDGE])
         ns.run(["ip", "link", "set", VM_BRIDGE, "up"])
+
+    def create_devices(self, node: NodePlan) -> None:
+        """The node's devices namespace: one veth onto the node's VM bridge, with the fixed
+        MAC and address the node's anti-spoofing table pins it to.
+
+        NOTE: checksum offload is off on both ends: on the SDN core the userspace OVS
+        datapath does not complete partial checksums (see orchestrator.lab.sdn), and a
+        device's connection to a proxy on another node crosses it.
+        """
+        dev = node.devices
+        if dev is None:
+            return
+        r, ns = self.runner, NamespaceRunner(node.namespace, self.runner)
+        dns = NamespaceRunner(dev.namespace, self.runner)
+        r.run(["ip", "netns", "add", dev.namespace])
+        # NOTE: no IPv6 here: the lab is IPv4, and the link-local chatter of a new interface
+        # (DAD, MLD, router solicitations) would count as spoofed L2 traffic in the node.
+        dns.run(["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+                 "net.ipv6.conf.default.disable_ipv6=1"])
+        dns.run(["ip", "link", "set", "lo", "up"])
+        ns.run(["ip", "link", "add", dev.node_veth, "type", "veth",
+                "peer", "name", DEVICE_LINK, "netns", dev.namespace])
+        ns.run(["ethtool", "-K", dev.node_veth, "tx", "off"], check=False)
+        dns.run(["ethtool", "-K", DEVICE_LINK, "tx", "off"], check=False)
+        ns.run(["ip", "link", "set", dev.node_veth, "master", VM_BRIDGE, "up"])
+        dns.run(["ip", "link", "set", DEVICE_LINK, "address", dev.mac])
+        dns.run(["ip", "addr", "add", f"{dev.address}/{self.topology.prefix_len}",
+                 "dev", DEVICE_LINK])
+        dns.run(["ip", "link", "set", DEVICE_LINK, "up"])
+
+    def guard_node(self, node: NodePlan) -> None:
+        """Install the node's trust boundary (see orchestrator.lab.firewall) before any of
+        its daemons listens."""
+        apply_ruleset(NamespaceRunner(node.namespace, self.runner),
+                      firewall.node_ruleset(self.topology, node))
+
+    def guard_root(self) -> None:
+        """The gateway's table in the root namespace, scoped to the lab's core bridge."""
+        apply_ruleset(self.runner, firewall.root_guard(self.topology))
+
+    def unguard_root(self) -> None:
+        """Delete exactly the lab's own root table; nothing else of the host's rules."""
+        self.runner.run(firewall.delete_root_guard_argv(self.topology.spec.prefix),
+                        check=False)
+
+    def guard_counters(self, namespace: str | None = None) -> dict[str, int]:
+        """The guard's named counters in a node's namespace (None: the root namespace)."""
+        runner = NamespaceRunner(namespace, self.runner) if namespace else self.runner
+        name = firewall.table_name(self.topology.spec.prefix)
+        counters: dict[str, int] = {}
+        for family in ("inet", "bridge"):
+            out = runner.run(["nft", "-j", "list", "counters", "table", family, name],
+                             check=False).stdout
+            for key, packets in firewall.parse_counters(out).items():
+                counters[key] = counters.get(key, 0) + packets
+        return counters
 
     def shape(self, node: NodePlan, rate_mbit: float | None, delay_ms: float | None) -> None:
         """Shape both directions of the node's core link (each veth end's egress)."""

@@ -7,6 +7,7 @@ the lab's prefix so teardown can find exactly what a crashed run left behind.
 Addresses (default subnet 10.77.0.0/16, all one L2 segment across the core bridge):
     10.77.0.1          gateway, on the core bridge in the root namespace
     10.77.0.10+i       fog node i's own address (libvirtd, migration stream)
+    10.77.0.30+i       fog node i's devices namespace (where device emulators sit)
     10.77.0.100        the cloud node (with --cloud): a host behind a slower core link
     10.77.1.0/24 ...   VM addresses, handed out by the orchestrator
 """
@@ -23,6 +24,7 @@ PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9]{1,5}$")
 MAX_NODES = 9
 VM_BRIDGE = "br-vm"  # inside each node's namespace; the same name on every node
 CORE_TYPES = ("bridge", "sdn")  # Linux bridge (default) or Open vSwitch + OpenFlow controller
+DEVICE_LINK = "eth0"  # the devices namespace's only interface (a veth onto its node's br-vm)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,22 @@ class LabSpec:
 
 
 @dataclass(frozen=True)
+class DevicesPlan:
+    """A fog node's devices namespace: the base station's access side.
+
+    Why a namespace of their own: device emulators used to run in the node's namespace,
+    with the node's address, so nothing on the segment could tell a device from the node
+    (or from the node's libvirtd migrating to a peer). Here devices are a host of their
+    own behind the node's VM bridge, with one address and MAC the node pins them to.
+    """
+
+    namespace: str  # eiot-fog1-dev
+    node_veth: str  # eiot-fog1d: node end, in the node's namespace, enslaved to br-vm
+    address: str
+    mac: str
+
+
+@dataclass(frozen=True)
 class NodePlan:
     """One fog node: its user-facing name and every kernel object named for it."""
 
@@ -86,6 +104,7 @@ class NodePlan:
     kind: str = "fog"  # or "cloud"
     rate_mbit: float | None = None  # shaping of this node's core link, each direction
     delay_ms: float | None = None
+    devices: DevicesPlan | None = None  # fog nodes only: the cloud has no base station
 
 
 @dataclass(frozen=True)
@@ -101,11 +120,20 @@ class Topology:
         return self.spec.network.prefixlen
 
 
+def lab_mac(address: str) -> str:
+    """A fixed, locally administered MAC derived from a lab IPv4 address (02:1e:a.b.c.d)."""
+    packed = ipaddress.IPv4Address(address).packed
+    return "02:1e:" + ":".join(f"{b:02x}" for b in packed)
+
+
 def _node(prefix: str, name: str, address: str, kind: str, rate_mbit: float | None,
-          delay_ms: float | None) -> NodePlan:
+          delay_ms: float | None, devices_address: str | None = None) -> NodePlan:
+    devices = None if devices_address is None else DevicesPlan(
+        namespace=f"{prefix}-{name}-dev", node_veth=f"{prefix}-{name}d",
+        address=devices_address, mac=lab_mac(devices_address))
     return NodePlan(name=name, namespace=f"{prefix}-{name}", core_veth=f"{prefix}-{name}c",
                     node_veth=f"{prefix}-{name}n", address=address, kind=kind,
-                    rate_mbit=rate_mbit, delay_ms=delay_ms)
+                    rate_mbit=rate_mbit, delay_ms=delay_ms, devices=devices)
 
 
 def plan(spec: LabSpec) -> Topology:
@@ -114,7 +142,7 @@ def plan(spec: LabSpec) -> Topology:
     base = net.network_address
     nodes = tuple(
         _node(spec.prefix, f"fog{i}", str(base + 10 + i), "fog", spec.core_mbit,
-              spec.core_delay_ms)
+              spec.core_delay_ms, devices_address=str(base + 30 + i))
         for i in range(1, spec.nodes + 1)
     )
     if spec.cloud:

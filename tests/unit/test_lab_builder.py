@@ -28,8 +28,9 @@ class ScriptedKernel:
     that would create something fails the test."""
 
     def __init__(self, netns: Sequence[str] = (), links: Sequence[str] = (),
-                 routes: Sequence[dict[str, str]] = ()) -> None:
+                 routes: Sequence[dict[str, str]] = (), tables: Sequence[str] = ()) -> None:
         self.netns, self.links, self.routes = list(netns), list(links), list(routes)
+        self.tables = list(tables)  # the root namespace's inet tables
         self.calls: list[tuple[str, ...]] = []
 
     def run(self, argv: Sequence[str], *, check: bool = True,
@@ -51,6 +52,8 @@ class ScriptedKernel:
         elif cmd[:3] == ("ip", "link", "delete"):
             if cmd[3] in self.links:
                 self.links.remove(cmd[3])
+        elif cmd[:4] == ("nft", "delete", "table", "inet"):
+            self.tables = [t for t in self.tables if t != cmd[4]]
         else:
             raise AssertionError(f"unexpected command {cmd}")
         return CommandResult(cmd, 0, out, "")
@@ -100,8 +103,9 @@ def test_without_a_state_file_teardown_scans_the_widest_lab_of_the_prefix(tmp_pa
 def test_down_after_a_crash_removes_exactly_the_prefixed_objects_and_is_idempotent(tmp_path):
     spec = LabSpec(prefix="ecr", nodes=MAX_NODES, cloud=True)  # what Lab.recorded scans
     kernel = ScriptedKernel(
-        netns=["ecr-fog1", "ecr-fog3", "ecr2-fog1", "other"],
-        links=["lo", "eth0", "ecr-core", "ecr-fog1c", "ecr-fog3c", "ecr2-core", "ecrx"])
+        netns=["ecr-fog1", "ecr-fog1-dev", "ecr-fog3", "ecr2-fog1", "other"],
+        links=["lo", "eth0", "ecr-core", "ecr-fog1c", "ecr-fog3c", "ecr2-core", "ecrx"],
+        tables=["ecr-guard", "ecr2-guard", "filter"])
     paths = state.LabPaths(tmp_path, "ecr")
     for key in ("run", "lib", "etc", "cache"):
         (paths.node_dir("fog1") / key).mkdir(parents=True)
@@ -110,8 +114,9 @@ def test_down_after_a_crash_removes_exactly_the_prefixed_objects_and_is_idempote
                                                         "namespace": "ecr-fog1"}]})
     lab = Lab(spec, tmp_path, runner=kernel)
     removed = lab.down()
-    assert removed == {"processes": 0, "namespaces": 2, "links": 3}
+    assert removed == {"processes": 0, "namespaces": 3, "links": 3}
     assert kernel.netns == ["ecr2-fog1", "other"]
+    assert kernel.tables == ["ecr2-guard", "filter"]  # the lab's own root table, no other
     assert kernel.links == ["lo", "eth0", "ecr2-core", "ecrx"]
     deleted = [c[3] for c in kernel.calls if c[:3] == ("ip", "link", "delete")]
     assert deleted[-1] == "ecr-core"  # veths first, the core bridge last
