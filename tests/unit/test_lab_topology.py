@@ -1,8 +1,15 @@
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+
 import pytest
 
 from orchestrator.errors import UserError
+from orchestrator.lab import firewall
 from orchestrator.lab.network import parse_link_names, parse_netns_names, shaping_args
-from orchestrator.lab.topology import LabSpec, plan
+from orchestrator.lab.topology import LabSpec, lab_mac, plan
 
 
 def test_plan_names_everything_with_the_prefix_and_fits_ifnamsiz():
@@ -98,3 +105,86 @@ def test_processes_under_finds_a_process_by_a_path_in_its_command_line(tmp_path)
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- the trust boundary: devices namespaces and the nft rulesets ---------------------------
+
+
+def test_each_fog_node_has_a_devices_namespace_of_its_own_and_the_cloud_none():
+    topo = plan(LabSpec(prefix="abcdef", nodes=9, cloud=True))
+    fogs = [n for n in topo.nodes if n.kind == "fog"]
+    cloud = next(n for n in topo.nodes if n.kind == "cloud")
+    assert cloud.devices is None
+    devices = [n.devices for n in fogs]
+    assert all(d is not None for d in devices)
+    assert [d.address for d in devices] == [f"10.77.0.{30 + i}" for i in range(1, 10)]
+    assert [d.namespace for d in devices][0] == "abcdef-fog1-dev"
+    infra = {topo.gateway, *(n.address for n in topo.nodes)}
+    for dev in devices:
+        assert dev.address not in infra
+        assert ipaddress.IPv4Address(dev.address) not in topo.vm_network
+        assert dev.node_veth.startswith("abcdef-") and len(dev.node_veth) <= 15
+        assert dev.mac == lab_mac(dev.address)
+    assert len({d.mac for d in devices}) == len(devices)
+
+
+def test_only_infrastructure_may_open_connections_to_a_node():
+    topo = plan(LabSpec(prefix="eiot", nodes=2, cloud=True))
+    rules = firewall.node_guard(topo)
+    assert rules.startswith("table inet eiot-guard {")
+    accept = next(line for line in rules.splitlines() if "ip saddr" in line)
+    assert set(re.findall(r"\d+\.\d+\.\d+\.\d+", accept)) == {
+        "10.77.0.1", "10.77.0.11", "10.77.0.12", "10.77.0.100"}  # no device, no VM
+    refuse = next(line for line in rules.splitlines() if "tcp dport" in line)
+    for port in ("22", "9100", "16509", "16514", "49152-49215"):
+        assert re.search(rf"[{{ ]{port}[,}} ]", refuse), port
+    lines = rules.splitlines()
+    assert lines.index(accept.rstrip("\n")) < lines.index(refuse)
+    assert lines[lines.index(refuse) + 1].strip() == "counter name dropped drop"
+
+
+def test_the_root_table_judges_nothing_but_what_arrives_on_the_lab_bridge():
+    topo = plan(LabSpec(prefix="eiot", nodes=1))
+    chain = firewall.root_guard(topo).split("chain input {")[1].splitlines()
+    judged = [line.strip() for line in chain if line.strip()]
+    assert judged[1] == 'iifname != "eiot-core" accept'  # first rule after the hook
+    assert firewall.delete_root_guard_argv("eiot") == ["nft", "delete", "table", "inet",
+                                                       "eiot-guard"]
+
+
+def test_a_devices_veth_is_pinned_to_its_namespaces_mac_and_address():
+    topo = plan(LabSpec(prefix="eiot", nodes=2, cloud=True))
+    fog2, cloud = topo.nodes[1], topo.nodes[2]
+    rules = firewall.device_antispoof(topo, fog2)
+    drops = [line.strip() for line in rules.splitlines() if line.strip().endswith("drop")]
+    assert drops and all(d.startswith('iifname "eiot-fog2d" ') for d in drops)
+    assert "ether saddr != 02:1e:0a:4d:00:20" in rules
+    assert "ip saddr != 10.77.0.32" in rules and "arp saddr ip != 10.77.0.32" in rules
+    assert "arp saddr ether != 02:1e:0a:4d:00:20" in rules
+    assert "ether type != { ip, arp }" in rules
+    assert firewall.device_antispoof(topo, cloud) == ""
+    assert firewall.node_ruleset(topo, cloud) == firewall.node_guard(topo)
+
+
+def test_guard_counters_are_read_from_nft_json():
+    captured = ('{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"counter": {"family": '
+                '"inet", "name": "refused", "table": "eiot-guard", "handle": 2, "packets": 2, '
+                '"bytes": 120}}, {"counter": {"family": "inet", "name": "dropped", "table": '
+                '"eiot-guard", "handle": 3, "packets": 0, "bytes": 0}}]}')
+    assert firewall.parse_counters(captured) == {"refused": 2, "dropped": 0}
+    assert firewall.parse_counters("") == {}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None,
+                    reason="nft --check needs root and nftables")
+@pytest.mark.parametrize("which", ["node", "root", "node-without-devices"])
+def test_the_kernel_accepts_every_ruleset(tmp_path, which):
+    """`nft --check` parses and validates against the kernel without applying anything."""
+    topo = plan(LabSpec(prefix="echk", nodes=2, cloud=True))
+    script = {"node": firewall.node_ruleset(topo, topo.nodes[0]),
+              "root": firewall.root_guard(topo),
+              "node-without-devices": firewall.node_ruleset(topo, topo.nodes[2])}[which]
+    path = tmp_path / "rules.nft"
+    path.write_text(script)
+    done = subprocess.run(["nft", "--check", "-f", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
