@@ -14,9 +14,10 @@ import threading
 from typing import Any
 
 import psutil
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from agent.host.collectors import LibvirtCollector, SystemCollector
+from agent.host.exporter import serve_registry
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -59,13 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     registry = build_registry(args.node, args.libvirt_uri, args.filesystem or ["/"])
     host, port = args.listen
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    server = serve_registry(registry, host, port)  # bounded: see agent.host.bounded
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
-    server.shutdown()
-    thread.join(timeout=5)
+    server.server_close()
 
 
 if __name__ == "__main__":

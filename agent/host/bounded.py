@@ -216,8 +216,9 @@ class BoundedServer:
     # --- life cycle -------------------------------------------------------------------
 
     def start(self) -> BoundedServer:
-        self._thread = threading.Thread(target=self._run, daemon=True, name=self.name)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, daemon=True, name=self.name)
+        thread.start()
+        self._thread = thread
         return self
 
     def shutdown(self) -> None:
@@ -236,6 +237,12 @@ class BoundedServer:
 
     def connections(self) -> int:
         return len(self._conns)
+
+    def buffered_bytes(self) -> int:
+        """Bytes held for all connections (requests read, replies not yet taken): what the
+        limits bound, exposed so tests and status can check it."""
+        conns = list(self._conns)
+        return sum(len(c.buffer) + len(c.out) for c in conns)
 
     # --- called from any thread -------------------------------------------------------
 

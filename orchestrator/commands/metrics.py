@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
+from agent.host.exporter import serve_registry
 from orchestrator.commands._common import app
 from orchestrator.errors import UserError
 from orchestrator.lab.builder import Lab
@@ -71,7 +72,7 @@ def serve(ctx: click.Context, listen: str, prefix: str) -> None:
                                             lambda: lab_core_bytes(state_dir, prefix),
                                             lambda: lab_core_classes(state_dir, prefix)))
     try:
-        server, thread = start_http_server(port, addr=host, registry=registry)
+        server = serve_registry(registry, host, port)  # bounded listener
     except OSError as exc:
         raise UserError(f"cannot listen on {listen}: {exc.strerror}") from exc
     click.echo(f"serving http://{host}:{port}/metrics", err=True)
@@ -80,5 +81,4 @@ def serve(ctx: click.Context, listen: str, prefix: str) -> None:
     try:
         stop.wait()
     finally:
-        server.shutdown()
-        thread.join(timeout=5)
+        server.server_close()

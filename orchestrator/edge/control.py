@@ -285,7 +285,7 @@ class LocationServer:
         self._work: queue.Queue[Callable[[], None]] = queue.Queue()
         self._stop = threading.Event()
         self.listener = BoundedServer(address, LineFraming(MAX_UPDATE_LINE), self._dispatch,
-                                      limits, name="locate-serve")
+                                      limits, name="locate-serve").start()
         self.server_address = self.listener.server_address
 
     def _dispatch(self, line: bytes, respond: Respond) -> None:
@@ -307,8 +307,8 @@ class LocationServer:
             return {"ok": False, "error": str(exc)}
 
     def serve_forever(self) -> None:
-        """Listen, and apply updates in this thread until `shutdown()`."""
-        self.listener.start()
+        """Apply updates in this thread until `shutdown()` (the listener runs from
+        construction; what arrives before waits in the queue)."""
         while not self._stop.is_set():
             try:
                 job = self._work.get(timeout=0.2)
@@ -318,6 +318,7 @@ class LocationServer:
 
     def shutdown(self) -> None:
         self._stop.set()
+        self._work.put(lambda: None)  # wakes serve_forever at once
         self.listener.shutdown()
 
     def server_close(self) -> None:
