@@ -132,6 +132,20 @@ def test_a_vm_recorded_before_keys_gets_a_one_line_error(tmp_path):
         store.close()
 
 
+def test_the_cli_says_so_in_one_line_for_a_vm_without_a_key(cli, test_inventory, tmp_path):
+    store = records(tmp_path)
+    try:
+        store.add_vm(vm_record("px-old", address="10.77.1.9"))
+        UserRegistry(store).add("alice")
+        store.set_user_proxy("alice", "px-old")
+    finally:
+        store.close()
+    result = cli("user", "stats", "alice", "--inventory", test_inventory)
+    assert result.status == ExitStatus.ERROR
+    (line,) = result.err.strip().splitlines()
+    assert line.startswith("orchestrator: error: ") and "'px-old' has no control key" in line
+
+
 # --- GuestAgent against a verifying server on a real loopback socket -----------------------
 
 
