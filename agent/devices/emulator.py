@@ -4,7 +4,12 @@ Spec (JSON):
     {"user": "alice", "directory": "/state/.../directory.json" | "proxy": "10.77.1.1",
      "port": 7071, "rate": 10, "ticks": 300, "report": "/tmp/alice-fog1.json",
      "lab_subnet": "10.77.0.0/16", "bridge": "br-vm",
+     "keys": {ID: KEY, ...},
      "sources": [{"kind": "parking", "gps": ID, "ultrasonic": ID, ...}, ...]}
+
+`keys` holds each device's key (64 hex characters, given at `device add`): after `hello`
+the proxy sends a nonce and the device answers with wire.device_proof. A device without a
+key cannot authenticate; it keeps being refused (and says so in the report).
 
 Every tick (`rate` per second) each source emits one record per device, all with the same
 timestamp. A `Device` keeps what is not yet acknowledged; after any reconnect it says
@@ -33,7 +38,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import ipaddress
 import json
 import os
@@ -49,12 +53,17 @@ from pathlib import Path
 from typing import Any
 
 from agent.devices import world
+from agent.guest.edgeiot_agent import wire
 from orchestrator.netguard import LabNetwork, NetworkPolicy, check_destination
 
 MAX_UNACKED = 20000
 CLONE_NEWNET = 0x40000000
 RETRY_S = 0.5  # after a failed connect or a refusal
 MOVED_RETRY_S = 0.1  # the directory still names the proxy that said `moved`
+KEEPALIVE_S = 15.0  # a device with nothing to say pings (the proxy closes idle connections)
+HANDSHAKE_TIMEOUT_S = 5.0
+T = wire.FRAME_KIND
+chain_step = wire.chain_step  # the proxy's hash chain, from the one wire contract
 
 
 class Moved(Exception):
@@ -63,11 +72,6 @@ class Moved(Exception):
     def __init__(self, target: tuple[str, int]) -> None:
         super().__init__(f"moved away from {target[0]}:{target[1]}")
         self.target = target
-
-
-def chain_step(chain: str, line: bytes) -> str:
-    """Same hash chain as the proxy's (over each record line without its newline)."""
-    return hashlib.sha256((chain + line.decode()).encode()).hexdigest()[:32]
 
 
 def enter_netns(path: str) -> None:
@@ -127,8 +131,10 @@ class Device:
     """One device's connection, sequence numbers and resend queue."""
 
     def __init__(self, dev_id: str, resolve: Any, on_command: Any = None,
-                 clock: Any = time.monotonic, attach: Any = None) -> None:
+                 clock: Any = time.monotonic, attach: Any = None,
+                 key: str | None = None) -> None:
         self.id = dev_id
+        self.key = key
         self._resolve = resolve  # () -> (address, port)
         self._on_command = on_command
         self._clock = clock
@@ -143,6 +149,7 @@ class Device:
         self.served_by: list[str] = []  # proxies in the order they served this device
         self.lost_at: float | None = None  # when the last connection broke
         self.max_gap_s = 0.0  # the longest time between losing a proxy and a welcome
+        self.last_sent = clock()
         self.lock = threading.Lock()
         self.sock: socket.socket | None = None
         self._stop = threading.Event()
@@ -158,8 +165,7 @@ class Device:
         self._thread.join(timeout=3)
 
     def emit(self, ts: float, value: dict[str, Any]) -> None:
-        line = json.dumps({"t": "rec", "seq": self.next_seq, "ts": ts, "v": value},
-                          separators=(",", ":")).encode()
+        line = wire.record_line(self.next_seq, ts, value)
         while len(self.unacked) >= MAX_UNACKED and not self._stop.is_set():
             time.sleep(0.05)  # back-pressure: the proxy is away for long
         with self.lock:
@@ -170,10 +176,17 @@ class Device:
             if self.sock is not None:
                 self._send(line + b"\n")
 
+    def keepalive(self) -> None:
+        """Ping if nothing was sent for KEEPALIVE_S (an actuator may never send a record)."""
+        with self.lock:
+            if self.sock is not None and self._clock() - self.last_sent >= KEEPALIVE_S:
+                self._send(wire.dumps({T: wire.F_PING}))
+
     def _send(self, data: bytes) -> None:
         try:
             assert self.sock is not None
             self.sock.sendall(data)
+            self.last_sent = self._clock()
         except OSError:
             self._drop_socket()
 
@@ -221,17 +234,18 @@ class Device:
             enter_netns(wanted)
             self.netns = wanted
         address, port = self._resolve()
-        sock = socket.create_connection((address, port), timeout=5)
-        sock.settimeout(None)
+        sock = socket.create_connection((address, port), timeout=HANDSHAKE_TIMEOUT_S)
         reader = sock.makefile("rb")
-        sock.sendall(json.dumps({"t": "hello", "dev": self.id}).encode() + b"\n")
-        reply = json.loads(reader.readline() or b"{}")
-        if reply.get("t") == "moved":
+        try:
+            reply = self._handshake(sock, reader)
+        except BaseException:
+            sock.close()
+            raise
+        if reply.get(T) == wire.F_MOVED:
             sock.close()
             raise Moved((address, port))
-        if reply.get("t") != "welcome":
-            sock.close()
-            raise ValueError(f"proxy refused {self.id}: {reply.get('error', reply)}")
+        sock.settimeout(None)
+        self.refused = None
         self._welcomed(str(reply.get("proxy", address)))
         with self.lock:
             self._trim(int(reply["next"]) - 1)
@@ -241,6 +255,30 @@ class Device:
             self.sock = sock
             self._send(backlog)
         return sock, reader
+
+    def _handshake(self, sock: socket.socket, reader: Any) -> dict[str, Any]:
+        """hello, then the proof for the proxy's nonce: `welcome` or `moved` (else
+        ValueError, the proxy's refusal)."""
+        sock.sendall(wire.dumps({T: wire.F_HELLO, "dev": self.id}))
+        reply = self._reply(reader)
+        if reply.get(T) == wire.F_CHALLENGE:
+            if self.key is None:
+                raise ValueError(f"no key for {self.id}: cannot answer the proxy's challenge")
+            proof = wire.device_proof(self.key, self.id, str(reply.get("nonce", "")))
+            sock.sendall(wire.dumps({T: wire.F_AUTH, "dev": self.id, "mac": proof}))
+            reply = self._reply(reader)
+        if reply.get(T) not in (wire.F_WELCOME, wire.F_MOVED):
+            raise ValueError(f"proxy refused {self.id}: {reply.get('error', reply)}")
+        return reply
+
+    @staticmethod
+    def _reply(reader: Any) -> dict[str, Any]:
+        line = reader.readline(wire.MAX_FRAME_BYTES + 1)
+        try:
+            reply = wire.loads(line) if line.strip() else {}
+        except ValueError:
+            reply = {}
+        return reply if isinstance(reply, dict) else {}
 
     def _welcomed(self, proxy: str) -> None:
         if not self.served_by or self.served_by[-1] != proxy:
@@ -261,14 +299,16 @@ class Device:
                 frame = json.loads(line)
             except ValueError:
                 continue
-            if frame.get("t") == "ack":
+            if not isinstance(frame, dict):
+                continue
+            if frame.get(T) == wire.F_ACK:
                 with self.lock:
                     self._trim(int(frame["seq"]))
-            elif frame.get("t") == "cmd" and self._on_command:
+            elif frame.get(T) == wire.F_CMD and self._on_command:
                 self._on_command(self.id, frame.get("cmd"))
-            elif frame.get("t") == "error":
+            elif frame.get(T) == wire.F_ERROR:
                 self.errors += 1
-            elif frame.get("t") == "moved":
+            elif frame.get(T) in (wire.F_MOVED, wire.F_REFUSED):
                 break  # the proxy let this device go: reconnect via the directory
         with self.lock:
             if self.sock is sock:
@@ -386,7 +426,8 @@ DEVICE_KEYS = ("gps", "ultrasonic", "speed", "camera", "device")
 
 def lookup(directory: dict[str, Any], user: str, dev: str) -> dict[str, Any]:
     """A device's directory entry: its own if it has one, else its user's."""
-    entry = directory.get("devices", {}).get(dev) or directory.get("users", {}).get(user)
+    entry = (directory.get(wire.DIR_DEVICES, {}).get(dev)
+             or directory.get(wire.DIR_USERS, {}).get(user))
     if entry is None:
         raise ValueError(f"the directory has no proxy for {dev} (user {user})")
     return dict(entry)
@@ -401,9 +442,10 @@ def make_resolver(spec: dict[str, Any]) -> Any:
         if "directory" in spec:
             directory = json.loads(Path(spec["directory"]).read_text())
             entry = lookup(directory, spec["user"], dev)
-            address, port = entry["proxy"], int(entry.get("port", spec.get("port", 7071)))
+            address = entry[wire.DIR_PROXY]
+            port = int(entry.get(wire.DIR_PORT, spec.get("port", wire.STREAM_PORT)))
         else:
-            address, port = spec["proxy"], int(spec.get("port", 7071))
+            address, port = spec["proxy"], int(spec.get("port", wire.STREAM_PORT))
         return check_destination(address, policy), port
     return resolve
 
@@ -417,8 +459,10 @@ class Emulator:
         ids = [s[k] for s in spec["sources"] for k in DEVICE_KEYS if k in s]
         self.attachments = Attachments(spec.get("attachments"))
         self.attachments.poll()
+        keys = spec.get(wire.SPEC_KEYS) or {}
         self.devices = {i: Device(i, functools.partial(resolve, i), self._command,
-                                  attach=functools.partial(self.attachments.of, i))
+                                  attach=functools.partial(self.attachments.of, i),
+                                  key=keys.get(i) if wire.is_key(keys.get(i)) else None)
                         for i in ids}
         self.stop = threading.Event()
         self.started = time.time()
@@ -440,6 +484,8 @@ class Emulator:
                     self.devices[dev_id].emit(ts, value)
             self.ticks += 1
             self._follow_radios()
+            for dev in self.devices.values():
+                dev.keepalive()
             if time.monotonic() - last_report > 1.0:
                 self.write_report("running")
                 last_report = time.monotonic()

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "agent" / "guest"))
 
 from agent.devices import world  # noqa: E402
 from agent.devices.emulator import Attachments, Emulator, chain_step, lookup, roaming  # noqa: E402
-from agent.guest.edgeiot_agent import codec  # noqa: E402
+from agent.guest.edgeiot_agent import codec, wire  # noqa: E402
 from agent.guest.edgeiot_agent.appvm import AppVmService, ParkNetApp, TrafficApp, best_route  # noqa: E402
 from agent.guest.edgeiot_agent.buffer import RawBuffer  # noqa: E402
 from agent.guest.edgeiot_agent.classify import ClassifyError, classify  # noqa: E402
@@ -44,7 +44,7 @@ def test_decoder_is_total_on_arbitrary_bytes(data):
         frame = codec.decode_frame(data)
     except codec.FrameError:
         return
-    assert frame["t"] in ("hello", "rec")
+    assert frame["t"] in ("hello", "rec", "auth", "ping")
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() |
@@ -68,7 +68,7 @@ def test_decoder_is_total_on_json_objects(obj):
 @given(st.integers(1, 2**40), st.floats(0, 2e9), st.dictionaries(st.text(max_size=4),
                                                                    st.integers()))
 def test_record_round_trip(seq, ts, value):
-    frame = codec.decode_frame(codec.record_line(seq, ts, value).rstrip(b"\n"))
+    frame = codec.decode_frame(wire.record_line(seq, ts, value))
     assert (frame["seq"], frame["ts"], frame["v"]) == (seq, ts, value)
 
 
@@ -130,94 +130,11 @@ def test_metadata_schema_check():
             check(bad, schema)
 
 
-# --- the metadata sink: each line at most once, overflow drops only queued lines ---------
-
-class FakeLink:
-    """A socket that takes at most `budget` bytes (`chunk` per call), then resets; `gate`,
-    if given, makes the first send wait for it."""
-
-    def __init__(self, budget=None, chunk=7, gate=None, started=None):
-        self.budget, self.chunk, self.gate, self.started = budget, chunk, gate, started
-        self.got = b""
-
-    def send(self, data):
-        if self.started is not None:
-            self.started.set()
-        if self.gate is not None:
-            assert self.gate.wait(5)
-            self.gate = None
-        if self.budget is not None and len(self.got) >= self.budget:
-            raise ConnectionResetError("reset by peer")
-        n = min(len(data), self.chunk, (self.budget or 1 << 30) - len(self.got))
-        self.got += bytes(data[:n])
-        return n
-
-    def sendall(self, data):
-        view = memoryview(data)
-        while view:
-            view = view[self.send(view):]
-
-    def close(self):
-        pass
-
-    def complete_lines(self):
-        """What an application VM keeps of this connection: whole lines only."""
-        return self.got.split(b"\n")[:-1]
-
-
-def sink_over(links, **kw):
-    from agent.guest.edgeiot_agent.metadata import MetadataSink
-
-    class Sink(MetadataSink):
-        def _connect(self):
-            return links.pop(0)
-    return Sink("127.0.0.1", retry_s=0.01, **kw)
-
-
 def wait_until(cond, timeout=5.0):
     deadline = time.monotonic() + timeout
     while not cond() and time.monotonic() < deadline:
         time.sleep(0.005)
     assert cond()
-
-
-def test_sink_resends_only_what_a_partial_send_left_no_line_twice():
-    lines = [b'{"app":"p","src":"d","m":{"i":%d}}\n' % i for i in range(40)]
-    first, second = FakeLink(budget=len(lines[0]) * 5 + 11), FakeLink()
-    sink = sink_over([first, second])
-    try:
-        with sink._wake:  # all queued before the thread takes a batch
-            for line in lines:
-                sink.send(line)
-        wait_until(lambda: sink.sent == len(lines))
-        delivered = first.complete_lines() + second.complete_lines()
-        assert delivered == [line.rstrip(b"\n") for line in lines]  # each once, in order
-        assert len(first.complete_lines()) == 5 and sink.reconnects == 2
-        assert sink.sent_bytes == sum(map(len, lines)) and sink.pending() == 0
-    finally:
-        sink.close()
-
-
-def test_sink_overflow_during_a_send_drops_queued_lines_not_the_batch_or_newer_ones():
-    import threading
-    gate, started = threading.Event(), threading.Event()
-    link = FakeLink(chunk=1 << 20, gate=gate, started=started)
-    sink = sink_over([link], max_queue=4)
-    try:
-        with sink._wake:
-            for i in range(4):
-                sink.send(b"L%d\n" % i)
-        assert started.wait(5)  # the batch L0..L3 is being sent; the queue is empty
-        for i in range(4, 10):
-            sink.send(b"L%d\n" % i)  # fills the queue; L4, L5 overflow
-        assert sink.dropped == 2 and sink.pending() == 8
-        gate.set()
-        wait_until(lambda: sink.pending() == 0)
-        assert link.complete_lines() == [b"L%d" % i for i in (0, 1, 2, 3, 6, 7, 8, 9)]
-        assert sink.sent == 8 and sink.dropped == 2
-    finally:
-        gate.set()
-        sink.close()
 
 
 def test_push_from_another_thread_holds_the_connection_lock_and_loses_nothing():
@@ -347,35 +264,51 @@ def test_best_route_avoids_congestion():
 
 # --- the stream service on loopback ------------------------------------------------------
 
+KEY = "d0" * 32
+APP_VM_KEY = "a1" * 32
+
+
+def authed(core, dev, key=KEY):
+    """hello and auth on a core, as the stream service does: the state and the welcome."""
+    state, challenge = core.hello(dev)
+    assert challenge["t"] == "challenge", challenge
+    return state, core.authenticate(state, challenge["nonce"],
+                                    wire.device_proof(key, dev, challenge["nonce"]))
+
+
 def test_proxy_core_exactly_once():
     core = ProxyCore("px")
-    core.register("d1", "heart-rate", "alice")
-    state, reply = core.hello("d1")
-    assert reply["next"] == 1
-    line = codec.record_line(1, 1.0, {"bpm": 70}).rstrip(b"\n")
+    core.register("d1", "heart-rate", "alice", key=KEY)
+    state, reply = authed(core, "d1")
+    assert reply["t"] == "welcome" and reply["next"] == 1
+    line = wire.record_line(1, 1.0, {"bpm": 70})
     assert core.record(state, codec.decode_frame(line), line) == {"t": "ack", "seq": 1}
     assert core.record(state, codec.decode_frame(line), line)["seq"] == 1  # duplicate
-    gap = codec.record_line(3, 1.0, {"bpm": 70}).rstrip(b"\n")
+    gap = wire.record_line(3, 1.0, {"bpm": 70})
     assert core.record(state, codec.decode_frame(gap), gap)["gap"] == 3
     assert (state.accepted, state.duplicates, state.next) == (1, 1, 2)
     assert state.chain == chain_step("", line)
     assert core.hello("nope")[1]["t"] == "refused"
+    assert authed(core, "d1", key="ee" * 32)[1]["t"] == "refused"  # a wrong key
+    assert core.auth_refused == 2 and (state.next, state.accepted) == (2, 1)
 
 
 def test_devices_resend_after_reconnect_and_nothing_is_lost_or_doubled():
-    app = AppVmService("127.0.0.1", 0)
+    app = AppVmService("127.0.0.1", 0, key=APP_VM_KEY)
     app.start()
     app._op_configure({"app": "tr", "kind": "traffic"})
     svc = StreamService("px-test", "127.0.0.1", 0, buffer_bytes=64 * 1024)
     svc.start()
     try:
-        svc._op_register({"devices": [{"id": "g", "type": "gps", "user": "u", "group": "c"},
-                                      {"id": "s", "type": "speed", "user": "u", "group": "c"},
-                                      {"id": "h", "type": "heart-rate", "user": "u"}]})
+        svc._op_register({"devices": [
+            {"id": "g", "type": "gps", "user": "u", "group": "c", "key": KEY},
+            {"id": "s", "type": "speed", "user": "u", "group": "c", "key": KEY},
+            {"id": "h", "type": "heart-rate", "user": "u", "key": KEY}]})
         svc._op_install({"app": "tr", "model": "traffic", "grants": ["gps", "speed"],
-                         "sink": {"host": "127.0.0.1", "port": app.address[1]}})
+                         "sink": {"host": "127.0.0.1", "port": app.address[1],
+                                  "key": wire.sink_key(APP_VM_KEY, "tr", "px-test")}})
         spec = {"user": "u", "proxy": "127.0.0.1", "port": svc.address[1], "rate": 400,
-                "ticks": 600, "sources": [
+                "ticks": 600, "keys": dict.fromkeys("gsh", KEY), "sources": [
                     {"kind": "drive", "gps": "g", "speed": "s", "route": [[0, 0], [0, 1]],
                      "congested": [[0, 1]]}, {"kind": "heart", "device": "h"}]}
         emulator = Emulator(spec)
@@ -394,8 +327,11 @@ def test_devices_resend_after_reconnect_and_nothing_is_lost_or_doubled():
             assert report["devices"][dev]["sent"] == 600 == stats[dev]["accepted"]
             assert stats[dev]["chain"] == report["devices"][dev]["chain"]
             assert report["devices"][dev]["connects"] >= 2
-        time.sleep(0.5)
+        sink = svc.core.models["tr"].sink
+        wait_until(lambda: sink.pending() == 0)
         assert app.received and all(json.loads(x)["src"] == "px-test" for x in app.received)
+        assert len(app.received) == sink.acked == svc.core.models["tr"].emitted
+        assert app.audit["duplicates"] == app.audit["lost"] == app.audit["schema_refused"] == 0
         assert svc.core.models["tr"].gate.refused > 0  # heart rate never reached the model
     finally:
         svc.stop()
@@ -406,16 +342,23 @@ def test_garbage_on_the_stream_port_is_answered_and_survived():
     svc = StreamService("px", "127.0.0.1", 0)
     svc.start()
     try:
-        svc.core.register("d", "speed", "u")
+        svc.core.register("d", "speed", "u", key=KEY)
         with socket.create_connection(svc.address, timeout=5) as sock:
             reader = sock.makefile("rb")
             for junk in (b"{", b"\x00\xff", b'{"t":"rec","seq":1,"ts":0,"v":{}}',
-                         b'{"t":"hello","dev":"d"}', b'{"t":"rec","seq":1,"ts":0,"v":{}}',
-                         b'{"t":"rec","seq":2,"ts":0,"v":{"kmh":5}}'):
+                         "{\"t\":\"hello\",\"dev\":\"d\"}".encode("utf-16"),
+                         b'{"t":"hello","dev":"d"}'):
                 sock.sendall(junk + b"\n")
-            replies = [json.loads(reader.readline())["t"] for _ in range(6)]
-        assert replies == ["error", "error", "error", "welcome", "error", "ack"]
-        assert svc.core.devices["d"].accepted == 1 and svc.core.frame_errors == 3
+            replies = [json.loads(reader.readline()) for _ in range(5)]
+            assert [r["t"] for r in replies] == ["error"] * 4 + ["challenge"]
+            proof = wire.device_proof(KEY, "d", replies[-1]["nonce"])
+            for line in (b'{"t":"auth","dev":"d","mac":"%s"}' % proof.encode(),
+                         b'{"t":"rec","seq":1,"ts":0,"v":{}}',
+                         b'{"t":"rec","seq":2,"ts":0,"v":{"kmh":5}}'):
+                sock.sendall(line + b"\n")
+            replies = [json.loads(reader.readline())["t"] for _ in range(3)]
+        assert replies == ["welcome", "error", "ack"]
+        assert svc.core.devices["d"].accepted == 1 and svc.core.frame_errors == 4
     finally:
         svc.stop()
 
@@ -425,12 +368,13 @@ def test_commands_reach_a_connected_actuator_and_only_an_actuator():
     svc.start()
     try:
         svc._op_register({"devices": [
-            {"id": "sw", "type": "switch", "user": "u", "role": "actuator"},
-            {"id": "h", "type": "heart-rate", "user": "u"}]})
+            {"id": "sw", "type": "switch", "user": "u", "role": "actuator", "key": KEY},
+            {"id": "h", "type": "heart-rate", "user": "u", "key": KEY}]})
         with pytest.raises(RequestError, match="not connected"):
             svc._op_actuate({"device": "sw", "command": {"on": 1}})
         emulator = Emulator({"user": "u", "proxy": "127.0.0.1", "port": svc.address[1],
-                             "rate": 50, "ticks": 100, "sources": [
+                             "rate": 50, "ticks": 100, "keys": {"sw": KEY, "h": KEY},
+                             "sources": [
                                  {"kind": "actuator", "device": "sw"},
                                  {"kind": "heart", "device": "h"}]})
         import threading
@@ -455,20 +399,20 @@ def test_commands_reach_a_connected_actuator_and_only_an_actuator():
 # --- handover: stream state moves between proxies -----------------------------------------
 
 def feed(core, state, seq, bpm=70):
-    line = codec.record_line(seq, float(seq), {"bpm": bpm}).rstrip(b"\n")
+    line = wire.record_line(seq, float(seq), {"bpm": bpm})
     return core.record(state, codec.decode_frame(line), line), line
 
 
 def test_release_stops_accepting_and_adopt_continues_the_sequence():
     a, b = ProxyCore("px-a"), ProxyCore("px-b")
-    a.register("d1", "heart-rate", "alice", group="body")
-    state, _ = a.hello("d1")
+    a.register("d1", "heart-rate", "alice", group="body", key=KEY)
+    state, _ = authed(a, "d1")
     chain = ""
     for seq in (1, 2, 3):
         _, line = feed(a, state, seq)
         chain = chain_step(chain, line)
     feed(a, state, 2)  # a duplicate, counted
-    b.register("d1", "heart-rate", "alice", held=True)
+    b.register("d1", "heart-rate", "alice", held=True, key=KEY)
     held, reply = b.hello("d1")
     assert held is None and reply["t"] == "moved" and "ask the directory" in reply["error"]
     [(snap, conn)] = a.release(["d1"])
@@ -477,8 +421,9 @@ def test_release_stops_accepting_and_adopt_continues_the_sequence():
     assert feed(a, state, 4)[0]["t"] == "moved"  # nothing accepted after the snapshot
     assert a.hello("d1")[1]["t"] == "moved" and a.devices["d1"].accepted == 3
     assert a.release(["d1"]) == [(snap, None)]  # idempotent: the state stays as released
+    assert "key" not in snap  # a key never travels in a snapshot
     assert b.adopt([snap]) == 1
-    state_b, welcome = b.hello("d1")
+    state_b, welcome = authed(b, "d1")
     assert welcome["next"] == 4 and welcome["proxy"] == "px-b"
     reply, line = feed(b, state_b, 4)
     assert reply == {"t": "ack", "seq": 4}
@@ -525,8 +470,8 @@ def test_snapshot_format_is_checked():
 @given(st.lists(st.sampled_from(["ok", "bad", "dup"]), max_size=30))
 def test_every_real_snapshot_is_adoptable(ops):
     core = ProxyCore("px")
-    core.register("d", "heart-rate", "u")
-    state, _ = core.hello("d")
+    core.register("d", "heart-rate", "u", key=KEY)
+    state, _ = authed(core, "d")
     for op in ops:
         if op == "dup" and state.next > 1:
             feed(core, state, state.next - 1)
@@ -571,8 +516,8 @@ def write_directory(path, user_port, devices):
 
 def hand_over(source, target, devs, directory, home_port, ports):
     """The orchestrator's order: held on the target, directory, release, adopt."""
-    target._op_register({"devices": [{"id": d, "type": t, "user": "u"} for d, t in devs.items()],
-                         "held": True})
+    target._op_register({"devices": [{"id": d, "type": t, "user": "u", "key": KEY}
+                                     for d, t in devs.items()], "held": True})
     write_directory(directory, home_port, ports)
     snaps = source._op_release({"devices": list(devs)})["released"]
     time.sleep(0.05)  # the devices reconnect meanwhile and are told `moved`
@@ -587,11 +532,13 @@ def test_devices_follow_a_decomposition_and_composition_exactly_once(tmp_path):
     directory = tmp_path / "directory.json"
     home = static.address[1]
     try:
-        static._op_register({"devices": [{"id": "g", "type": "gps", "user": "u"},
-                                         {"id": "s", "type": "speed", "user": "u"},
-                                         {"id": "h", "type": "heart-rate", "user": "u"}]})
+        static._op_register({"devices": [{"id": "g", "type": "gps", "user": "u", "key": KEY},
+                                         {"id": "s", "type": "speed", "user": "u", "key": KEY},
+                                         {"id": "h", "type": "heart-rate", "user": "u",
+                                          "key": KEY}]})
         write_directory(directory, home, {})
         spec = {"user": "u", "directory": str(directory), "rate": 200, "ticks": 800,
+                "keys": dict.fromkeys("gsh", KEY),
                 "drain_s": 20, "sources": [
                     {"kind": "drive", "gps": "g", "speed": "s", "route": [[0, 0], [0, 1]]},
                     {"kind": "heart", "device": "h"}]}

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.guest.edgeiot_agent import sysinfo
+from agent.guest.edgeiot_agent import sysinfo, wire
 from agent.guest.edgeiot_agent.app import Agent, AgentConfig, parse_args
 from agent.guest.edgeiot_agent.control import Dispatcher
 from agent.guest.edgeiot_agent.counter import Counter
@@ -23,14 +23,16 @@ from agent.guest.edgeiot_agent.dirtier import MAX_LAG_S, PAGE_SIZE, Dirtier
 
 BOOT_ID = "0b7e4d2c-1111-4222-8333-944455556666"
 MEMINFO = "MemTotal:  131072 kB\nMemFree:  60000 kB\nMemAvailable:  90000 kB\n"
+KEY = "5e" * 32
 
 
 class Client:
-    """Newline-delimited JSON over one TCP connection."""
+    """Newline-delimited JSON over one TCP connection; `call` signs with KEY (wire.py)."""
 
-    def __init__(self, address: tuple[str, int]) -> None:
+    def __init__(self, address: tuple[str, int], key: str | None = KEY) -> None:
         self.sock = socket.create_connection(address, timeout=5)
         self.reader = self.sock.makefile("rb")
+        self.key, self.nonce, self.n = key, "", 0
 
     def send_raw(self, line: bytes) -> dict[str, Any]:
         self.sock.sendall(line + b"\n")
@@ -39,6 +41,11 @@ class Client:
         return json.loads(reply)
 
     def call(self, **request: Any) -> dict[str, Any]:
+        if self.key is not None and request.get("op") not in wire.OPEN_OPS:
+            if not self.nonce:
+                self.nonce = self.send_raw(b'{"op":"challenge"}')["nonce"]
+            self.n += 1
+            request = wire.sign_request(self.key, self.nonce, self.n, request)
         return self.send_raw(json.dumps(request).encode())
 
     def close(self) -> None:
@@ -54,8 +61,11 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
     meminfo.write_text(MEMINFO)
     uptime = tmp_path / "uptime"
     uptime.write_text("123.45 200.00\n")
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(f"console=ttyS0 {wire.KEY_CMDLINE}={KEY}\n")
     config = AgentConfig(host="127.0.0.1", port=0, name="unit", boot_id_path=str(boot_id),
-                         uptime_path=str(uptime), meminfo_path=str(meminfo))
+                         uptime_path=str(uptime), meminfo_path=str(meminfo),
+                         cmdline_path=str(cmdline))
     a = Agent(config)
     a.start()
     try:
@@ -117,14 +127,12 @@ def test_counter_ticks_and_never_goes_back() -> None:
     [
         (b"not json", "malformed JSON"),
         (b"[1, 2]", "JSON object"),
-        (b'{"no_op": 1}', "unknown op"),
-        (b'{"op": "explode"}', "unknown op"),
-        (b'{"op": "dirty", "pages_per_s": "fast"}', "pages_per_s"),
-        (b'{"op": "dirty", "pages_per_s": -5, "working_set_mib": 1}', ">= 0"),
-        (b'{"op": "dirty", "pages_per_s": 10, "working_set_mib": 0}', "at least one page"),
-        (b'{"op": "dirty", "pages_per_s": 10, "working_set_mib": 100000}', "exceeds the limit"),
-        (b'{"op": "dirty", "pages_per_s": 1e999, "working_set_mib": 1}', "finite"),
-        (b"\xff\xfe", "malformed JSON"),
+        (b'{"no_op": 1}', "unauthenticated"),
+        (b'{"op": "explode"}', "unauthenticated"),
+        (b"\xff\xfe", "not UTF-8"),
+        (b'\xff\xfe{\x00}\x00', "not UTF-8"),  # UTF-16: json.loads(bytes) would take it
+        (b"[" * 60_000, "nested too deeply"),
+        (b'{"op": "ping", "x": NaN}', "not JSON"),
     ],
 )
 def test_bad_requests_get_an_error_and_the_server_keeps_running(
@@ -134,6 +142,30 @@ def test_bad_requests_get_an_error_and_the_server_keeps_running(
     assert reply["ok"] is False
     assert fragment in reply["error"]
     assert client.call(op="ping")["ok"] is True
+
+
+@pytest.mark.parametrize(
+    "request_, fragment",
+    [
+        ({"no_op": 1}, "unknown op"),
+        ({"op": "explode"}, "unknown op"),
+        ({"op": "dirty", "pages_per_s": "fast"}, "pages_per_s"),
+        ({"op": "dirty", "pages_per_s": -5, "working_set_mib": 1}, ">= 0"),
+        ({"op": "dirty", "pages_per_s": 10, "working_set_mib": 0}, "at least one page"),
+        ({"op": "dirty", "pages_per_s": 10, "working_set_mib": 1000}, "exceeds the limit"),
+        ({"op": "dirty", "pages_per_s": 10**9, "working_set_mib": 1}, "above the limit"),
+        ({"op": "dirty", "pages_per_s": 10, "working_set_mib": 2**60}, "above the limit"),
+        ({"op": "dirty", "pages_per_s": 10, "working_set_mib": 100}, "exceeds the limit"),
+        ({"op": "dirty", "pages_per_s": 10**400, "working_set_mib": 1}, "above the limit"),
+    ],
+)
+def test_bad_signed_requests_get_an_error_and_change_nothing(
+    client: Client, request_: dict[str, Any], fragment: str
+) -> None:
+    reply = client.call(**request_)
+    assert reply["ok"] is False
+    assert fragment in reply["error"]
+    assert client.call(op="status")["dirty"]["working_set_bytes"] == 0
 
 
 def test_overlong_line_is_refused_and_other_clients_are_unaffected(agent: Agent) -> None:
@@ -152,7 +184,9 @@ def test_overlong_line_is_refused_and_other_clients_are_unaffected(agent: Agent)
 
 
 def test_several_requests_in_one_packet(client: Client) -> None:
-    client.sock.sendall(b'{"op":"ping"}\n\n{"op":"status"}\n')
+    nonce = client.send_raw(b'{"op":"challenge"}')["nonce"]
+    status = json.dumps(wire.sign_request(KEY, nonce, 1, {"op": "status"})).encode()
+    client.sock.sendall(b'{"op":"ping"}\n\n' + status + b"\n")
     first = json.loads(client.reader.readline())
     second = json.loads(client.reader.readline())
     assert first == {"ok": True, "pong": True}

@@ -1,10 +1,17 @@
 """The application VM's role: receive metadata from proxy VMs, answer users' queries.
 
 Why: an application VM (local in a fog node, remote in the cloud, or an add-on created for
-an event) only ever sees metadata. It listens on port 7072 for JSON lines
-`{"app", "src", "m"}` from proxies, keeps what its application needs, and answers queries
-over the control port (`app_query`). It also keeps every line it received (bounded), so a
-test can audit exactly what reached it (`app_received`).
+an event) only ever sees metadata. It listens on port 7072 for proxies' metadata links
+(wire.py): a proxy says `hello {app, proxy, epoch}` and proves, with a nonce, that it holds
+wire.sink_key(this VM's key, app, proxy) — the key the orchestrator gave only the proxies it
+authorised for that application. Then its numbered `meta` lines are checked against the
+application's metadata schema (fields, types and ranges: one forged line must not break
+later queries), deduplicated by sequence number and acked cumulatively, so metadata arrives
+exactly once across connection resets. Lines from anyone else are refused and counted.
+
+It keeps what its application needs, answers queries over the control port (`app_query`),
+and keeps every accepted line as `{"app", "src", "m"}` (bounded), so a test can audit
+exactly what reached it (`app_received`, with the refusal counters).
 
 Applications: ParkNet (request / reserve a free spot near a point), traffic (best route
 between two areas, avoiding congested ones) and face finding (matches of the missing child).
@@ -13,25 +20,48 @@ between two areas, avoiding congested ones) and face finding (matches of the mis
 from __future__ import annotations
 
 import heapq
-import json
 import math
+import socket
 import threading
 
+from . import wire
 from .control import RequestError
-from .lineserver import Conn, LineServer
-from .metadata import APP_PORT
+from .lineserver import Conn, LineServer, LineSplitter
+from .metadata import SchemaError, check
+from .models import FaceMatch, ParkNet, Traffic
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-MAX_LINE = 16 * 1024
+MAX_LINE = wire.MAX_META_LINE
 MAX_KEPT = 20000
+MAX_REPLY_BYTES = 512 * 1024  # one `app_received` page
 MAX_GRID_CELLS = 40000  # a route query never searches a larger box
+MAX_AREA_INDEX = 10**6  # area rows and columns (cells of 0.01 degree) stay within it
+T = wire.FRAME_KIND
+
+
+def _in(m: dict[str, Any], key: str, low: float, high: float) -> None:
+    if not low <= m[key] <= high:
+        raise SchemaError(f"{key}={m[key]!r} outside [{low}, {high}]")
+
+
+def _position(m: dict[str, Any]) -> None:
+    _in(m, "lat", -90.0, 90.0)
+    _in(m, "lon", -180.0, 180.0)
+    _in(m, "ts", 0.0, 1e11)
 
 
 class ParkNetApp:
     kind = "parknet"
+    SCHEMA = ParkNet.SCHEMA
+
+    @staticmethod
+    def validate(m: dict[str, Any]) -> None:
+        _position(m)
+        if not 0 < len(m["spot"]) <= 64:
+            raise SchemaError("spot must be 1..64 characters")
 
     def __init__(self) -> None:
         self.spots: dict[str, dict[str, Any]] = {}
@@ -68,8 +98,14 @@ class ParkNetApp:
 
 
 def parse_area(area: str) -> tuple[int, int]:
+    """'A<row>_<col>' as integers; ValueError for anything else (including huge ones)."""
+    if not area.startswith("A") or len(area) > 32:
+        raise ValueError(f"not an area: {area[:40]!r}")
     row, col = area[1:].split("_")
-    return int(row), int(col)
+    out = int(row), int(col)
+    if max(abs(out[0]), abs(out[1])) > MAX_AREA_INDEX:
+        raise ValueError(f"area out of range: {area!r}")
+    return out
 
 
 def best_route(degrees: dict[str, float], start: str, goal: str,
@@ -108,6 +144,17 @@ def best_route(degrees: dict[str, float], start: str, goal: str,
 
 class TrafficApp:
     kind = "traffic"
+    SCHEMA = Traffic.SCHEMA
+
+    @staticmethod
+    def validate(m: dict[str, Any]) -> None:
+        try:
+            parse_area(m["area"])
+        except ValueError:
+            raise SchemaError(f"area {m['area'][:40]!r} is not A<row>_<col>") from None
+        _in(m, "degree", 0.0, 1.0)
+        _in(m, "samples", 1, 10**6)
+        _in(m, "ts", 0.0, 1e11)
 
     def __init__(self) -> None:
         self.reports: dict[str, dict[str, tuple[float, float, int]]] = {}
@@ -139,6 +186,14 @@ class TrafficApp:
 
 class FaceFindApp:
     kind = "facefind"
+    SCHEMA = FaceMatch.SCHEMA
+
+    @staticmethod
+    def validate(m: dict[str, Any]) -> None:
+        _position(m)
+        _in(m, "distance", 0, 64)
+        if not 0 < len(m["camera"]) <= wire.DEVICE_ID_MAX:
+            raise SchemaError("camera must be a device id")
 
     def __init__(self) -> None:
         self.matches: list[dict[str, Any]] = []
@@ -152,7 +207,17 @@ class FaceFindApp:
         return {"matches": sorted(self.matches, key=lambda m: m["ts"])}
 
 
+# The one catalogue of application kinds: each names its metadata schema (the model's own
+# SCHEMA, so proxy and application VM check the same thing) and its range checks.
 APPS = {"parknet": ParkNetApp, "traffic": TrafficApp, "facefind": FaceFindApp}
+
+
+def validate(kind: str, meta: object) -> dict[str, Any]:
+    """The metadata if it fits the application kind's schema; SchemaError otherwise."""
+    cls = APPS[kind]
+    checked = check(meta, cls.SCHEMA)  # type: ignore[attr-defined]
+    cls.validate(checked)  # type: ignore[attr-defined]
+    return checked
 
 
 def _point(q: dict[str, Any], key: str) -> float:
@@ -162,55 +227,163 @@ def _point(q: dict[str, Any], key: str) -> float:
     return float(value)
 
 
-class AppVmService(LineServer):
-    """The app role's service: metadata listener plus `app_*` control ops.
+class _Link:
+    """What the application VM knows of one (app, proxy) link across connections."""
 
-    Sends nothing back; a line longer than `MAX_LINE` is dropped and counted as bad."""
+    def __init__(self, epoch: str) -> None:
+        self.epoch, self.next = epoch, 1
+
+
+class _SinkConn(Conn):
+    """A proxy's connection: the claimed (app, proxy, epoch) and nonce between `hello` and
+    `auth`, then `link` once the proof held."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock, LineSplitter(MAX_LINE))
+        self.claim: tuple[str, str, str] | None = None
+        self.nonce = ""
+        self.link: tuple[str, str] | None = None
+
+
+class AppVmService(LineServer):
+    """The app role's service: the metadata listener plus `app_*` control ops.
+
+    `key` is this VM's key (None: no proxy can ever authenticate, everything is refused)."""
 
     name = "appvm"
     thread_name = "appvm"
     max_line = MAX_LINE
+    max_conns = 256
+    max_out = 64 * 1024
 
-    def __init__(self, host: str = "0.0.0.0", port: int = APP_PORT) -> None:
+    def __init__(self, host: str = "0.0.0.0", port: int = wire.METADATA_PORT,
+                 key: str | None = None) -> None:
         super().__init__(host, port)
+        self.key = key if wire.is_key(key) else None
         self.apps: dict[str, Any] = {}
+        self.links: dict[tuple[str, str], _Link] = {}
         self.received: list[str] = []
-        self.received_bytes = self.bad_lines = self.unknown_app = 0
+        self.received_bytes = 0
+        self.audit = dict.fromkeys(("bad_lines", "auth_refused", "unauthenticated",
+                                    "schema_refused", "duplicates", "lost", "unknown_app"), 0)
         self.lock = threading.Lock()
 
-    def handle_line(self, conn: Conn, line: bytes | None) -> None:
-        if line is None:
-            self.bad_lines += 1
-        else:
-            self.ingest_line(line)
+    def new_conn(self, sock: socket.socket) -> _SinkConn:
+        return _SinkConn(sock)
 
-    def ingest_line(self, line: bytes) -> None:
-        """Record the line as received, then hand valid metadata to its application."""
+    def refusal(self) -> bytes:
+        return wire.dumps({T: wire.F_ERROR, "error": "too many connections"})
+
+    def handle_lines(self, conn: _SinkConn, lines: list[bytes | None]) -> bytes:  # type: ignore[override]
+        out, acked = b"", False
+        for line in lines:
+            if conn.closing:
+                break
+            reply = self._line(conn, line)
+            if reply is None:
+                acked = True
+            else:
+                out += wire.dumps(reply)
+        if acked and conn.link is not None:
+            out += wire.dumps({T: wire.F_ACK, "seq": self.links[conn.link].next - 1})
+        return out
+
+    def _line(self, conn: _SinkConn, line: bytes | None) -> dict[str, Any] | None:
+        """The reply to one line (None: a meta line, answered by the read's one ack)."""
+        try:
+            frame = wire.loads(line) if line is not None else "too long"
+        except ValueError as exc:
+            frame = str(exc)
+        if not isinstance(frame, dict):
+            return self._refuse(conn, "bad_lines", f"bad line: {str(frame)[:80]}")
+        kind = frame.get(T)
+        if kind == wire.M_META:
+            if conn.link is None:
+                return self._refuse(conn, "unauthenticated", "authenticate first")
+            return self._meta(conn.link, frame)
+        if kind == wire.F_HELLO and conn.link is None and conn.claim is None:
+            return self._hello(conn, frame)
+        if kind == wire.F_AUTH and conn.claim is not None:
+            return self._auth(conn, frame.get("mac"))
+        return self._refuse(conn, "unauthenticated", f"unexpected {str(kind)[:20]!r}")
+
+    def _refuse(self, conn: _SinkConn, counter: str, error: str) -> dict[str, Any]:
+        """Count it; a peer that is not (yet) an authenticated sink is hung up on."""
         with self.lock:
-            self.received_bytes += len(line) + 1
-            if len(self.received) < MAX_KEPT:
-                self.received.append(line.decode("utf-8", "replace"))
+            self.audit[counter] += 1
+        if conn.link is None:
+            conn.closing = True
+            return {T: wire.F_REFUSED, "error": error}
+        return {T: wire.F_ERROR, "error": error}
+
+    def _hello(self, conn: _SinkConn, frame: dict[str, Any]) -> dict[str, Any]:
+        app, proxy, epoch = frame.get("app"), frame.get("proxy"), frame.get("epoch")
+        if not all(isinstance(x, str) and 0 < len(x) <= wire.NAME_MAX
+                   for x in (app, proxy, epoch)):
+            return self._refuse(conn, "bad_lines", "hello needs app, proxy and epoch")
+        if app not in self.apps:
+            return self._refuse(conn, "unknown_app", f"no application {app[:40]!r} here")
+        conn.claim, conn.nonce = (app, proxy, epoch), wire.new_nonce()
+        return {T: wire.F_CHALLENGE, "nonce": conn.nonce}
+
+    def _auth(self, conn: _SinkConn, mac: object) -> dict[str, Any]:
+        assert conn.claim is not None
+        (app, proxy, epoch), nonce = conn.claim, conn.nonce
+        conn.claim, conn.nonce = None, ""
+        if self.key is None or not wire.same(
+                wire.sink_proof(wire.sink_key(self.key, app, proxy), app, proxy, nonce), mac):
+            return self._refuse(conn, "auth_refused", f"{proxy!r} may not send {app!r} here")
+        with self.lock:
+            link = self.links.get((app, proxy))
+            if link is None or link.epoch != epoch:  # a new sink: its lines count from 1
+                link = self.links[(app, proxy)] = _Link(epoch)
+        conn.link, conn.trusted = (app, proxy), True
+        return {T: wire.F_WELCOME, "next": link.next}
+
+    def _meta(self, key: tuple[str, str], frame: dict[str, Any]) -> dict[str, Any] | None:
+        """Accept the link's next line exactly once (a duplicate is only counted)."""
+        seq, app_name = frame.get("seq"), key[0]
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 < seq < wire.MAX_SEQ:
+            with self.lock:
+                self.audit["bad_lines"] += 1
+            return {T: wire.F_ERROR, "error": "meta needs an integer 'seq' >= 1"}
+        with self.lock:
+            link, app = self.links[key], self.apps.get(app_name)
+            if app is None:
+                self.audit["unknown_app"] += 1
+                return {T: wire.F_ERROR, "seq": seq, "error": f"no application {app_name!r}"}
+            if seq < link.next:
+                self.audit["duplicates"] += 1
+                return None
+            self.audit["lost"] += seq - link.next  # lines the sink dropped (overflow)
+            link.next = seq + 1
             try:
-                msg = json.loads(line)
-                app = self.apps.get(msg["app"])
-                if app is None:
-                    self.unknown_app += 1
-                    return
-                app.ingest(str(msg["src"]), msg["m"])
-            except (ValueError, KeyError, TypeError, AttributeError):
-                self.bad_lines += 1
+                meta = validate(app.kind, frame.get("m"))
+            except (SchemaError, KeyError, TypeError, AttributeError) as exc:
+                self.audit["schema_refused"] += 1
+                return {T: wire.F_ERROR, "seq": seq, "error": f"schema: {str(exc)[:120]}"}
+            kept = wire.envelope(app_name, key[1], meta)
+            self.received_bytes += len(kept) + 1
+            if len(self.received) < MAX_KEPT:
+                self.received.append(kept)
+            app.ingest(key[1], meta)
+        return None
 
     def status(self) -> dict[str, Any]:
-        return {"role": "app", "apps": {n: a.kind for n, a in self.apps.items()},
-                "received_lines": len(self.received), "received_bytes": self.received_bytes}
+        with self.lock:
+            return {"role": "app", "apps": {n: a.kind for n, a in self.apps.items()},
+                    "received_lines": len(self.received),
+                    "received_bytes": self.received_bytes, "metadata": dict(self.audit),
+                    "server": self.stats()}
 
     def ops(self) -> dict[str, Any]:
-        return {"app_configure": self._op_configure, "app_query": self._op_query,
-                "app_received": self._op_received}
+        return {wire.OP_APP_CONFIGURE: self._op_configure, wire.OP_APP_QUERY: self._op_query,
+                wire.OP_APP_RECEIVED: self._op_received}
 
     def _op_configure(self, req: dict[str, Any]) -> dict[str, Any]:
         name, kind = req.get("app"), req.get("kind")
-        if not isinstance(name, str) or kind not in APPS:
+        if not isinstance(name, str) or not 0 < len(name) <= wire.NAME_MAX \
+                or not isinstance(kind, str) or kind not in APPS:
             raise RequestError(f"app_configure needs 'app' and a 'kind' in {sorted(APPS)}")
         with self.lock:
             if name not in self.apps:
@@ -218,18 +391,22 @@ class AppVmService(LineServer):
         return {"app": name, "kind": kind, "port": self.port}
 
     def _op_query(self, req: dict[str, Any]) -> dict[str, Any]:
-        app = self.apps.get(str(req.get("app")))
+        app = self.apps.get(req.get("app")) if isinstance(req.get("app"), str) else None
         if app is None:
-            raise RequestError(f"no application {req.get('app')!r} here")
+            raise RequestError(f"no application {str(req.get('app'))[:40]!r} here")
         with self.lock:
             return app.query(req)
 
     def _op_received(self, req: dict[str, Any]) -> dict[str, Any]:
         offset = req.get("offset", 0)
-        if not isinstance(offset, int) or offset < 0:
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise RequestError("offset must be a non-negative integer")
         with self.lock:
-            chunk = self.received[offset:offset + 500]
+            chunk, size = [], 0
+            for line in self.received[offset:offset + 500]:
+                size += len(line)
+                if chunk and size > MAX_REPLY_BYTES:
+                    break
+                chunk.append(line)
             return {"lines": chunk, "total": len(self.received),
-                    "bytes": self.received_bytes, "bad_lines": self.bad_lines,
-                    "next": offset + len(chunk)}
+                    "bytes": self.received_bytes, **self.audit, "next": offset + len(chunk)}

@@ -1,26 +1,25 @@
 """Device stream framing: newline-delimited JSON frames with per-device sequence numbers.
 
 Why: devices talk to their proxy VM over plain TCP; JSON lines are easy to emit from any
-device and to inspect. A device sends `hello` once per connection, then `rec` frames with
-seq 1, 2, 3, ...; the proxy answers `welcome` (with the next seq it expects, so a device
-that reconnects knows what to resend), cumulative `ack`s, `error` for a bad frame, and
-`moved` (then it hangs up) when it does not serve the device now — a handover moved it to
-another proxy, or is bringing it here: the device asks the directory again. The
-decoder is total: any byte string yields a frame dict or a `FrameError`, never another
-exception, so malformed input cannot take the proxy down.
+device and to inspect. The frames are wire.py's (`hello`, `auth`, `rec`, `ping` from the
+device; `challenge`, `welcome`, `refused`, `ack`, `error`, `moved`, `cmd`, `pong` from the
+proxy). The decoder is total: any byte string yields a frame dict or a `FrameError`, never
+another exception, so malformed input cannot take the proxy down.
 """
 
 from __future__ import annotations
 
-import json
+from . import wire
+from .lineserver import LineSplitter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-MAX_FRAME_BYTES = 16 * 1024
-MAX_SEQ = 2**53  # JSON-safe integer range
-DEVICE_ID_MAX = 128
+MAX_FRAME_BYTES = wire.MAX_FRAME_BYTES
+MAX_SEQ = wire.MAX_SEQ
+DEVICE_ID_MAX = wire.DEVICE_ID_MAX
+__all__ = ["FrameError", "LineSplitter", "decode_frame", "encode"]
 
 
 class FrameError(ValueError):
@@ -37,28 +36,35 @@ def _is_number(value: object) -> bool:
 
 
 def decode_frame(line: bytes) -> dict[str, Any]:
-    """One device→proxy frame, validated; raises FrameError for anything else."""
+    """One device->proxy frame, validated; raises FrameError for anything else."""
     if len(line) > MAX_FRAME_BYTES:
         raise FrameError(f"frame longer than {MAX_FRAME_BYTES} bytes")
     try:
-        frame = json.loads(line)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise FrameError(f"malformed JSON: {str(exc)[:80]}") from None
+        frame = wire.loads(line)
+    except ValueError as exc:
+        raise FrameError(str(exc)) from None
     if not isinstance(frame, dict):
         raise FrameError("frame must be a JSON object")
-    kind = frame.get("t")
-    if kind == "hello":
-        return _check_hello(frame)
-    if kind == "rec":
+    kind = frame.get(wire.FRAME_KIND)
+    if kind == wire.F_REC:
         return _check_record(frame)
+    if kind == wire.F_HELLO:
+        return {wire.FRAME_KIND: kind, "dev": _device_id(frame)}
+    if kind == wire.F_AUTH:
+        mac = frame.get("mac")
+        if not isinstance(mac, str) or len(mac) != wire.MAC_HEX_CHARS:
+            raise FrameError("auth needs a 'mac' of 64 hex characters")
+        return {wire.FRAME_KIND: kind, "dev": _device_id(frame), "mac": mac}
+    if kind == wire.F_PING:
+        return {wire.FRAME_KIND: kind}
     raise FrameError(f"unknown frame type {str(kind)[:20]!r}")
 
 
-def _check_hello(frame: dict[str, Any]) -> dict[str, Any]:
+def _device_id(frame: dict[str, Any]) -> str:
     dev = frame.get("dev")
     if not isinstance(dev, str) or not 0 < len(dev) <= DEVICE_ID_MAX:
-        raise FrameError("hello needs a device id 'dev'")
-    return {"t": "hello", "dev": dev}
+        raise FrameError(f"{frame[wire.FRAME_KIND]} needs a device id 'dev'")
+    return dev
 
 
 def _check_record(frame: dict[str, Any]) -> dict[str, Any]:
@@ -69,43 +75,9 @@ def _check_record(frame: dict[str, Any]) -> dict[str, Any]:
         raise FrameError("record needs a numeric 'ts'")
     if not isinstance(value, dict):
         raise FrameError("record needs an object 'v'")
-    return {"t": "rec", "seq": seq, "ts": float(ts), "v": value}
+    return {wire.FRAME_KIND: wire.F_REC, "seq": seq, "ts": float(ts), "v": value}
 
 
 def encode(frame: dict[str, Any]) -> bytes:
     """A frame as one line (compact JSON + newline)."""
-    return json.dumps(frame, separators=(",", ":")).encode() + b"\n"
-
-
-def record_line(seq: int, ts: float, value: dict[str, Any]) -> bytes:
-    return encode({"t": "rec", "seq": seq, "ts": ts, "v": value})
-
-
-class LineSplitter:
-    """Accumulates received bytes and yields complete lines; an over-long line is reported
-    once as an error (None) and its bytes skipped up to the next newline."""
-
-    def __init__(self, max_line: int = MAX_FRAME_BYTES) -> None:
-        self.max_line = max_line
-        self._buf = b""
-        self._skipping = False
-
-    def feed(self, data: bytes) -> list[bytes | None]:
-        self._buf += data
-        out: list[bytes | None] = []
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl < 0:
-                if len(self._buf) > self.max_line:
-                    if not self._skipping:
-                        out.append(None)
-                    self._skipping, self._buf = True, b""
-                return out
-            line, self._buf = self._buf[:nl], self._buf[nl + 1:]
-            if self._skipping:
-                self._skipping = False
-                continue
-            if len(line) > self.max_line:
-                out.append(None)
-            elif line.strip():
-                out.append(line)
+    return wire.dumps(frame)

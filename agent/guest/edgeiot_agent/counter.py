@@ -36,6 +36,14 @@ class Counter:
             self._thread = threading.Thread(target=self._run, name="counter", daemon=True)
             self._thread.start()
 
+    def alive(self) -> bool:
+        """False once the thread died (the agent's supervisor then calls `revive`)."""
+        return self._thread is None or self._thread.is_alive() or self._stop.is_set()
+
+    def revive(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="counter", daemon=True)
+        self._thread.start()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:

@@ -36,7 +36,8 @@ def read_role(path: str = CMDLINE_PATH) -> str:
         return "proxy"
 
 
-def services_for(role: str, name: str) -> list[Any]:
+def services_for(role: str, name: str, key: str | None = None) -> list[Any]:
+    """The data-plane services of a role; an application VM checks its proxies with `key`."""
     if role == "app":
-        return [AppVmService()]
+        return [AppVmService(key=key)]
     return [StreamService(name)]

@@ -35,6 +35,11 @@ MAX_LAG_S = 0.1
 WINDOW_S = 1.0
 TICK_S = 0.005
 MIB = 1024 * 1024
+# Bounds on a `dirty` request: far above what a TCG vCPU can write (~50k pages/s), so
+# calibration is never limited, yet a request cannot ask the thread to spin on a credit
+# it can never spend, nor allocate beyond any guest's memory.
+MAX_PAGES_PER_S = 300_000
+MAX_WORKING_SET_BYTES = 4 * 1024 * MIB
 
 
 class Dirtier:
@@ -68,6 +73,10 @@ class Dirtier:
         """Set rate and working set; a new size reallocates, the same size keeps the buffer."""
         if pages_per_s < 0 or working_set_bytes < 0:
             raise ValueError("pages_per_s and working set must be >= 0")
+        if pages_per_s > MAX_PAGES_PER_S:
+            raise ValueError(f"pages_per_s above the limit {MAX_PAGES_PER_S}")
+        if working_set_bytes > MAX_WORKING_SET_BYTES:
+            raise ValueError(f"working set above the limit {MAX_WORKING_SET_BYTES} B")
         if pages_per_s > 0 and working_set_bytes < PAGE_SIZE:
             raise ValueError("a positive pages_per_s needs a working set of at least one page")
         if self._max_working_set is not None and working_set_bytes != len(self._buf):
@@ -148,6 +157,14 @@ class Dirtier:
             self._thread = threading.Thread(target=self._run, name="dirtier", daemon=True)
             self._thread.start()
 
+    def alive(self) -> bool:
+        """False once the thread died (the agent's supervisor then calls `revive`)."""
+        return self._thread is None or self._thread.is_alive() or self._stop.is_set()
+
+    def revive(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="dirtier", daemon=True)
+        self._thread.start()
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -189,8 +206,14 @@ class Dirtier:
 
 def _number(request: Request, key: str, default: float) -> float:
     value = request.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise RequestError(f"{key} must be a finite number")
-    if value < 0:
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise RequestError(f"{key} above the limit") from None
+    if not math.isfinite(number):
+        raise RequestError(f"{key} must be a finite number")
+    if number < 0:
         raise RequestError(f"{key} must be >= 0")
-    return float(value)
+    return number

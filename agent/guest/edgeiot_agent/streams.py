@@ -1,10 +1,15 @@
 """The proxy VM's data plane: device streams in, metadata out.
 
-Why this shape: devices connect over TCP (port 7071), say `hello` with their ID, and send
-records with per-device sequence numbers. The proxy accepts a record only if its seq is the
-next one expected for that device, acknowledges cumulatively, and tells a reconnecting
-device which seq it expects next — so a device that resends everything unacknowledged after
-a reconnect (e.g. across a live migration's downtime) delivers every record exactly once.
+Why this shape: devices connect over TCP (port 7071), say `hello` with their ID, prove
+they hold the device's key (the proxy answers `challenge` with a nonce, the device `auth`
+with wire.device_proof; the key came with `device_register`), and send records with
+per-device sequence numbers. Until a connection has proved it is the device's, nothing it
+sends touches any device's state: an impostor is `refused` and counted (`auth_refused`),
+and the real device's connection, `next` and actuator commands are not disturbed.
+The proxy accepts a record only if its seq is the next one expected for that device,
+acknowledges cumulatively, and tells a reconnecting device which seq it expects next — so a
+device that resends everything unacknowledged after a reconnect (e.g. across a live
+migration's downtime) delivers every record exactly once.
 Each accepted record is classified by the device's registered data type, appended to the
 bounded raw buffer, and fed to the installed models whose grants admit its type; their
 metadata is schema-checked and shipped to the application VMs. Nothing a device sends can
@@ -16,22 +21,23 @@ each one's snapshot (profile, `next`, `chain`, counters) in the same critical se
 nothing is accepted after the snapshot; `device_adopt` installs snapshots on the new proxy,
 so sequence numbers simply continue. A device this proxy does not serve right now (released,
 or registered `held` until its state arrives) is answered `moved` and disconnected: the
-device asks the directory again at once.
+device asks the directory again at once. Keys never travel in snapshots: the orchestrator
+registers the devices, keys included, on the adopting proxy (`held`) before adopting.
 """
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import threading
 
+from . import wire
 from .buffer import RawBuffer
 from .classify import DATA_TYPES, ClassifyError, classify
 from .codec import MAX_FRAME_BYTES, FrameError, LineSplitter, decode_frame, encode
 from .control import RequestError
 from .handover import COUNTERS, SnapshotError, parse_snapshot
 from .lineserver import Conn, LineServer
-from .metadata import APP_PORT, MetadataSink, SchemaError, check, envelope
+from .metadata import MetadataSink, SchemaError, check
 from .models import MODELS, Record
 from .permissions import Gate, PermissionDenied, check_grants
 
@@ -39,17 +45,20 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-STREAM_PORT = 7071
-MAX_CONNECTIONS = 256
-ROLES = ("sensor", "actuator")
+STREAM_PORT = wire.STREAM_PORT
+MAX_DEVICES = 512  # per proxy: `device_register` beyond it is refused
+MAX_CONNECTIONS = MAX_DEVICES + 128  # every device at once, plus handshakes in flight
+ROLES = wire.DEVICE_ROLES
+T = wire.FRAME_KIND
 
 
 class DeviceState:
     """What the proxy knows of one device: its profile and its stream's progress."""
 
     def __init__(self, dev: str, dtype: str, user: str, role: str, group: str = "",
-                 away: bool = False) -> None:
+                 away: bool = False, key: str | None = None) -> None:
         self.dev, self.dtype, self.user, self.role = dev, dtype, user, role
+        self.key = key  # None: no connection can authenticate as this device
         self.group = group or user
         self.next = 1
         self.accepted = self.duplicates = self.invalid = self.raw_bytes = 0
@@ -93,11 +102,14 @@ class Installed:
 
 
 class _Conn(Conn):
-    """A device's connection; its lines are split by the frame codec's `LineSplitter`."""
+    """A device's connection: `device` once it proved it is that device's; in between
+    `hello` and `auth`, the device it claims to be and the nonce it must sign."""
 
     def __init__(self, sock: socket.socket) -> None:
-        super().__init__(sock, LineSplitter())
+        super().__init__(sock, LineSplitter(MAX_FRAME_BYTES))
         self.device: DeviceState | None = None
+        self.claimed: DeviceState | None = None
+        self.nonce = ""
 
 
 class ProxyCore:
@@ -108,26 +120,39 @@ class ProxyCore:
         self.buffer = buffer or RawBuffer()
         self.devices: dict[str, DeviceState] = {}
         self.models: dict[str, Installed] = {}
-        self.frame_errors = 0
+        self.frame_errors = self.auth_refused = 0
+        self.max_devices = MAX_DEVICES
         self.lock = threading.RLock()
 
     # --- registration and models -------------------------------------------------------
 
     def register(self, dev: str, dtype: str, user: str, role: str = "sensor",
-                 group: str = "", held: bool = False) -> None:
-        """Know a device's profile; `held`: a new device waits for its state (handover)."""
-        if dtype not in DATA_TYPES:
-            raise RequestError(f"unknown data type {dtype!r}")
-        if role not in ROLES:
-            raise RequestError(f"unknown device role {role!r}")
-        if not dev or not user:
-            raise RequestError("a device needs an id and a user")
+                 group: str = "", held: bool = False, key: str | None = None) -> None:
+        """Know a device's profile and key; `held`: a new device waits for its state
+        (handover). Registering a known device again may give it a new key."""
+        self.register_many([{"id": dev, "type": dtype, "user": user, "role": role,
+                             "group": group, "key": key}], held)
+
+    def register_many(self, profiles: list[dict[str, Any]], held: bool = False) -> int:
+        """Register checked profiles all or none, within `max_devices`."""
         with self.lock:
-            known = self.devices.get(dev)
-            if known is not None and (known.dtype, known.user) != (dtype, user):
-                raise RequestError(f"device {dev!r} is registered with another profile")
-            if known is None:
-                self.devices[dev] = DeviceState(dev, dtype, user, role, group, away=held)
+            new = {p["id"] for p in profiles} - set(self.devices)
+            if len(self.devices) + len(new) > self.max_devices:
+                raise RequestError(f"a proxy serves at most {self.max_devices} devices")
+            for p in profiles:
+                _check_profile(p)
+                known = self.devices.get(p["id"])
+                if known is not None and (known.dtype, known.user) != (p["type"], p["user"]):
+                    raise RequestError(f"device {p['id']!r} is registered with another "
+                                       "profile")
+            for p in profiles:
+                known = self.devices.get(p["id"])
+                if known is None:
+                    self.devices[p["id"]] = DeviceState(p["id"], p["type"], p["user"],
+                                                        p["role"], p["group"], held, p["key"])
+                elif p["key"] is not None:
+                    known.key = p["key"]
+            return len(profiles)
 
     def release(self, devs: list[str]) -> list[tuple[dict[str, Any], _Conn | None]]:
         """Stop serving these devices; each one's final snapshot and its connection (to be
@@ -151,6 +176,9 @@ class ProxyCore:
         except SnapshotError as exc:
             raise RequestError(f"bad snapshot: {exc}") from None
         with self.lock:
+            new = {snap["id"] for snap in snaps} - set(self.devices)
+            if len(self.devices) + len(new) > self.max_devices:
+                raise RequestError(f"a proxy serves at most {self.max_devices} devices")
             for snap in snaps:
                 known = self.devices.get(snap["id"])
                 if known is not None and not known.away:
@@ -193,13 +221,29 @@ class ProxyCore:
     # --- the stream --------------------------------------------------------------------
 
     def hello(self, dev: str) -> tuple[DeviceState | None, dict[str, Any]]:
+        """The challenge for a device this proxy serves (changes nothing), else the refusal
+        or `moved`."""
         with self.lock:
             state = self.devices.get(dev)
         if state is None:
-            return None, {"t": "refused", "error": f"unknown device {dev!r}"}
+            self.auth_refused += 1
+            return None, {T: wire.F_REFUSED, "error": f"unknown device {dev!r}"}
         if state.away:
             return None, moved(dev)
-        return state, {"t": "welcome", "dev": dev, "next": state.next, "proxy": self.name}
+        return state, {T: wire.F_CHALLENGE, "dev": dev, "nonce": wire.new_nonce()}
+
+    def authenticate(self, state: DeviceState, nonce: str, mac: str) -> dict[str, Any]:
+        """`welcome` if `mac` proves the device's key for this nonce; else `refused`
+        (counted) or `moved`. Changes no device state either way."""
+        with self.lock:
+            key = state.key
+            if key is None or not wire.same(wire.device_proof(key, state.dev, nonce), mac):
+                self.auth_refused += 1
+                return {T: wire.F_REFUSED, "error": f"device {state.dev!r}: bad proof"}
+            if state.away:
+                return moved(state.dev)
+            return {T: wire.F_WELCOME, "dev": state.dev, "next": state.next,
+                    "proxy": self.name}
 
     def record(self, state: DeviceState, frame: dict[str, Any], line: bytes) -> dict[str, Any]:
         """Accept the next record exactly once; the reply is the cumulative ack (or error)."""
@@ -209,24 +253,26 @@ class ProxyCore:
             seq = frame["seq"]
             if seq < state.next:
                 state.duplicates += 1
-                return {"t": "ack", "seq": state.next - 1}
+                return {T: wire.F_ACK, "seq": state.next - 1}
             if seq > state.next:
-                return {"t": "ack", "seq": state.next - 1, "gap": seq}
+                return {T: wire.F_ACK, "seq": state.next - 1, "gap": seq}
             try:
                 value = classify(state.dtype, frame["v"])
             except ClassifyError as exc:
                 state.invalid += 1
-                state.next += 1  # refused for good: resending would not fix it
-                return {"t": "error", "seq": seq, "error": str(exc)}
+                # NOTE: refused for good (resending would not fix it); only the device's
+                # own authenticated connection gets here, so only it can burn its seqs.
+                state.next += 1
+                return {T: wire.F_ERROR, "seq": seq, "error": str(exc)}
             state.next += 1
             state.accepted += 1
             state.raw_bytes += len(line)
-            state.chain = hashlib.sha256((state.chain + line.decode()).encode()).hexdigest()[:32]
+            state.chain = wire.chain_step(state.chain, line)
             self.buffer.append(line)
             record = Record(state.dev, state.user, state.dtype, seq, frame["ts"], value,
                             state.group)
             self._run_models(record, len(line))
-            return {"t": "ack", "seq": seq}
+            return {T: wire.F_ACK, "seq": seq}
 
     def _run_models(self, record: Record, size: int) -> None:
         for inst in self.models.values():
@@ -240,24 +286,39 @@ class ProxyCore:
                 continue
             for meta in out:
                 try:
-                    line = envelope(inst.app, self.name, check(meta, inst.model.SCHEMA))
+                    checked = check(meta, inst.model.SCHEMA)
                 except SchemaError:
                     inst.schema_errors += 1
                     continue
                 inst.emitted += 1
-                inst.meta_bytes += len(line)
-                inst.sink.send(line)
+                inst.meta_bytes += inst.sink.send(checked)
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
             return {"devices": {d: s.stats() for d, s in self.devices.items()},
                     "models": {a: m.stats() for a, m in self.models.items()},
-                    "buffer": self.buffer.status(), "frame_errors": self.frame_errors}
+                    "buffer": self.buffer.status(), "frame_errors": self.frame_errors,
+                    "auth_refused": self.auth_refused}
 
 
 def moved(dev: str) -> dict[str, Any]:
-    return {"t": "moved", "dev": dev,
+    return {T: wire.F_MOVED, "dev": dev,
             "error": f"device {dev!r} is not served by this proxy: ask the directory again"}
+
+
+def _check_profile(p: dict[str, Any]) -> None:
+    """A profile as `register_many` takes it (every field present, key None or a key)."""
+    dev = p["id"]
+    if not isinstance(dev, str) or not 0 < len(dev) <= wire.DEVICE_ID_MAX:
+        raise RequestError(f"a device id is 1..{wire.DEVICE_ID_MAX} characters")
+    if p["type"] not in DATA_TYPES:
+        raise RequestError(f"unknown data type {str(p['type'])[:40]!r}")
+    if p["role"] not in ROLES:
+        raise RequestError(f"unknown device role {str(p['role'])[:40]!r}")
+    if not isinstance(p["user"], str) or not p["user"] or not isinstance(p["group"], str):
+        raise RequestError("a device needs a user (and a group, if any, is text)")
+    if p["key"] is not None and not wire.is_key(p["key"]):
+        raise RequestError(f"device {dev!r}: a key is 64 lowercase hex characters")
 
 
 class StreamService(LineServer):
@@ -267,6 +328,7 @@ class StreamService(LineServer):
     thread_name = "streams"
     max_line = MAX_FRAME_BYTES
     max_conns = MAX_CONNECTIONS
+    max_out = 256 * 1024
 
     def __init__(self, name: str, host: str = "0.0.0.0", port: int = STREAM_PORT,
                  buffer_bytes: int = 4 * 1024 * 1024) -> None:
@@ -278,8 +340,22 @@ class StreamService(LineServer):
         for inst in list(self.core.models.values()):
             inst.sink.close()
 
+    def alive(self) -> bool:
+        """The stream thread and every model's sink thread."""
+        return super().alive() and all(i.sink.alive() for i in list(self.core.models.values()))
+
+    def revive(self) -> None:
+        if not super().alive():
+            self._start_thread()
+        for inst in list(self.core.models.values()):
+            if not inst.sink.alive():
+                inst.sink.revive()
+
     def new_conn(self, sock: socket.socket) -> _Conn:
         return _Conn(sock)
+
+    def refusal(self) -> bytes:
+        return encode({T: wire.F_ERROR, "error": "too many connections"})
 
     def conn_closed(self, conn: _Conn) -> None:  # type: ignore[override]
         if conn.device is not None and conn.device.conn is conn:
@@ -291,13 +367,15 @@ class StreamService(LineServer):
             reply = self._frame(conn, line)
             if reply is None:
                 continue
-            if reply["t"] == "ack":
+            if reply[T] == wire.F_ACK:
                 last_ack = reply  # cumulative: one ack per read is enough
                 continue
-            if reply["t"] == "moved":  # the last word on this connection
+            if reply[T] in (wire.F_MOVED, wire.F_REFUSED):  # the last word on this connection
                 conn.closing, end = True, encode(reply)
                 break
             out += encode(reply)
+            if len(out) > self.max_out:
+                break
         if last_ack is not None:
             out += encode(last_ack)
         return out + end
@@ -309,18 +387,43 @@ class StreamService(LineServer):
             frame = decode_frame(line)
         except FrameError as exc:
             self.core.frame_errors += 1
-            return {"t": "error", "error": str(exc)}
-        if frame["t"] == "hello":
-            state, reply = self.core.hello(frame["dev"])
-            if state is not None:
+            return {T: wire.F_ERROR, "error": str(exc)}
+        kind = frame[T]
+        if kind == wire.F_REC:
+            device = conn.device
+            if device is None or (device.conn is not conn and not device.away):
+                self.core.frame_errors += 1
+                return {T: wire.F_ERROR, "error": "authenticate first: hello, then auth"}
+            return self.core.record(device, frame, line)  # type: ignore[arg-type]
+        if kind == wire.F_HELLO:
+            return self._hello(conn, frame["dev"])
+        if kind == wire.F_AUTH:
+            return self._auth(conn, frame["dev"], frame["mac"])
+        return {T: wire.F_PONG}
+
+    def _hello(self, conn: _Conn, dev: str) -> dict[str, Any]:
+        """Start (or restart) this connection's handshake; nothing changes for any device
+        until `auth` proves the key."""
+        if conn.device is not None and conn.device.conn is conn:
+            conn.device.conn = None  # the device itself starts over on its own connection
+        conn.device = None
+        state, reply = self.core.hello(dev)
+        conn.claimed, conn.nonce = state, reply.get("nonce", "")
+        return reply
+
+    def _auth(self, conn: _Conn, dev: str, mac: str) -> dict[str, Any]:
+        state, nonce = conn.claimed, conn.nonce
+        conn.claimed, conn.nonce = None, ""  # one attempt per challenge
+        if state is None or state.dev != dev or not nonce:
+            self.core.auth_refused += 1
+            return {T: wire.F_REFUSED, "error": "auth without a matching hello"}
+        reply = self.core.authenticate(state, nonce, mac)
+        if reply[T] == wire.F_WELCOME:
+            with self.core.lock:
                 if state.conn is not None and state.conn is not conn:
                     state.conn.closing = True  # the device reconnected; the old link is stale
-                conn.device, state.conn = state, conn
-            return reply
-        if conn.device is None:
-            self.core.frame_errors += 1
-            return {"t": "error", "error": "send hello first"}
-        return self.core.record(conn.device, frame, line)  # type: ignore[arg-type]
+                conn.device, state.conn, conn.trusted = state, conn, True
+        return reply
 
     # --- control ops ---------------------------------------------------------------------
 
@@ -328,28 +431,37 @@ class StreamService(LineServer):
         core = self.core
         return {"role": "proxy", "streams": {
             "devices": len(core.devices), "models": sorted(core.models),
-            "accepted": sum(d.accepted for d in core.devices.values()),
-            "buffer_bytes": core.buffer.total_bytes, "frame_errors": core.frame_errors}}
+            "accepted": sum(d.accepted for d in list(core.devices.values())),
+            "buffer_bytes": core.buffer.total_bytes, "frame_errors": core.frame_errors,
+            "auth_refused": core.auth_refused, "server": self.stats()}}
 
     def ops(self) -> dict[str, Any]:
-        return {"device_register": self._op_register, "stream_stats": self._op_stats,
-                "model_install": self._op_install, "model_remove": self._op_remove,
-                "actuate": self._op_actuate, "device_release": self._op_release,
-                "device_adopt": self._op_adopt}
+        return {wire.OP_DEVICE_REGISTER: self._op_register,
+                wire.OP_STREAM_STATS: self._op_stats,
+                wire.OP_MODEL_INSTALL: self._op_install, wire.OP_MODEL_REMOVE: self._op_remove,
+                wire.OP_ACTUATE: self._op_actuate, wire.OP_DEVICE_RELEASE: self._op_release,
+                wire.OP_DEVICE_ADOPT: self._op_adopt}
 
     def _op_register(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`{devices: [{id, type, user, role?, group?, key}], held?}`: a key is required."""
         devices, held = req.get("devices"), req.get("held", False)
-        if not isinstance(devices, list):
-            raise RequestError("devices must be a list of {id, type, user, role, group}")
+        if not isinstance(devices, list) or len(devices) > self.core.max_devices:
+            raise RequestError("devices must be a list of {id, type, user, role, group, key}, "
+                               f"at most {self.core.max_devices}")
         if not isinstance(held, bool):
             raise RequestError("held must be true or false")
+        profiles = []
         for d in devices:
             if not isinstance(d, dict):
                 raise RequestError("each device must be an object")
-            self.core.register(str(d.get("id", "")), str(d.get("type", "")),
-                               str(d.get("user", "")), str(d.get("role", "sensor")),
-                               str(d.get("group") or ""), held)
-        return {"registered": len(devices), "stream_port": self.port}
+            if not wire.is_key(d.get("key")):
+                raise RequestError(f"device {str(d.get('id'))[:40]!r} needs a 'key' "
+                                   "(64 lowercase hex characters)")
+            profiles.append({"id": d.get("id"), "type": d.get("type"), "user": d.get("user"),
+                             "role": d.get("role", "sensor"), "group": d.get("group") or "",
+                             "key": d["key"]})
+        return {"registered": self.core.register_many(profiles, held),
+                "stream_port": self.port}
 
     def _op_release(self, req: dict[str, Any]) -> dict[str, Any]:
         devices = req.get("devices")
@@ -368,7 +480,7 @@ class StreamService(LineServer):
 
     def _op_adopt(self, req: dict[str, Any]) -> dict[str, Any]:
         devices = req.get("devices")
-        if not isinstance(devices, list):
+        if not isinstance(devices, list) or len(devices) > self.core.max_devices:
             raise RequestError("devices must be a list of snapshots")
         return {"adopted": self.core.adopt(devices)}
 
@@ -376,30 +488,35 @@ class StreamService(LineServer):
         return self.core.stats()
 
     def _op_install(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`{app, model, grants, params?, sink: {host, port, key}}`."""
         app, model, grants = req.get("app"), req.get("model"), req.get("grants")
         sink, params = req.get("sink"), req.get("params", {})
         if not isinstance(app, str) or not isinstance(model, str) or not app:
             raise RequestError("model_install needs 'app' and 'model'")
+        if len(app) > wire.NAME_MAX:
+            raise RequestError(f"an application name is at most {wire.NAME_MAX} characters")
         if not isinstance(grants, list) or not isinstance(params, dict):
             raise RequestError("grants must be a list and params an object")
         if not isinstance(sink, dict) or not isinstance(sink.get("host"), str):
-            raise RequestError("sink must be {host, port}")
+            raise RequestError("sink must be {host, port, key}")
+        if not wire.is_key(sink.get("key")):
+            raise RequestError("sink needs a 'key' (64 lowercase hex characters)")
         try:
             allowed = check_grants(model, MODELS[model].READS, grants) if model in MODELS else None
         except PermissionDenied as exc:
             raise RequestError(f"permission denied: {exc}") from None
         if allowed is None:
             raise RequestError(f"unknown model {model!r}; known: {', '.join(sorted(MODELS))}")
-        try:
-            port = int(sink.get("port", APP_PORT))
-        except (TypeError, ValueError):
-            raise RequestError("sink port must be an integer") from None
-        shipper = MetadataSink(sink["host"], port)
+        port = sink.get("port", wire.METADATA_PORT)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise RequestError("sink port must be an integer in 1..65535")
+        shipper = MetadataSink(sink["host"], port, key=sink["key"], app=app,
+                               proxy=self.core.name)
         try:
             return self.core.install(app, model, [str(g) for g in grants], params, shipper)
         except (KeyError, ValueError, TypeError) as exc:
             shipper.close()
-            raise RequestError(f"bad model params: {exc}") from None
+            raise RequestError(f"bad model params: {str(exc)[:200]}") from None
 
     def _op_remove(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"removed": self.core.remove(str(req.get("app", "")))}
@@ -407,16 +524,16 @@ class StreamService(LineServer):
     def _op_actuate(self, req: dict[str, Any]) -> dict[str, Any]:
         dev, command = req.get("device"), req.get("command")
         with self.core.lock:
-            state = self.core.devices.get(str(dev))
+            state = self.core.devices.get(dev) if isinstance(dev, str) else None
         if state is None or state.role != "actuator":
-            raise RequestError(f"{dev!r} is not a registered actuator")
+            raise RequestError(f"{str(dev)[:40]!r} is not a registered actuator")
         if not isinstance(command, dict):
             raise RequestError("command must be an object")
-        conn = state.conn
+        conn = state.conn  # only ever an authenticated connection
         if conn is None:
             raise RequestError(f"actuator {dev!r} is not connected")
         # NOTE: handed to the stream thread's connection buffer (under the connection's
         # lock: this runs on the control thread); sent when the socket is writable.
-        if not self.push(conn, encode({"t": "cmd", "cmd": command})):
+        if not self.push(conn, encode({T: wire.F_CMD, "cmd": command})):
             raise RequestError(f"actuator {dev!r} is not connected")
         return {"sent": True}

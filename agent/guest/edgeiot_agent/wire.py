@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import socket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -136,3 +137,202 @@ def sink_key(app_vm_key: str, app: str, proxy: str) -> str:
 
 def sink_proof(key: str, app: str, proxy: str, nonce: str) -> str:
     return mac(key, "sink", app, proxy, nonce)
+
+
+def key_from_cmdline(cmdline: str) -> str | None:
+    """The last `edgeiot.key=` value on a kernel command line, None if absent or malformed
+    (a malformed key is no key: the agent then refuses every op that needs one)."""
+    key = None
+    for word in cmdline.split():
+        if word.startswith(KEY_CMDLINE + "="):
+            key = word.split("=", 1)[1]
+    return key if is_key(key) else None
+
+
+def read_cmdline_key(path: str = "/proc/cmdline") -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return key_from_cmdline(f.read())
+    except OSError:
+        return None
+
+
+# --- sizes and ranges ---------------------------------------------------------------------------
+
+MAX_CONTROL_LINE = 64 * 1024  # one control request, without its newline
+MAX_FRAME_BYTES = 16 * 1024  # one device frame, without its newline
+MAX_META_LINE = 16 * 1024  # one metadata-link line, without its newline
+MAX_SEQ = 2**53  # JSON-safe integer range: sequence numbers stay below it
+DEVICE_ID_MAX = 128
+NAME_MAX = 128  # application and proxy names on the metadata link
+
+
+# --- strict JSON: the one decoder every listener uses -------------------------------------------
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads(line: bytes) -> Any:
+    """Decode one line as strict JSON; ValueError (with a short message) for anything else.
+
+    NOTE: `json.loads(bytes)` guesses UTF-16/32 from the first bytes and accepts NaN and
+    Infinity; deep nesting raises RecursionError, which is not a ValueError. Decoding UTF-8
+    ourselves, refusing the constants and turning RecursionError into ValueError makes the
+    decoder total: any byte string is a value or a ValueError.
+    """
+    try:
+        text = line.decode("utf-8")
+        return json.loads(text, parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"malformed JSON: {str(exc)[:80]}") from None
+
+
+def dumps(obj: object) -> bytes:
+    """One line: compact JSON and a newline (the encoding of every reply and frame)."""
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+# --- control ops (orchestrator -> guest agent, port 7070) ----------------------------------------
+# A request is {"op": NAME, ...args, "auth": {"n", "mac"}}; a reply {"ok": true, ...} or
+# {"ok": false, "error": MESSAGE}. `challenge` answers {"ok": true, "nonce": NONCE}.
+
+OP_PING = "ping"
+OP_STATUS = "status"
+OP_DIRTY = "dirty"
+OP_DEVICE_REGISTER = "device_register"
+OP_DEVICE_RELEASE = "device_release"
+OP_DEVICE_ADOPT = "device_adopt"
+OP_STREAM_STATS = "stream_stats"
+OP_MODEL_INSTALL = "model_install"
+OP_MODEL_REMOVE = "model_remove"
+OP_ACTUATE = "actuate"
+OP_APP_CONFIGURE = "app_configure"
+OP_APP_QUERY = "app_query"
+OP_APP_RECEIVED = "app_received"
+AUTH_REFUSED = "unauthenticated"  # every refused op's error message starts with it
+
+
+class ControlClient:
+    """One control connection that signs its requests (stdlib only: tests, bench, the
+    orchestrator). With `key=None` requests go unsigned (a `--insecure` agent, or open ops).
+
+    The first request that needs a proof fetches the connection's nonce; each later one is
+    signed with the next counter. A reply is returned as decoded, `ok` false included.
+    """
+
+    def __init__(self, host: str, port: int = CONTROL_PORT, key: str | None = None,
+                 timeout_s: float = 3.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout_s)
+        self._reader = self.sock.makefile("rb")
+        self.key, self.nonce, self.n = key, "", 0
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        request: dict[str, Any] = {"op": op, **args}
+        if self.key is not None and op not in OPEN_OPS:
+            if not self.nonce:
+                self.nonce = str(self.exchange({"op": OP_CHALLENGE}).get("nonce", ""))
+            self.n += 1
+            request = sign_request(self.key, self.nonce, self.n, request)
+        return self.exchange(request)
+
+    def exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one request as is, return the reply line decoded."""
+        self.sock.sendall(dumps(request))
+        line = self._reader.readline(MAX_CONTROL_LINE * 64)
+        if not line.endswith(b"\n"):
+            raise OSError("control connection closed before a reply")
+        reply = loads(line)
+        if not isinstance(reply, dict):
+            raise ValueError(f"reply is not an object: {line[:80]!r}")
+        return reply
+
+    def close(self) -> None:
+        self._reader.close()
+        self.sock.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+# --- device streams (device <-> proxy, port 7071) -------------------------------------------------
+# Every frame is one JSON object with its kind in "t".
+#   device -> proxy: hello {dev}; auth {dev, mac}; rec {seq, ts, v}; ping {}
+#   proxy -> device: challenge {dev, nonce}; welcome {dev, next, proxy}; refused {error};
+#                    ack {seq[, gap]}; error {error[, seq]}; moved {dev, error}; cmd {cmd};
+#                    pong {}
+# After `welcome`, `next` is the seq the proxy expects: the device drops what it has below
+# it and resends the rest. `refused` and `moved` are the proxy's last word on a connection.
+
+FRAME_KIND = "t"
+F_HELLO = "hello"
+F_CHALLENGE = "challenge"
+F_AUTH = "auth"
+F_WELCOME = "welcome"
+F_REFUSED = "refused"
+F_REC = "rec"
+F_ACK = "ack"
+F_ERROR = "error"
+F_MOVED = "moved"
+F_CMD = "cmd"
+F_PING = "ping"
+F_PONG = "pong"
+DEVICE_FRAMES = frozenset({F_HELLO, F_AUTH, F_REC, F_PING})  # what a device may send
+
+
+def record_line(seq: int, ts: float, value: dict[str, Any]) -> bytes:
+    """A record frame as the device sends it, without the newline (what the chain covers)."""
+    return json.dumps({FRAME_KIND: F_REC, "seq": seq, "ts": ts, "v": value},
+                      separators=(",", ":")).encode()
+
+
+def chain_step(chain: str, line: bytes) -> str:
+    """The hash chain over a device's accepted record lines (each without its newline): both
+    ends keep it, so equal chains prove the same records in the same order."""
+    return hashlib.sha256((chain + line.decode("utf-8")).encode()).hexdigest()[:32]
+
+
+# --- metadata link (proxy's sink -> application VM, port 7072) -----------------------------------
+#   sink -> app VM: hello {app, proxy, epoch}; auth {mac}; meta {seq, m}
+#   app VM -> sink: challenge {nonce}; welcome {next}; refused {error}; ack {seq};
+#                   error {error[, seq]}
+# `epoch` names one sink's life (a reinstalled model or a rebooted proxy starts a new one,
+# numbered from 1 again); `seq` counts that link's lines. The application VM keeps, per
+# (app, proxy), the epoch and the next seq: a line below it is a duplicate (acked, dropped),
+# so a sink that resends everything unacked after a reconnect delivers each line once.
+
+M_META = "meta"
+EPOCH_HEX_CHARS = 16
+
+
+def meta_line(seq: int, meta: dict[str, Any]) -> bytes:
+    return dumps({FRAME_KIND: M_META, "seq": seq, "m": meta})
+
+
+def envelope(app: str, src: str, meta: dict[str, Any]) -> str:
+    """How the application VM keeps an accepted line for the privacy audit (`app_received`)."""
+    return json.dumps({"app": app, "src": src, "m": meta}, separators=(",", ":"))
+
+
+# --- the directory (orchestrator -> devices) and device profiles ----------------------------------
+# directory.json: {"users": {USER: ENTRY}, "devices": {DEV: ENTRY}}, ENTRY = {"proxy": ADDRESS,
+# "port": PORT}; a device's own entry wins over its user's.
+# A profile, as `device_register` takes it: {"id", "type", "user", "role", "group", "key"}.
+# A snapshot (`device_release` -> `device_adopt`): the profile without "key", plus "next",
+# "chain" and the counters; a device's key never travels in a snapshot.
+
+DIR_USERS = "users"
+DIR_DEVICES = "devices"
+DIR_PROXY = "proxy"
+DIR_PORT = "port"
+PROFILE_FIELDS = ("id", "type", "user", "role", "group", "key")
+DEVICE_ROLES = ("sensor", "actuator")
+SPEC_KEYS = "keys"  # the emulator spec's {device id: key}
