@@ -9,5 +9,7 @@ Runs under the guest's minimal Python: standard library only, every import at mo
 level (images/build.py discovers the stdlib modules to ship by importing `.app`).
 """
 
+from .wire import CONTROL_PORT as DEFAULT_PORT
+
 __version__ = "0.1.0"
-DEFAULT_PORT = 7070
+__all__ = ["DEFAULT_PORT", "__version__"]
