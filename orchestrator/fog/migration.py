@@ -21,7 +21,7 @@ import libvirt
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.hypervisor import Guest, Hypervisor
 from orchestrator.fog.jobstats import FinalStats, JobSample, parse_completed, parse_sample
-from orchestrator.model.precopy import detect_stall
+from orchestrator.model.live import detect_stall
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]

@@ -10,16 +10,18 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from orchestrator.model.live import (
+    JobSample,
+    detect_stall,
+    estimate_remaining,
+    monotone_eta,
+    monotone_series,
+)
 from orchestrator.model.precopy import (
     MIB,
     Calibration,
-    JobSample,
     MigrationInputs,
-    detect_stall,
-    estimate_remaining,
     leftover_bytes,
-    monotone_eta,
-    monotone_series,
     naive_time_s,
     predict,
 )
