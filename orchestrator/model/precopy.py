@@ -435,3 +435,20 @@ def naive_time_s(inputs: MigrationInputs) -> float:
     """The baseline every published model beats: M ÷ r_mig."""
     return inputs.memory_bytes / inputs.bandwidth_bytes_s
 
+
+
+_MOVED_TO_LIVE = frozenset({"JobSample", "RemainingEstimate", "estimate_remaining", "EtaState",
+                            "monotone_eta", "monotone_series", "IterationSample",
+                            "StallVerdict", "detect_stall"})
+
+
+def __getattr__(name: str) -> Any:
+    """The live estimates moved to `model.live`; old imports from here keep working.
+
+    Why lazily: `live` imports this module, so importing it back at load time would be a
+    cycle. New code imports from `orchestrator.model.live`.
+    """
+    if name in _MOVED_TO_LIVE:
+        from orchestrator.model import live
+        return getattr(live, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
