@@ -275,37 +275,39 @@ class AppVmService(LineServer):
         return wire.dumps({T: wire.F_ERROR, "error": "too many connections"})
 
     def handle_lines(self, conn: _SinkConn, lines: list[bytes | None]) -> bytes:  # type: ignore[override]
-        out, acked = b"", False
+        """Each line's reply, then one cumulative ack if any meta line came (accepted,
+        duplicate or refused: each is consumed)."""
+        out, metas = b"", 0
         for line in lines:
             if conn.closing:
                 break
-            reply = self._line(conn, line)
-            if reply is None:
-                acked = True
-            else:
+            reply, meta = self._line(conn, line)
+            metas += meta
+            if reply is not None:
                 out += wire.dumps(reply)
-        if acked and conn.link is not None:
+        if metas and conn.link is not None:
             out += wire.dumps({T: wire.F_ACK, "seq": self.links[conn.link].next - 1})
         return out
 
-    def _line(self, conn: _SinkConn, line: bytes | None) -> dict[str, Any] | None:
-        """The reply to one line (None: a meta line, answered by the read's one ack)."""
+    def _line(self, conn: _SinkConn, line: bytes | None) -> tuple[dict[str, Any] | None, bool]:
+        """The reply to one line (None: nothing but the read's ack), and whether it was a
+        meta line of the authenticated link."""
         try:
             frame = wire.loads(line) if line is not None else "too long"
         except ValueError as exc:
             frame = str(exc)
         if not isinstance(frame, dict):
-            return self._refuse(conn, "bad_lines", f"bad line: {str(frame)[:80]}")
+            return self._refuse(conn, "bad_lines", f"bad line: {str(frame)[:80]}"), False
         kind = frame.get(T)
         if kind == wire.M_META:
             if conn.link is None:
-                return self._refuse(conn, "unauthenticated", "authenticate first")
-            return self._meta(conn.link, frame)
+                return self._refuse(conn, "unauthenticated", "authenticate first"), False
+            return self._meta(conn.link, frame), True
         if kind == wire.F_HELLO and conn.link is None and conn.claim is None:
-            return self._hello(conn, frame)
+            return self._hello(conn, frame), False
         if kind == wire.F_AUTH and conn.claim is not None:
-            return self._auth(conn, frame.get("mac"))
-        return self._refuse(conn, "unauthenticated", f"unexpected {str(kind)[:20]!r}")
+            return self._auth(conn, frame.get("mac")), False
+        return self._refuse(conn, "unauthenticated", f"unexpected {str(kind)[:20]!r}"), False
 
     def _refuse(self, conn: _SinkConn, counter: str, error: str) -> dict[str, Any]:
         """Count it; a peer that is not (yet) an authenticated sink is hung up on."""
