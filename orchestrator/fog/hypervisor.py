@@ -8,6 +8,7 @@ route to the node.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -20,6 +21,13 @@ from urllib.parse import urlparse
 import libvirt
 
 from orchestrator.errors import OrchestratorError, UnsafeDestination
+from orchestrator.fog.capabilities import (
+    PAGE_SAMPLING,
+    Capabilities,
+    DirtyRate,
+    detect,
+    parse_dirty_rate,
+)
 from orchestrator.fog.node import FogNode
 from orchestrator.netguard import NetworkPolicy, check_destination
 
@@ -140,6 +148,35 @@ class Guest:
             self.dom.migrateStartPostCopy(0)
         except libvirt.libvirtError as exc:
             raise _error(f"switch {self.name} to post-copy", exc) from exc
+
+    def measure_dirty_rate(self, caps: Capabilities, window_s: int = 1,
+                           mode: str = PAGE_SAMPLING, sleep: Callable[[float], None] = time.sleep,
+                           poll_s: float = 0.2) -> DirtyRate:
+        """The hypervisor's dirty-rate calculation over `window_s` whole seconds.
+
+        Refused (one line, before QEMU is asked) where `caps` says the mode cannot work:
+        dirty-bitmap under TCG killed QEMU 7.2's guest, dirty-ring needs KVM.
+        """
+        refusal = caps.dirty_rate_refusal(mode)
+        if refusal:
+            raise OrchestratorError(f"dirty rate of {self.name}: {refusal}")
+        flags = {PAGE_SAMPLING: libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING,
+                 "dirty-ring": libvirt.VIR_DOMAIN_DIRTYRATE_MODE_DIRTY_RING,
+                 "dirty-bitmap": libvirt.VIR_DOMAIN_DIRTYRATE_MODE_DIRTY_BITMAP}[mode]
+        try:
+            self.dom.startDirtyRateCalc(window_s, flags)
+            sleep(window_s)
+            for _ in range(int((window_s + 10) / poll_s)):
+                stats = self.dom.connect().domainListGetStats(
+                    [self.dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE, 0)
+                measured = parse_dirty_rate(dict(stats[0][1])) if stats else None
+                if measured is not None:
+                    return measured
+                sleep(poll_s)
+        except libvirt.libvirtError as exc:
+            raise _error(f"dirty rate of {self.name} on {self.node}", exc) from exc
+        raise OrchestratorError(f"dirty rate of {self.name} on {self.node}: no result "
+                                f"{window_s + 10} s after a {window_s} s calculation")
 
     def destroy(self) -> None:
         try:
@@ -286,6 +323,23 @@ class Hypervisor:
     def hostname(self) -> str:
         return str(self.conn.getHostname())
 
+    def capabilities(self, guest: Guest | None = None) -> Capabilities:
+        """What this node's QEMU/libvirt can do for migration (see fog.capabilities);
+        with `guest`, whether that domain has KVM's dirty ring on too."""
+        domain_xml = guest.xml() if guest else None
+        # NOTE: the guest's own type (qemu = TCG, kvm): libvirt's default is the best the
+        # host offers, and a host where /dev/kvm opens offers kvm even when guests use TCG.
+        virt_type = _virt_type(domain_xml) if domain_xml else None
+        try:
+            xml = self.conn.getDomainCapabilities(None, None, None, virt_type, 0)
+            versions = int(self.conn.getVersion()), int(self.conn.getLibVersion())
+        except libvirt.libvirtError as exc:
+            raise _error(f"capabilities of {self.node.name}", exc) from exc
+        try:
+            return detect(xml, *versions, domain_xml=domain_xml)
+        except ValueError as exc:
+            raise OrchestratorError(f"capabilities of {self.node.name}: {exc}") from None
+
     # --- storage (replicas of a proxy VM's static part) -----------------------------------
 
     def ensure_dir_pool(self, name: str, path: str) -> None:
@@ -350,6 +404,11 @@ class Hypervisor:
             vol.delete(0)
         except libvirt.libvirtError as exc:
             raise _error(f"delete volume {name} on {self.node.name}", exc) from exc
+
+
+def _virt_type(domain_xml: str) -> str | None:
+    found = re.search(r"<domain[^>]*\stype=['\"](\w+)['\"]", domain_xml)
+    return found[1] if found else None
 
 
 @contextmanager
