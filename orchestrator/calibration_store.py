@@ -10,7 +10,10 @@ atomic (temporary file + rename): a crash never leaves half a calibration behind
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.errors import UserError
@@ -87,3 +90,30 @@ def import_from(source: str | Path, state_dir: str | Path) -> Calibration:
 
 def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc)
+
+
+def check_qemu(calibration: Calibration, qemu_version: str | None, force: bool = False,
+               option: str = "--force") -> str | None:
+    """Refuse a calibration fitted on another QEMU (one line), unless forced; forced, the
+    mismatch comes back as a warning for the caller to show and record."""
+    mismatch = calibration.qemu_mismatch(qemu_version)
+    if mismatch is None:
+        return None
+    if not force:
+        raise UserError(f"{mismatch}: refit with `orchestrator calibrate`, or pass {option} "
+                        "to use it anyway")
+    return f"{mismatch} (used anyway: {option})"
+
+
+def local_qemu_version(run: Callable[[list[str]], str] | None = None) -> str | None:
+    """The version of this machine's qemu-system-x86_64 (lab nodes run it), or None."""
+    try:
+        text = (run or _run)(["qemu-system-x86_64", "--version"])
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"version (\d+\.\d+(?:\.\d+)?)", text)
+    return found[1] if found else None
+
+
+def _run(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout

@@ -88,6 +88,16 @@ def predictor_inputs(request: MigrationRequest, guest: dict[str, Any],
                            footprint_bytes=guest.get("footprint_bytes"))
 
 
+def guest_working_set(status: dict[str, Any]) -> int | None:
+    """The writable working set the guest agent reports: its workload's buffer (or the
+    dirtier's), None when it runs neither."""
+    for key in ("workload", "dirty"):
+        size = (status.get(key) or {}).get("working_set_bytes")
+        if isinstance(size, int) and size > 0:
+            return size
+    return None
+
+
 def prediction_figures(prediction: Prediction | None,
                        measured_ms: int | None) -> dict[str, float | None]:
     """The prediction next to the measurement, so accuracy is tracked on every migration."""
@@ -159,6 +169,9 @@ class MigrationService:
     state_dir: Path
     calibration: Calibration | None = None
     max_per_node: int = DEFAULT_MAX_PER_NODE
+    # r_dir is measured by the source hypervisor over this many seconds before migrating
+    # (0: take the guest agent's figure instead, e.g. where every second counts).
+    dirty_rate_window_s: int = 1
     # Told (vm, destination) at the switch-over, when the source pauses; e.g. the SDN
     # controller moves the VM's flows then instead of waiting for MAC learning.
     on_switchover: Callable[[str, str], object] | None = None
@@ -188,7 +201,7 @@ class MigrationService:
         destination = self.session.fleet.node(request.destination)
         memory = guest.memory_bytes()
         require_room(self.session, destination.name, request.vm, memory)
-        guest_figures = self._guest_figures(request, memory)
+        guest_figures = self._guest_figures(request, memory, guest)
         inputs = predictor_inputs(request, guest_figures, self._observed_bandwidth())
         prediction = self._predict(inputs)
         if observer:
@@ -255,20 +268,42 @@ class MigrationService:
                        if r["result"] and r["result"].get("final", {}).get("bandwidth_bps"))
         return float(rates[len(rates) // 2]) if rates else None
 
-    def _guest_figures(self, request: MigrationRequest, memory: int) -> dict[str, Any]:
-        """What the guest says about itself before the migration starts."""
+    def _guest_figures(self, request: MigrationRequest, memory: int,
+                       guest: Guest | None = None) -> dict[str, Any]:
+        """What is known about the guest before the migration starts: memory, the dirty
+        rate the hypervisor measures (page sampling; the guest's own figure only when the
+        hypervisor cannot measure), a working-set estimate and the non-zero footprint."""
         inputs: dict[str, Any] = {"memory_bytes": memory, "dirty_rate_pages_s": None,
-                                  "working_set_bytes": None,
+                                  "dirty_rate_source": None, "working_set_bytes": None,
                                   "footprint_bytes": self._last_footprint(request.vm, memory)}
+        if guest is not None and self.dirty_rate_window_s > 0:
+            inputs.update(self._measured_dirty_rate(guest))
         record = self.store.vm(request.vm)
         if record and record.address:
             try:
-                dirty = GuestAgent(record.address, self.session.fleet.policy).status()["dirty"]
-                inputs["dirty_rate_pages_s"] = dirty.get("pages_per_s")
-                inputs["working_set_bytes"] = dirty.get("working_set_bytes")
+                status = GuestAgent(record.address, self.session.fleet.policy).status()
+                inputs["working_set_bytes"] = guest_working_set(status)
+                if inputs["dirty_rate_pages_s"] is None:
+                    inputs["dirty_rate_pages_s"] = status["dirty"].get("pages_per_s")
+                    inputs["dirty_rate_source"] = "guest agent (set point)"
             except (OrchestratorError, KeyError, TypeError):
                 pass  # the prediction then goes without the guest's own figures
         return inputs
+
+    def _measured_dirty_rate(self, guest: Guest) -> dict[str, Any]:
+        """r_dir and the QEMU version from the source hypervisor; {} (and a note in the
+        record) when it cannot measure, e.g. too old a QEMU."""
+        try:
+            caps = self.session.hypervisor(guest.node).capabilities(guest)
+        except OrchestratorError as exc:
+            return {"dirty_rate_note": str(exc)}
+        figures: dict[str, Any] = {"qemu_version": caps.qemu}
+        try:
+            rate = guest.measure_dirty_rate(caps, self.dirty_rate_window_s)
+        except OrchestratorError as exc:
+            return {**figures, "dirty_rate_note": str(exc)}
+        return {**figures, "dirty_rate_pages_s": round(rate.pages_s(), 1),
+                "dirty_rate_source": f"hypervisor {rate.mode} over {rate.window_s:g} s"}
 
     def _run(self, guest: Guest, request: MigrationRequest,
              on_sample: Callable[[JobSample], None] | None) -> MigrationOutcome:

@@ -111,6 +111,21 @@ class Calibration:
     bandwidth_rel_sd: float = 0.05  # how much the achieved bandwidth wanders
     fitted_on: int = 0  # migrations the fit used; 0 means these are defaults
     source: str = "defaults (LAB-NOTES busybox guest)"
+    qemu_version: str = ""  # the QEMU the fit's migrations ran on ("" = unknown, defaults)
+    workloads: str = ""  # the workload families the fit saw, comma-separated
+
+    def qemu_mismatch(self, qemu_version: str | None) -> str | None:
+        """Why this calibration may not fit migrations on `qemu_version`, or None.
+
+        Major.minor must match: QEMU's pre-copy loop, its switch-over rule and its TCG dirty
+        tracking (fixed in 9.0) change between releases, not between stable updates.
+        """
+        if not qemu_version or not self.qemu_version:
+            return None
+        if _major_minor(qemu_version) == _major_minor(self.qemu_version):
+            return None
+        return (f"the calibration was fitted on QEMU {self.qemu_version}, this migration runs "
+                f"on QEMU {qemu_version}")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -165,6 +180,10 @@ class Calibration:
             raise ValueError(f"calibration is not valid JSON: {exc.msg} at line {exc.lineno}")\
                 from exc
         return cls.from_dict(data)
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(version.strip().split(".")[:2])
 
 
 def _coerce(name: str, value: Any, type_name: Any) -> Any:
