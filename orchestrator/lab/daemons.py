@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.errors import UserError
+from orchestrator.fog.domain_xml import ANTI_SPOOF_FILTER
 from orchestrator.lab.topology import NodePlan
 from orchestrator.runner import NamespaceRunner, Runner
 
@@ -89,6 +91,7 @@ def prepare_node_dirs(dirs: NodeDirs, node: NodePlan) -> str:
         dirs.path(key).mkdir(parents=True, exist_ok=True)
     etc = dirs.path("etc")
     shutil.copytree(LIBVIRT_PATHS["etc"], etc, dirs_exist_ok=True)
+    require_nwfilters(etc)
     # NOTE: no autostarted libvirt networks: they would start dnsmasq inside the node.
     shutil.rmtree(etc / "qemu" / "networks" / "autostart", ignore_errors=True)
     for sub in ("qemu", "qemu/channel/target", "qemu/save", "qemu/snapshot"):
@@ -98,6 +101,20 @@ def prepare_node_dirs(dirs: NodeDirs, node: NodePlan) -> str:
     (etc / "libvirtd.conf").write_text(libvirtd_conf(node.address, identity))
     (etc / "qemu.conf").write_text(qemu_conf(node.address))
     return identity
+
+
+def require_nwfilters(etc: Path) -> None:
+    """Refuse a node without libvirt's stock nwfilters, before any daemon starts.
+
+    NOTE: every VM NIC with a lab address references `clean-traffic` (anti-spoofing, see
+    orchestrator.fog.domain_xml). A node whose libvirtd lacks it cannot start such a VM, or
+    take one in by migration, and says so only at that moment; the filters come with the
+    libvirt-daemon-config-nwfilter package and each node copies them from /etc/libvirt.
+    """
+    if not (etc / "nwfilter" / f"{ANTI_SPOOF_FILTER}.xml").is_file():
+        raise UserError(f"libvirt's nwfilter '{ANTI_SPOOF_FILTER}' is missing from "
+                        f"{LIBVIRT_PATHS['etc']}/nwfilter: install libvirt-daemon-config-nwfilter "
+                        "(scripts/install-debian-packages.sh)")
 
 
 def start_daemons(node: NodePlan, dirs: NodeDirs, runner: Runner) -> None:

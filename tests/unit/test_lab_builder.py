@@ -140,6 +140,8 @@ def test_each_node_gets_its_own_libvirt_tree_and_host_uuid(tmp_path, monkeypatch
     system_etc = tmp_path / "system-etc"
     (system_etc / "qemu" / "networks" / "autostart").mkdir(parents=True)
     (system_etc / "qemu" / "networks" / "autostart" / "default.xml").write_text("<network/>")
+    (system_etc / "nwfilter").mkdir()
+    (system_etc / "nwfilter" / "clean-traffic.xml").write_text("<filter/>")
     monkeypatch.setitem(LIBVIRT_PATHS, "etc", str(system_etc))
     topo = plan(LabSpec(prefix="etree", nodes=2))
     dirs = [NodeDirs(tmp_path / "labs" / "etree" / n.name) for n in topo.nodes]
@@ -150,6 +152,17 @@ def test_each_node_gets_its_own_libvirt_tree_and_host_uuid(tmp_path, monkeypatch
         assert f'listen_addr = "{n.address}"' in conf and f'host_uuid = "{host_id}"' in conf
         assert not (d.path("etc") / "qemu" / "networks" / "autostart").exists()
         assert all(d.path(key).is_dir() for key in ("run", "lib", "log", "cache"))
+
+
+def test_a_node_without_libvirts_anti_spoofing_filter_is_refused_before_any_daemon(
+        tmp_path, monkeypatch):
+    system_etc = tmp_path / "system-etc"
+    (system_etc / "nwfilter").mkdir(parents=True)
+    monkeypatch.setitem(LIBVIRT_PATHS, "etc", str(system_etc))
+    node = plan(LabSpec(prefix="enwf", nodes=1)).nodes[0]
+    with pytest.raises(UserError, match="libvirt-daemon-config-nwfilter"):
+        prepare_node_dirs(NodeDirs(tmp_path / "labs" / "enwf" / "fog1"), node)
+    assert not (tmp_path / "labs" / "enwf" / "fog1" / "etc" / "libvirtd.conf").exists()
 
 
 def test_the_node_tree_is_bound_over_every_standard_libvirt_path(tmp_path):
