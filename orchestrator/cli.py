@@ -14,12 +14,23 @@ from collections.abc import Sequence
 import click
 
 from orchestrator import __version__
-from orchestrator.commands import COMMANDS
+from orchestrator import commands
 from orchestrator.context import AppContext, default_state_dir
 from orchestrator.errors import ExitStatus, OrchestratorError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """The root group: a subcommand's module is imported only when that command runs (see
+    orchestrator.commands), so `orchestrator migrate` does not pay for matplotlib."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(c.name for c in commands.discover() if c.name)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return commands.find(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="orchestrator")
 @click.option(
     "--state-dir",
@@ -33,10 +44,6 @@ from orchestrator.errors import ExitStatus, OrchestratorError
 def root(ctx: click.Context, state_dir: str) -> None:
     """edgeIoT: proxy VMs on fog nodes, live-migrated when it cuts core traffic."""
     ctx.obj = AppContext(state_dir=state_dir)
-
-
-for _command in COMMANDS:
-    root.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> ExitStatus:
