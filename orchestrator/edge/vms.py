@@ -101,7 +101,8 @@ class VmService:
             kernel=str(image.kernel), initrd=str(image.initrd),
             cmdline=guest_cmdline(record.name, record.address, fleet.prefix_len, fleet.gateway,
                                   record.role, tcg=domain_type == "qemu", key=key),
-            nics=(Nic(bridge=node.vm_bridge, mac=record.mac),),
+            # anti-spoofing: a NIC with an address sends only as that address and its MAC
+            nics=(Nic(bridge=node.vm_bridge, mac=record.mac, ip=record.address),),
             metadata={"role": record.role},
         )
 

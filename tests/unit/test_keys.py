@@ -117,6 +117,41 @@ def test_each_vm_gets_its_own_key(cli, test_inventory, tmp_path):
         store.close()
 
 
+def test_a_vm_with_an_address_gets_its_key_and_a_nic_bound_to_that_address(tmp_path):
+    """VmService itself (no CLI): the key is on the defined domain's command line, and the
+    NIC carries the anti-spoofing filter bound to the address it was given."""
+    import ipaddress
+    import xml.etree.ElementTree as ET
+
+    from orchestrator.fleet import Fleet
+    from orchestrator.fog.node import FogNode
+    from orchestrator.fog.session import FleetSession
+
+    keeper = libvirt.open("test:///default")
+    store = Store(tmp_path / "records.sqlite")
+    node = FogNode(name="fogk", uri="test:///default", address="fogk", image_dir="/srv/img",
+                   domain_type="qemu", facts={"memory_mib": 10240})
+    fleet = Fleet(nodes={"fogk": node}, policy=NetworkPolicy(),
+                  vm_network=ipaddress.IPv4Network("10.99.0.0/24"), prefix_len=24,
+                  gateway=None)
+    try:
+        with FleetSession(fleet) as session:
+            record = VmService(session, store).create("key-net", "fogk", 128, wait_s=0)
+        root = ET.fromstring(keeper.lookupByName("key-net").XMLDesc(0))
+        cmdline = root.findtext("./os/cmdline") or ""
+        assert f"{wire.KEY_CMDLINE}={store.vm_key('key-net')}" in cmdline.split()
+        ref = root.find("./devices/interface/filterref")
+        assert ref is not None and ref.get("filter") == "clean-traffic"
+        assert [(p.get("name"), p.get("value")) for p in ref] == [("IP", record.address)]
+    finally:
+        store.close()
+        for dom in keeper.listAllDomains():
+            if dom.name() == "key-net":
+                dom.destroy()
+                dom.undefine()
+        keeper.close()
+
+
 def vm_record(name: str, address: str | None = "127.0.0.1", role: str = "proxy") -> VmRecord:
     return VmRecord(name, f"uuid-{name}", "fog1", 128, 1, address, "52:54:00:00:00:01", role)
 
