@@ -26,6 +26,7 @@ from . import DEFAULT_PORT, __version__, dataplane, sysinfo, wire
 from .control import ControlServer, Dispatcher
 from .counter import Counter
 from .dirtier import Dirtier
+from .workloads import Workloads
 
 # NOTE: argparse, dataclasses and typing together cost ~0.5 s of imports under TCG, a good
 # part of the 10 s boot budget; the agent uses none of them at run time.
@@ -97,7 +98,9 @@ class Agent:
         self.started = time.monotonic()
         self.counter = Counter(config.counter_interval_s)
         self.dirtier = Dirtier(max_working_set=self._dirtier_limit)
-        self.services: list[Service] = [self.counter, self.dirtier, *(services or [])]
+        self.workloads = Workloads(max_working_set=self._dirtier_limit)
+        self.services: list[Service] = [self.counter, self.dirtier, self.workloads,
+                                        *(services or [])]
         self.dispatcher = Dispatcher()
         self.dispatcher.register(wire.OP_PING, lambda _req: {"pong": True})
         self.dispatcher.register(wire.OP_STATUS, lambda _req: self.status())

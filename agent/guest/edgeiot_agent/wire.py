@@ -205,6 +205,7 @@ def dumps(obj: object) -> bytes:
 OP_PING = "ping"
 OP_STATUS = "status"
 OP_DIRTY = "dirty"
+OP_WORKLOAD = "workload"  # start or stop a workload family (workloads.py)
 OP_DEVICE_REGISTER = "device_register"
 OP_DEVICE_RELEASE = "device_release"
 OP_DEVICE_ADOPT = "device_adopt"
