@@ -13,6 +13,7 @@ from orchestrator.commands._common import (
     store,
 )
 from orchestrator.edge.vms import VmService
+from orchestrator.errors import UserError
 from orchestrator.fog.node import validate_name
 
 
@@ -70,3 +71,38 @@ def destroy(ctx: click.Context, name: str, inventory: str | None) -> None:
     with fleet_session(ctx, inventory) as session, store(ctx) as records:
         nodes = VmService(session, records).destroy(name)
     click.echo(f"{name} destroyed" + (f" on {', '.join(nodes)}" if nodes else ""))
+
+
+WORKLOAD_KINDS = ("none", "sweep", "uniform", "zipf", "bursty")  # the guest's workloads.KINDS
+
+
+@command.command("workload")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(WORKLOAD_KINDS), required=True,
+              help="Write pattern: sweep, uniform, zipf (hot/cold), bursty (on/off); none "
+                   "stops it.")
+@click.option("--rate", "pages_s", type=click.IntRange(0, 300_000), default=2000,
+              show_default=True, metavar="PAGES_S", help="Pages written per second.")
+@click.option("--working-set", "working_set_mib", type=click.IntRange(0, 4096), default=32,
+              show_default=True, metavar="MIB", help="Memory the workload writes over.")
+@inventory_option
+@json_option
+@click.pass_context
+def workload(ctx: click.Context, name: str, kind: str, pages_s: int, working_set_mib: int,
+             inventory: str | None, as_json: bool) -> None:
+    """Start a memory-writing workload in a running VM (or stop it with --kind none), to see
+    how migrations and policies cope with it."""
+    validate_name("VM", name)
+    if kind != "none" and pages_s > 0 and working_set_mib == 0:
+        raise UserError("--working-set must be > 0 MiB for a workload that writes")
+    with fleet_session(ctx, inventory) as session, store(ctx) as records:
+        agent = VmService(session, records).agent(name, timeout_s=10.0)
+        status = agent.request("workload", kind=kind, pages_per_s=0 if kind == "none" else pages_s,
+                               working_set_mib=0 if kind == "none" else working_set_mib)
+    figures = status.get("workload") or {}
+    if as_json:
+        print_json(figures)
+    elif kind == "none":
+        click.echo(f"{name}: workload stopped")
+    else:
+        click.echo(f"{name}: {kind} workload, {pages_s} pages/s over {working_set_mib} MiB")

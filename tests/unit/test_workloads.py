@@ -151,3 +151,16 @@ def test_a_working_set_beyond_the_guests_room_is_refused():
     w = Workloads(max_working_set=lambda: MIB, seed=0)
     with pytest.raises(ValueError, match="exceeds the limit"):
         w.configure("uniform", 10, 2 * MIB)
+
+
+def test_the_cli_offers_exactly_the_guests_kinds():
+    from agent.guest.edgeiot_agent.workloads import KINDS
+    from orchestrator.commands.vm import WORKLOAD_KINDS
+    assert WORKLOAD_KINDS == KINDS
+
+
+def test_cli_refuses_an_unknown_kind_in_one_line(tmp_path, capsys):
+    from orchestrator.cli import main
+    status = main(["--state-dir", str(tmp_path), "vm", "workload", "v1", "--kind", "spiral"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1 and "spiral" in err
