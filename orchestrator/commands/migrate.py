@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -80,15 +82,47 @@ def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: in
                                    max_per_node,
                                    _flow_mover(ctx, inventory, records, name) if flow_move
                                    else None)
-        with _observer(name, not as_json and console.is_terminal, calibration) as observer:
-            result = service.migrate(request, observer)
+        with _observer(name, not as_json and console.is_terminal, calibration) as observer, \
+                _cancel_on_signals() as cancel:
+            result = service.migrate(request, observer, cancel)
     if as_json:
         print_json(result)
     else:
         render_migrations([result])
         if result["error"]:
             click.echo(f"migration {result['status']}: {result['error']}", err=True)
+    if result["status"] == "cancelled":
+        return ExitStatus.INTERRUPTED
     return ExitStatus.SUCCESS if result["status"] == "completed" else ExitStatus.ERROR
+
+
+@contextmanager
+def _cancel_on_signals() -> Iterator[threading.Event]:
+    """SIGINT (Ctrl-C) and SIGTERM cancel the migration instead of killing the process.
+
+    Killed outright, the process would leave libvirt's job running unwatched and the record
+    `running` until a reconcile. Instead the signal sets an event the monitor checks on every
+    sample (200 ms): it aborts the job, the VM stays on the source, the record says
+    `cancelled`, and the exit status is 130. Outside the main thread (a library caller)
+    signals cannot be caught, and the event is only the caller's.
+    """
+    cancel = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield cancel
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        if not cancel.is_set():
+            click.echo(f"orchestrator: {signal.Signals(signum).name}: cancelling the "
+                       "migration", err=True)
+        cancel.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield cancel
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _flow_mover(ctx: click.Context, inventory: str | None, records: Store,
