@@ -13,8 +13,7 @@ from collections.abc import Sequence
 
 import click
 
-from orchestrator import __version__
-from orchestrator import commands
+from orchestrator import __version__, commands
 from orchestrator.context import AppContext, default_state_dir
 from orchestrator.errors import ExitStatus, OrchestratorError
 
