@@ -35,7 +35,7 @@ from orchestrator.store import Store
 log = logging.getLogger(__name__)
 
 PAGE_BYTES = 4096  # NOTE: libvirt's memory_dirty_rate is in pages/s of the guest's page size
-OUTCOMES = ("completed", "failed", "aborted")
+OUTCOMES = ("completed", "failed", "aborted", "cancelled", "lost")
 DURATION_BUCKETS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 DOWNTIME_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 ERROR_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from orchestrator.edge.capacity import require_room
+from orchestrator.edge.capacity import MIB, free_vm_memory_bytes
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.fog.hypervisor import Guest
@@ -162,6 +162,48 @@ def _take_slot(lock_dir: Path, node: str, limit: int, deadline: float,
         sleep(0.2)
 
 
+@contextmanager
+def inbound_reservation(state_dir: Path, node: str, vm: str, memory: int,
+                        admit: Callable[[dict[str, int]], None]) -> Iterator[None]:
+    """Hold `memory` bytes at `node` for `vm` while it migrates there, across processes.
+
+    Two migrations into a node with room for one each saw the room free before either's
+    incoming domain existed, and both went ahead. Now admission is serialised per node
+    (an exclusive flock): `admit` sees the memory every live reservation holds (vm → bytes)
+    and raises to refuse; an admitted migration's reservation file stays flocked by its
+    process until the migration has ended, so a dead process's reservation lapses.
+    """
+    lock_dir = state_dir / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    mine = lock_dir / f"inbound-{node}-{vm}.json"
+    with open(lock_dir / f"admit-{node}.lock", "w") as gate:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        admit(_live_reservations(lock_dir, node))
+        handle = open(mine, "w")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.write(str(memory))
+        handle.flush()
+    try:
+        yield
+    finally:
+        mine.unlink(missing_ok=True)
+        handle.close()
+
+
+def _live_reservations(lock_dir: Path, node: str) -> dict[str, int]:
+    """vm → bytes of every reservation at `node` whose process still holds it."""
+    held: dict[str, int] = {}
+    for path in lock_dir.glob(f"inbound-{node}-*.json"):
+        with open(path) as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # held: a live migration's promise
+                held[path.stem.removeprefix(f"inbound-{node}-")] = int(probe.read() or 0)
+                continue
+        path.unlink(missing_ok=True)  # its process died: the promise lapsed
+    return held
+
+
 @dataclass
 class MigrationService:
     session: FleetSession
@@ -176,8 +218,10 @@ class MigrationService:
     # controller moves the VM's flows then instead of waiting for MAC learning.
     on_switchover: Callable[[str, str], object] | None = None
 
-    def migrate(self, request: MigrationRequest,
-                observer: MigrationObserver | None = None) -> dict[str, Any]:
+    def migrate(self, request: MigrationRequest, observer: MigrationObserver | None = None,
+                cancel: threading.Event | None = None) -> dict[str, Any]:
+        """Migrate one VM; `cancel`, set from another thread or a signal handler, aborts the
+        job and leaves the VM on the source with a `cancelled` record."""
         validate_name("VM", request.vm)
         destination = self.session.fleet.node(request.destination)
         if destination.uri.startswith("qemu+tls://"):
@@ -192,15 +236,38 @@ class MigrationService:
             request, cap_from = capped_request(
                 request, [self.session.fleet.node(guest.node), destination])
             with node_slots(self.state_dir, [guest.node, destination.name], self.max_per_node):
-                return self._migrate(request, guest, observer, cap_from)
+                return self._migrate(request, guest, observer, cap_from, cancel)
 
     def _migrate(self, request: MigrationRequest, guest: Guest,
                  observer: MigrationObserver | None,
-                 cap_from: str | None = None) -> dict[str, Any]:
+                 cap_from: str | None = None,
+                 cancel: threading.Event | None = None) -> dict[str, Any]:
         """Room check, prediction, record, the migration itself, verification."""
         destination = self.session.fleet.node(request.destination)
         memory = guest.memory_bytes()
-        require_room(self.session, destination.name, request.vm, memory)
+        with inbound_reservation(self.state_dir, destination.name, request.vm, memory,
+                                 lambda reserved: self._require_room(
+                                     destination.name, request.vm, memory, reserved)):
+            return self._migrate_admitted(request, guest, observer, cap_from, cancel, memory)
+
+    def _require_room(self, node: str, vm: str, memory: int,
+                      reserved: dict[str, int]) -> None:
+        """The destination's room, less what migrations already admitted there will take
+        (those whose incoming domain is not there yet: a defined one is counted already)."""
+        present = {g.name for g in self.session.hypervisor(node).guests() if g.is_active()}
+        pending = sum(m for other, m in reserved.items() if other != vm and other not in present)
+        free = free_vm_memory_bytes(self.session, node) - pending
+        if free < memory:
+            raise UserError(f"{node} has not enough free memory for {vm} "
+                            f"({memory // MIB} MiB needed, {max(free, 0) // MIB} MiB free, "
+                            f"{pending // MIB} MiB of it promised to migrations on their "
+                            "way): refused")
+
+    def _migrate_admitted(self, request: MigrationRequest, guest: Guest,
+                          observer: MigrationObserver | None, cap_from: str | None,
+                          cancel: threading.Event | None, memory: int) -> dict[str, Any]:
+        """Prediction, record, the migration itself, verification."""
+        destination = self.session.fleet.node(request.destination)
         guest_figures = self._guest_figures(request, memory, guest)
         inputs = predictor_inputs(request, guest_figures, self._observed_bandwidth())
         prediction = self._predict(inputs)
@@ -209,7 +276,7 @@ class MigrationService:
         record_id = self.store.start_migration(
             request.vm, guest.node, destination.name, {**asdict(request), **guest_figures},
             prediction.as_dict() if prediction else None, os.getpid())
-        outcome = self._run(guest, request, self._sample_sink(record_id, observer))
+        outcome = self._run(guest, request, self._sample_sink(record_id, observer), cancel)
         return self._finish(record_id, request, guest.node, memory, outcome, prediction,
                             cap_from)
 
@@ -306,11 +373,13 @@ class MigrationService:
                 "dirty_rate_source": f"hypervisor {rate.mode} over {rate.window_s:g} s"}
 
     def _run(self, guest: Guest, request: MigrationRequest,
-             on_sample: Callable[[JobSample], None] | None) -> MigrationOutcome:
+             on_sample: Callable[[JobSample], None] | None,
+             cancel: threading.Event | None = None) -> MigrationOutcome:
         dest_hv = self.session.hypervisor(request.destination)
         with self._switchover_watch(guest, request) as fired:
             try:
-                outcome = run_migration(guest, dest_hv, request, on_sample=on_sample)
+                outcome = run_migration(guest, dest_hv, request, on_sample=on_sample,
+                                        cancel=cancel)
             except OrchestratorError as exc:  # e.g. the downtime limit was refused
                 outcome = MigrationOutcome("failed", [], None, 0.0, "none", str(exc))
         if self.on_switchover and outcome.status == "completed" and not fired.is_set():
@@ -348,6 +417,8 @@ class MigrationService:
             error = (f"{error + '; ' if error else ''}after the migration {request.vm} runs "
                      f"on {placement or 'no node'}, expected {expected}")
             status = "failed" if status == "completed" else status
+        if not placement:
+            status = "lost"  # its QEMU died (source crash, power-off): no copy runs anywhere
         if len(placement) == 1:
             self.store.set_vm_node(request.vm, placement[0])
         result = {
@@ -357,6 +428,8 @@ class MigrationService:
             "bandwidth_from": cap_from,
             "downtime_limit_ms": request.downtime_ms, "policy": request.policy,
             "timeout_action": outcome.action, "stalled": outcome.stall,
+            "policy_applied_at_s": outcome.acted_at_s,
+            "throttle_pct_max": max((s.throttle_pct for s in outcome.samples), default=0),
             "wall_time_ms": round(outcome.wall_s * 1000),
             "total_time_ms": final.get("total_time_ms"),
             "downtime_ms": final.get("downtime_ms"), "setup_time_ms": final.get("setup_time_ms"),

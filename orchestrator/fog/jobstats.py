@@ -26,6 +26,11 @@ class JobSample:
     bandwidth_bps: int  # memory_bps: what the stream achieves now
     constant_pages: int
     normal_pages: int
+    # How hard auto-converge throttles the vCPUs now, in % (0: not throttling), and the
+    # pages the destination asked for after a switch to post-copy. Kept per sample, so a
+    # record shows how the throttle rose over time.
+    throttle_pct: int = 0
+    postcopy_requests: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,6 +55,10 @@ def parse_sample(raw: dict[str, Any], t_s: float) -> JobSample | None:
         bandwidth_bps=_int(raw, "memory_bps"),
         constant_pages=_int(raw, "memory_constant"),
         normal_pages=_int(raw, "memory_normal"),
+        # NOTE: libvirt reports auto_converge_throttle only while QEMU throttles (QEMU's
+        # cpu-throttle-percentage), so its absence means 0.
+        throttle_pct=_int(raw, "auto_converge_throttle"),
+        postcopy_requests=_int(raw, "memory_postcopy_requests"),
     )
 
 
