@@ -51,7 +51,7 @@ from orchestrator.errors import ExitStatus
 from orchestrator.fleet import lab_fleet
 from orchestrator.fog.domain_xml import DomainSpec, Nic, to_xml
 from orchestrator.fog.guest_agent import GuestAgent
-from orchestrator.images import guest_cmdline
+from orchestrator.images import GuestImage, guest_cmdline
 from orchestrator.lab import firewall
 from orchestrator.lab.builder import Lab
 from orchestrator.lab.topology import DEVICE_LINK, lab_mac
@@ -392,7 +392,7 @@ def world(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             proc.wait(timeout=10)
 
 
-def attacker_initrd(lab_image: Path, out: Path) -> Path:
+def attacker_initrd(lab_initrd: Path, out: Path) -> Path:
     """The lab's initramfs plus an overlay replacing the agent's entry point (the kernel
     unpacks concatenated archives in order; a later file wins)."""
     staging = out.parent / "overlay"
@@ -409,7 +409,7 @@ def attacker_initrd(lab_image: Path, out: Path) -> Path:
     archive = subprocess.run(["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"],
                              input=listing.encode(), cwd=staging, capture_output=True,
                              check=True).stdout
-    shutil.copyfile(lab_image / "initrd.img", out)
+    shutil.copyfile(lab_initrd, out)
     with out.open("ab") as initrd:
         initrd.write(gzip.compress(archive))
     return out
@@ -420,12 +420,13 @@ def attacker(lab: LabHandle, world: dict[str, Any]) -> Iterator[AttackerVm]:
     """The VM attacker on fog1, beside alice's proxy; destroyed at the end of the module."""
     fleet = lab_fleet(lab.state_dir, PREFIX)
     node = fleet.nodes["fog1"]
-    image = Path(node.image_dir)
+    image = GuestImage(Path(node.image_dir))
     # Under the lab's directory: teardown ends its QEMU even if this fixture cannot.
-    initrd = attacker_initrd(image, lab.state_dir / "labs" / PREFIX / "attacker" / "initrd.img")
+    initrd = attacker_initrd(image.initrd,
+                             lab.state_dir / "labs" / PREFIX / "attacker" / "initrd.img")
     spec = DomainSpec(
         name=ATTACKER, uuid=str(uuid.uuid4()), memory_mib=128, vcpus=1,
-        domain_type=node.domain_type or "qemu", kernel=str(image / "vmlinuz"),
+        domain_type=node.domain_type or "qemu", kernel=str(image.kernel),
         initrd=str(initrd),
         cmdline=guest_cmdline(ATTACKER, ATTACKER_IP, 16, GATEWAY, "app",
                               tcg=(node.domain_type or "qemu") == "qemu"),
