@@ -213,6 +213,7 @@ class Lab:
             entry["libvirtd_running"] = bool(pid and psutil.pid_exists(pid))
         record["namespaces"] = self.network.lab_namespaces()
         record["core_bytes"] = self.network.core_link_bytes() if record["namespaces"] else {}
+        record["guard"] = self.guard_counters(record) if record["namespaces"] else {}
         if isinstance(self.network, SdnNetwork) and record["namespaces"]:
             try:
                 record["core_stats"] = self.network.core_stats()
@@ -268,11 +269,11 @@ class Lab:
         Such a process reaches VMs and other devices but no node's management port."""
         return ["nsenter", f"--net={self.devices_netns(node)}", "--"]
 
-    def guard_counters(self) -> dict[str, dict[str, int]]:
+    def guard_counters(self, record: dict[str, Any] | None = None) -> dict[str, dict[str, int]]:
         """Packets the trust boundary refused, dropped or found spoofed: per node's
         namespace, and "gateway" for the root namespace's table."""
         counters = {"gateway": self.network.guard_counters(None)}
-        for entry in self.require_up()["nodes"]:
+        for entry in (record or self.require_up())["nodes"]:
             counters[entry["name"]] = self.network.guard_counters(entry["namespace"])
         return counters
 

@@ -645,6 +645,14 @@ def test_the_legitimate_devices_stream_stays_exactly_once(lab, world):
     assert got["chain"] == sent["chain"]  # the same records, in order: nothing forged got in
 
 
+def test_lab_status_reports_the_guards_counters(lab, cli):
+    guard = cli("lab", "status", "--json").json()["guard"]
+    assert set(guard) == {"gateway", "fog1", "fog2"}
+    # both attackers' probes of every management port of fog1, at least
+    assert guard["fog1"][firewall.REFUSED] >= 2 * len(MGMT_PORTS)
+    assert guard["fog1"][firewall.SPOOFED] > 0 and guard["gateway"][firewall.REFUSED] >= 2
+
+
 def test_lab_down_removes_the_gateway_table(lab):
     table = firewall.table_name(PREFIX)
     assert table in subprocess.run(["nft", "list", "tables"], capture_output=True,
