@@ -3,12 +3,15 @@
 `main(argv)` returns an ExitStatus and is what tests call in-process; `run()` is the console
 script. Subcommands live one module each in `orchestrator.commands`; none of them handles
 errors: they raise `OrchestratorError` and this module turns that into one line on stderr
-and a non-zero exit code.
+and a non-zero exit code. Anything else that escapes (a bug, a library's surprise) is one
+line too, exit 1; `--debug` or EDGEIOT_DEBUG=1 shows its traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 import click
@@ -16,6 +19,8 @@ import click
 from orchestrator import __version__, commands
 from orchestrator.context import AppContext, default_state_dir
 from orchestrator.errors import ExitStatus, OrchestratorError
+
+DEBUG_ENV = "EDGEIOT_DEBUG"
 
 
 class LazyGroup(click.Group):
@@ -39,8 +44,10 @@ class LazyGroup(click.Group):
     show_default="$EDGEIOT_STATE_DIR or /var/lib/edgeiot",
     help="Where records, lab state and calibrations live.",
 )
+@click.option("--debug", is_flag=True, envvar=DEBUG_ENV,
+              help="Show the traceback of an unexpected error (or set EDGEIOT_DEBUG=1).")
 @click.pass_context
-def root(ctx: click.Context, state_dir: str) -> None:
+def root(ctx: click.Context, state_dir: str, debug: bool) -> None:
     """edgeIoT: proxy VMs on fog nodes, live-migrated when it cuts core traffic."""
     ctx.obj = AppContext(state_dir=state_dir)
 
@@ -64,9 +71,21 @@ def main(argv: Sequence[str] | None = None) -> ExitStatus:
     except OrchestratorError as exc:
         click.echo(f"orchestrator: error: {_one_line(str(exc))}", err=True)
         return exc.exit_status
+    except Exception as exc:  # noqa: BLE001 - the one place every surprise becomes a line
+        if _debug(args):
+            traceback.print_exc()
+        click.echo(f"orchestrator: error: unexpected {type(exc).__name__}: "
+                   f"{_one_line(str(exc))[:300]} (--debug shows the traceback)", err=True)
+        return ExitStatus.ERROR
     if isinstance(result, int) and result in iter(ExitStatus):
         return ExitStatus(result)
     return ExitStatus.SUCCESS
+
+
+def _debug(args: Sequence[str]) -> bool:
+    """--debug before the subcommand, or EDGEIOT_DEBUG set to a true value."""
+    flag = os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    return flag or "--debug" in args
 
 
 def _one_line(message: str) -> str:

@@ -24,6 +24,7 @@ from orchestrator.commands._common import (
     print_table,
     store,
 )
+from orchestrator.commands._numbers import MIB_MAX, count
 from orchestrator.edge.calibrate import (
     CalibrationRunner,
     GridPoint,
@@ -36,6 +37,8 @@ from orchestrator.edge.calibrate import (
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.model.calibration import calibrate as fit
 
+MAX_POINT_VALUE = 10_000_000  # beyond any guest, dirty rate, link or downtime we can run
+
 
 def parse_point(text: str) -> GridPoint:
     """`MIB,PAGES_S,WS_MIB,BW_MIB_S,DOWNTIME_MS` → GridPoint (one-line error otherwise)."""
@@ -46,6 +49,8 @@ def parse_point(text: str) -> GridPoint:
         values = [int(p) for p in parts]
     except ValueError:
         raise UserError(f"--point values must be integers, got {text!r}") from None
+    if any(v > MAX_POINT_VALUE for v in values):
+        raise UserError(f"--point values must be at most {MAX_POINT_VALUE}, got {text!r}")
     return GridPoint(*values)
 
 
@@ -55,6 +60,8 @@ def choose_grid(quick: bool, kind: str | None, points: tuple[str, ...],
     for memory in memories:
         if memory <= 0:
             raise UserError(f"--memory must be > 0 MiB, got {memory}")
+        if memory > MIB_MAX:
+            raise UserError(f"--memory must be at most {MIB_MAX} MiB, got {memory}")
     if points:
         return [parse_point(p) for p in points]
     return grid(kind or ("quick" if quick else "full"), memories or None, max_points)
@@ -74,8 +81,9 @@ def _check_every(every: int) -> None:
               help="Run these points instead of a named grid (repeatable).")
 @click.option("--memory", "memories", type=int, multiple=True, metavar="MIB",
               help="Keep only these memory sizes of the grid (repeatable).")
-@click.option("--max-points", type=int, default=None, help="First N points per memory size.")
-@click.option("--every", type=int, default=2, show_default=True,
+@click.option("--max-points", type=count(1, 100_000),
+              default=None, help="First N points per memory size.")
+@click.option("--every", type=count(1, 100_000), default=2, show_default=True,
               help="Hold out every N-th migration from the fit.")
 @click.option("--nodes", default="fog1,fog2", show_default=True,
               help="The two fog nodes the VMs travel between.")

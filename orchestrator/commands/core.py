@@ -3,6 +3,7 @@ flow moves, the MME's location updates arriving through the controller's API).""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
@@ -10,9 +11,12 @@ import click
 from orchestrator.commands._common import app, json_option, print_json, print_table
 from orchestrator.commands.lab import prefix_option
 from orchestrator.errors import UserError
-from orchestrator.lab.controller.api import ControllerClient, check_endpoint
+from orchestrator.fog.node import validate_name
+from orchestrator.lab.controller.api import ControllerClient, check_endpoint, check_update
 from orchestrator.lab.sdn import OvsFiles, controller_client, ovs_files, read_config
 from orchestrator.lab.state import LabPaths
+
+MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
 @click.group("core")
@@ -62,6 +66,9 @@ def render(data: dict[str, Any]) -> None:
 @click.pass_context
 def move(ctx: click.Context, mac: str, node: str, prefix: str, as_json: bool) -> None:
     """Move a VM's flows to NODE now (what a migration does at switch-over)."""
+    if not MAC.match(mac):
+        raise UserError(f"--mac wants a MAC address like 52:54:00:0a:00:05, got {mac!r}")
+    validate_name("node", node)
     reply = client_for(ctx, prefix).move(mac, node)
     if as_json:
         print_json(reply)
@@ -112,8 +119,11 @@ def relay(ctx: click.Context, endpoint: str | None, off: bool, prefix: str,
 def locate(ctx: click.Context, device: str, bs_id: str, members: tuple[str, ...], prefix: str,
            as_json: bool) -> None:
     """Send one location update through the controller's API, as a base station would."""
-    reply = client_for(ctx, prefix).locate({"device": device, "bs": bs_id,
-                                            "members": list(members)})
+    try:
+        update = check_update({"device": device, "bs": bs_id, "members": list(members)})
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    reply = client_for(ctx, prefix).locate(update)
     if as_json:
         print_json(reply)
     if not reply.get("ok", False):

@@ -7,6 +7,14 @@ from typing import Any
 import click
 
 from orchestrator.commands._common import app, json_option, print_json, print_table
+from orchestrator.commands._numbers import (
+    MBIT_MAX,
+    MIB_MAX,
+    MS_MAX,
+    count,
+    non_negative,
+    positive,
+)
 from orchestrator.fleet import default_lab_prefix
 from orchestrator.lab.builder import Lab, require_root
 from orchestrator.lab.topology import LabSpec
@@ -23,17 +31,19 @@ def command() -> None:
 
 @command.command("up")
 @click.option("--nodes", type=int, default=3, show_default=True, help="Number of fog nodes.")
-@click.option("--core-mbit", type=float, default=None, help="Shape each core link to R Mbit/s.")
-@click.option("--core-delay-ms", type=float, default=None, help="One-way delay per core link.")
-@click.option("--node-memory", "node_memory_mib", type=int, default=None,
+@click.option("--core-mbit", type=positive(MBIT_MAX),
+              default=None, help="Shape each core link to R Mbit/s.")
+@click.option("--core-delay-ms", type=non_negative(MS_MAX),
+              default=None, help="One-way delay per core link.")
+@click.option("--node-memory", "node_memory_mib", type=count(1, MIB_MAX), default=None,
               help="VM memory (MiB) each fog node offers; default: what the host has.")
 @click.option("--cloud", is_flag=True, help="Add a cloud node behind a slower core link.")
-@click.option("--cloud-mbit", type=float, default=100.0, show_default=True)
-@click.option("--cloud-delay-ms", type=float, default=None)
+@click.option("--cloud-mbit", type=positive(MBIT_MAX), default=100.0, show_default=True)
+@click.option("--cloud-delay-ms", type=non_negative(MS_MAX), default=None)
 @click.option("--subnet", default="10.77.0.0/16", show_default=True)
 @click.option("--core", "core", default="bridge", show_default=True,
               help="Core: bridge (Linux bridge) or sdn (Open vSwitch + OpenFlow controller).")
-@click.option("--migration-mbit", type=float, default=None,
+@click.option("--migration-mbit", type=positive(MBIT_MAX), default=None,
               help="SDN core: limit the migration traffic class to R Mbit/s (OpenFlow meter).")
 @prefix_option
 @json_option

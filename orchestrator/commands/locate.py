@@ -24,6 +24,7 @@ from orchestrator.commands._common import (
     print_table,
     store,
 )
+from orchestrator.commands._numbers import MBIT_MAX, MIB_S_MAX, non_negative, positive
 from orchestrator.edge.control import LocationServer, build_control_plane, check_listen_address
 from orchestrator.errors import UserError
 from orchestrator.lab.controller.api import RelayAuth, load_relay_key, relay_key_file
@@ -48,11 +49,11 @@ def _params(policy: str, r_data_mbit: float, r_mig_mib: float, epsilon_kb: float
 @click.option("--member", "members", multiple=True,
               help="Device a cluster head reports for (repeatable).")
 @click.option("--policy", type=click.Choice(POLICIES), default="dynamic", show_default=True)
-@click.option("--r-data", "r_data_mbit", type=float, default=1.0, show_default=True,
+@click.option("--r-data", "r_data_mbit", type=positive(MBIT_MAX), default=1.0, show_default=True,
               help="Data rate per device, Mb/s.")
-@click.option("--r-mig", "r_mig_mib", type=float, default=20.0, show_default=True,
+@click.option("--r-mig", "r_mig_mib", type=positive(MIB_S_MAX), default=20.0, show_default=True,
               help="Migration bandwidth, MiB/s.")
-@click.option("--epsilon", "epsilon_kb", type=float, default=500.0, show_default=True,
+@click.option("--epsilon", "epsilon_kb", type=non_negative(), default=500.0, show_default=True,
               help="ε, kilobits.")
 @click.option("--serve", default=None, metavar="ADDR:PORT",
               help="Serve line-JSON updates on ADDR:PORT instead (loopback or lab gateway).")

@@ -22,6 +22,7 @@ from orchestrator.commands._common import (
     print_table,
     store,
 )
+from orchestrator.commands._numbers import MIB_S_MAX, MS_MAX, SECONDS_MAX, count, positive
 from orchestrator.edge.migrate import DEFAULT_MAX_PER_NODE, MigrationService
 from orchestrator.edge.reconcile import Reconciler
 from orchestrator.errors import ExitStatus
@@ -31,32 +32,27 @@ from orchestrator.fog.migration import MigrationRequest
 from orchestrator.fog.node import validate_name
 from orchestrator.lab.sdn import switchover_mover
 from orchestrator.lab.state import LabPaths
-from orchestrator.model.precopy import (
-    Calibration,
-    EtaState,
-    MigrationInputs,
-    Prediction,
-    estimate_remaining,
-    monotone_eta,
-)
-from orchestrator.model.precopy import JobSample as ModelSample
+from orchestrator.model.live import EtaState, estimate_remaining, monotone_eta
+from orchestrator.model.live import JobSample as ModelSample
+from orchestrator.model.precopy import Calibration, MigrationInputs, Prediction
 from orchestrator.store import Store
 
 
 @click.command("migrate")
 @click.argument("name")
 @click.option("--to", "destination", required=True, help="Destination fog node.")
-@click.option("--bandwidth", "bandwidth_mib_s", type=int, default=None,
+@click.option("--bandwidth", "bandwidth_mib_s", type=count(1, int(MIB_S_MAX)), default=None,
               help="Migration bandwidth cap in MiB/s.")
-@click.option("--downtime-ms", type=int, default=None, help="Maximum downtime (stop-and-copy).")
+@click.option("--downtime-ms", type=count(1, int(MS_MAX)),
+              default=None, help="Maximum downtime (stop-and-copy).")
 @click.option("--auto-converge", is_flag=True, help="Throttle the guest's vCPUs if needed.")
 @click.option("--postcopy", is_flag=True, help="Allow post-copy; switch to it at --timeout.")
-@click.option("--timeout", "timeout_s", type=float, default=None,
+@click.option("--timeout", "timeout_s", type=positive(SECONDS_MAX), default=None,
               help="Seconds before the policy applies: abort, or post-copy with --postcopy.")
 @click.option("--storage", type=click.Choice(["incremental", "full"]), default=None,
               help="Copy local disks too: only overlays (the backing image is already at "
                    "the destination, e.g. a replica) or everything.")
-@click.option("--max-per-node", type=int, envvar="EDGEIOT_MAX_MIGRATIONS_PER_NODE",
+@click.option("--max-per-node", type=count(1, 64), envvar="EDGEIOT_MAX_MIGRATIONS_PER_NODE",
               default=DEFAULT_MAX_PER_NODE, show_default=True,
               help="Concurrent migrations a node takes part in; more wait for a slot.")
 @click.option("--flow-move/--no-flow-move", default=True, show_default=True,

@@ -16,6 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import calibration_store
+from orchestrator.commands._numbers import (
+    MIB_MAX,
+    MIB_S_MAX,
+    MS_MAX,
+    PAGES_S_MAX,
+    non_negative,
+    positive,
+)
 from orchestrator.errors import UserError
 from orchestrator.model.precopy import (
     MIB,
@@ -27,39 +35,67 @@ from orchestrator.model.precopy import (
 )
 
 MAX_ROUNDS_SHOWN = 12
+PAGE_SIZE = 4096
 MAX_ROUNDS_JSON = 100
 
 
 @click.command(name="predict")
-@click.option("--memory", "memory_mib", type=float, required=True, metavar="MIB",
+@click.option("--memory", "memory_mib", type=positive(MIB_MAX), required=True, metavar="MIB",
               help="Guest memory M in MiB.")
-@click.option("--dirty-rate", "dirty_pages_s", type=float, required=True, metavar="PAGES_S",
+@click.option("--dirty-rate", "dirty_pages_s", type=non_negative(PAGES_S_MAX),
+              default=None, metavar="PAGES_S",
               help="Guest dirty rate in pages per second (0 for an idle guest).")
-@click.option("--bandwidth", "bandwidth_mib_s", type=float, required=True, metavar="MIB_S",
+@click.option("--measured-dirty-rate", "measured_mib_s", type=non_negative(MIB_S_MAX),
+              default=None, metavar="MIB_S",
+              help="Instead of --dirty-rate: the hypervisor's page-sampling reading in MiB/s "
+                   "(what `migrate` measures and records as dirty_rate_source).")
+@click.option("--bandwidth", "bandwidth_mib_s", type=positive(MIB_S_MAX),
+              required=True, metavar="MIB_S",
               help="Migration bandwidth r_mig in MiB/s.")
-@click.option("--downtime-ms", type=float, default=300.0, show_default=True, metavar="MS",
+@click.option("--downtime-ms", type=positive(MS_MAX),
+              default=300.0, show_default=True, metavar="MS",
               help="Maximum downtime allowed at switch-over.")
-@click.option("--working-set", "working_set_mib", type=float, default=None, metavar="MIB",
+@click.option("--working-set", "working_set_mib", type=positive(MIB_MAX),
+              default=None, metavar="MIB",
               help="Writable working set in MiB [default: all of memory].")
-@click.option("--footprint", "footprint_mib", type=float, default=None, metavar="MIB",
+@click.option("--footprint", "footprint_mib", type=positive(MIB_MAX), default=None, metavar="MIB",
               help="Non-zero guest memory in MiB [default: the calibration's model].")
 @click.option("--calibration", "calibration_file", type=click.Path(dir_okay=False),
               default=None, metavar="FILE",
               help="Calibration JSON [default: <state-dir>/calibration.json, else built-in].")
+@click.option("--qemu", "qemu_version", default=None, metavar="VERSION",
+              help="QEMU the migration would run on [default: this machine's].")
+@click.option("--force", is_flag=True,
+              help="Use a calibration fitted on another QEMU version anyway.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
-def command(ctx: click.Context, memory_mib: float, dirty_pages_s: float,
-            bandwidth_mib_s: float, downtime_ms: float, working_set_mib: float | None,
-            footprint_mib: float | None, calibration_file: str | None, as_json: bool) -> None:
+def command(ctx: click.Context, memory_mib: float, dirty_pages_s: float | None,
+            measured_mib_s: float | None, bandwidth_mib_s: float, downtime_ms: float,
+            working_set_mib: float | None, footprint_mib: float | None,
+            calibration_file: str | None, qemu_version: str | None, force: bool,
+            as_json: bool) -> None:
     """Predict a pre-copy live migration: time, bytes, iterations, downtime."""
-    inputs = _inputs(memory_mib, dirty_pages_s, bandwidth_mib_s, downtime_ms,
+    rate = _dirty_pages_s(dirty_pages_s, measured_mib_s)
+    inputs = _inputs(memory_mib, rate, bandwidth_mib_s, downtime_ms,
                      working_set_mib, footprint_mib)
     calibration = calibration_store.load(ctx.obj.state_dir, calibration_file)
+    warning = calibration_store.check_qemu(
+        calibration, qemu_version or calibration_store.local_qemu_version(), force)
+    if warning:
+        click.echo(f"orchestrator: warning: {warning}", err=True)
     prediction = predict(inputs, calibration)
     if as_json:
         click.echo(json.dumps(_as_json(inputs, prediction, calibration), indent=2))
     else:
         _render(inputs, prediction, calibration)
+
+
+def _dirty_pages_s(pages_s: float | None, measured_mib_s: float | None) -> float:
+    """Exactly one of --dirty-rate (pages/s) and --measured-dirty-rate (MiB/s)."""
+    if (pages_s is None) == (measured_mib_s is None):
+        raise UserError("give exactly one of --dirty-rate PAGES_S and --measured-dirty-rate "
+                        "MIB_S")
+    return pages_s if pages_s is not None else float(measured_mib_s or 0) * MIB / PAGE_SIZE
 
 
 def _inputs(memory_mib: float, dirty_pages_s: float, bandwidth_mib_s: float,

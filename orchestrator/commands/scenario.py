@@ -17,6 +17,7 @@ import numpy as np
 
 from orchestrator import calibration_store
 from orchestrator.commands._common import app, json_option, print_json, print_table
+from orchestrator.commands._numbers import Finite, count
 from orchestrator.edge import scenario as sc
 from orchestrator.errors import UserError
 from orchestrator.fleet import default_lab_prefix, lab_fleet
@@ -36,19 +37,19 @@ def command() -> None:
 @click.argument("trace", type=click.Path(exists=True, dir_okay=False))
 @click.option("--policy", "policies", multiple=True, type=click.Choice(sc.POLICIES),
               help="Policy to replay (repeatable; default: all three).")
-@click.option("--speedup", type=click.FloatRange(min=0.1, max=600), default=20.0,
+@click.option("--speedup", type=Finite(min=0.1, max=600), default=20.0,
               show_default=True, help="Trace minutes per wall minute.")
-@click.option("--r-data", "r_data_mb", type=click.FloatRange(min=0.01, max=50), default=3.0,
+@click.option("--r-data", "r_data_mb", type=Finite(min=0.01, max=50), default=3.0,
               show_default=True, help="Each user's stream, MB/s (wall).")
-@click.option("--replicas", type=click.IntRange(min=1, max=16), default=4, show_default=True)
-@click.option("--static-mib", type=click.IntRange(min=1, max=512), default=32,
+@click.option("--replicas", type=count(1, 16), default=4, show_default=True)
+@click.option("--static-mib", type=count(1, 512), default=32,
               show_default=True, help="Size of each proxy's static part (its disk).")
 @click.option("--decompose/--no-decompose", default=True, show_default=True,
               help="Let Eq. 1 decompose a proxy when a user's car leaves home.")
 @click.option("--roaming-user", "roaming", multiple=True, metavar="USER",
               help="A user (u<id>) without a home device: the proxy migrates whole "
                    "(repeatable).")
-@click.option("--device-hz", type=click.FloatRange(min=0.5, max=50), default=5.0,
+@click.option("--device-hz", type=Finite(min=0.5, max=50), default=5.0,
               show_default=True, help="Records per second of each emulated device.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Directory for result.json and core_bytes.png (default: state dir).")

@@ -32,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from orchestrator import calibration_store, simreport
+from orchestrator.commands._numbers import Finite, count
 from orchestrator.errors import UserError
 from orchestrator.model import dwell, mobility, simulation, traces
 from orchestrator.model.precopy import Calibration, MigrationInputs, predict
@@ -93,44 +94,44 @@ class ModelOpts:
 def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options every simulation command shares: where users come from, model, output."""
     opts = [
-        click.option("--users", type=click.IntRange(1), default=13_000, show_default=True,
+        click.option("--users", type=count(1, 10_000_000), default=13_000, show_default=True,
                      help="Synthetic users (ignored with --trace)."),
-        click.option("--seed", type=click.IntRange(0), default=0, show_default=True),
-        click.option("--bs", "n_bs", type=click.IntRange(1), default=5962, show_default=True,
+        click.option("--seed", type=count(0, 2**32 - 1), default=0, show_default=True),
+        click.option("--bs", "n_bs", type=count(1, 10_000_000), default=5962, show_default=True,
                      help="Base stations of the synthetic layout."),
-        click.option("--fog-nodes", type=click.IntRange(1), default=None,
+        click.option("--fog-nodes", type=count(1, 10_000_000), default=None,
                      help="Fog nodes (k-means over BSs); default one per BS."),
-        click.option("--chunk-users", type=click.IntRange(1), default=8192, show_default=True),
+        click.option("--chunk-users", type=count(1, 10_000_000), default=8192, show_default=True),
         click.option("--trace", type=click.Path(dir_okay=False), default=None,
                      help="CSV trace user,minute,bs_id instead of a synthetic one."),
         click.option("--layout", type=click.Path(dir_okay=False), default=None,
                      help="CSV layout bs_id,x_m,y_m,fog_id (default: synthetic)."),
-        click.option("--minutes", type=click.IntRange(1), default=mobility.MINUTES_PER_DAY,
+        click.option("--minutes", type=count(1, 100_000), default=mobility.MINUTES_PER_DAY,
                      show_default=True, help="Minutes per user in --trace."),
-        click.option("--r-mig-mbps", type=click.FloatRange(min=0, min_open=True), default=20.0,
+        click.option("--r-mig-mbps", type=Finite(min=0, min_open=True), default=20.0,
                      show_default=True, help="Migration bandwidth r_mig."),
-        click.option("--epsilon-kb", type=click.FloatRange(0), default=500.0, show_default=True,
+        click.option("--epsilon-kb", type=Finite(0), default=500.0, show_default=True,
                      help="Fixed migration overhead ς in kilobits."),
-        click.option("--dirty-pages-s", type=click.FloatRange(0), default=100.0,
+        click.option("--dirty-pages-s", type=Finite(0), default=100.0,
                      show_default=True, help="Guest dirty rate for the Tmig predictor."),
-        click.option("--downtime-s", type=click.FloatRange(min=0, min_open=True), default=0.3,
+        click.option("--downtime-s", type=Finite(min=0, min_open=True), default=0.3,
                      show_default=True),
-        click.option("--replicas", type=click.IntRange(0), default=2, show_default=True,
+        click.option("--replicas", type=count(0, 1000), default=2, show_default=True,
                      help="k of the replicas policy."),
-        click.option("--replica-delta", type=click.FloatRange(0, 1), default=0.25,
+        click.option("--replica-delta", type=Finite(0, 1), default=0.25,
                      show_default=True, help="Share of memory still to move onto a replica."),
         click.option("--placement", type=click.Choice(simulation.PLACEMENTS), default="time",
                      show_default=True),
-        click.option("--footprint-share", type=click.FloatRange(0, 1), default=None,
+        click.option("--footprint-share", type=Finite(0, 1), default=None,
                      help="Non-zero share of VM memory for Tmig [default: calibration's "
                      "model]; 1 is the paper's M/r_mig."),
         click.option("--calibration", "calibration_file", type=click.Path(dir_okay=False),
                      default=None, help="Calibration JSON for Tmig [default: built-in]."),
-        click.option("--core-j-per-mb", type=click.FloatRange(0), default=1.0,
+        click.option("--core-j-per-mb", type=Finite(0), default=1.0,
                      show_default=True, help="Energy: core transport per MB."),
-        click.option("--host-j-per-mb", type=click.FloatRange(0), default=0.5,
+        click.option("--host-j-per-mb", type=Finite(0), default=0.5,
                      show_default=True, help="Energy: hosts per migrated MB."),
-        click.option("--host-j-per-migration", type=click.FloatRange(0), default=20.0,
+        click.option("--host-j-per-migration", type=Finite(0), default=20.0,
                      show_default=True, help="Energy: fixed cost of one migration."),
         click.option("--out", "out_dir", type=click.Path(file_okay=False), default="sim-out",
                      show_default=True, help="Directory for CSV, JSON and PNG files."),
@@ -400,9 +401,9 @@ def fig6b(**kw: Any) -> None:
 
 @command.command(name="run")
 @_options
-@click.option("--memory-mb", type=click.FloatRange(min=0, min_open=True), default=512.0,
+@click.option("--memory-mb", type=Finite(min=0, min_open=True), default=512.0,
               show_default=True)
-@click.option("--r-data-mbps", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--r-data-mbps", type=Finite(0), default=1.0, show_default=True)
 @click.option("--policies", default=",".join(simulation.POLICIES), show_default=True)
 def run_cmd(memory_mb: float, r_data_mbps: float, policies: str, **kw: Any) -> None:
     """Every policy at one operating point, with the T_BS estimator's accuracy."""
@@ -448,9 +449,9 @@ def sweep() -> None:
 @sweep.command(name="replicas")
 @_options
 @click.option("--k", "ks", type=LIST, default="0,1,2,3,4,6", show_default=True)
-@click.option("--memory-mb", type=click.FloatRange(min=0, min_open=True), default=512.0,
+@click.option("--memory-mb", type=Finite(min=0, min_open=True), default=512.0,
               show_default=True)
-@click.option("--r-data-mbps", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--r-data-mbps", type=Finite(0), default=1.0, show_default=True)
 def sweep_replicas(ks: list[float], memory_mb: float, r_data_mbps: float, **kw: Any) -> None:
     """Core traffic vs number of replicas k, for each placement rule."""
     src, m, out, as_json = _split(kw)
@@ -467,9 +468,9 @@ def sweep_replicas(ks: list[float], memory_mb: float, r_data_mbps: float, **kw: 
 @sweep.command(name="epsilon")
 @_options
 @click.option("--epsilons-kb", type=LIST, default="0,500,5000,50000,500000", show_default=True)
-@click.option("--memory-mb", type=click.FloatRange(min=0, min_open=True), default=512.0,
+@click.option("--memory-mb", type=Finite(min=0, min_open=True), default=512.0,
               show_default=True)
-@click.option("--r-data-mbps", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--r-data-mbps", type=Finite(0), default=1.0, show_default=True)
 def sweep_epsilon(epsilons_kb: list[float], memory_mb: float, r_data_mbps: float,
                   **kw: Any) -> None:
     """Core traffic and migrations vs the fixed overhead ε, dynamic and oracle."""
@@ -487,9 +488,9 @@ def sweep_epsilon(epsilons_kb: list[float], memory_mb: float, r_data_mbps: float
 @_options
 @click.option("--migration-j", "migration_js", type=LIST, default="0,20,200,2000,20000",
               show_default=True, help="Fixed host energy of one migration, in joules.")
-@click.option("--memory-mb", type=click.FloatRange(min=0, min_open=True), default=512.0,
+@click.option("--memory-mb", type=Finite(min=0, min_open=True), default=512.0,
               show_default=True)
-@click.option("--r-data-mbps", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--r-data-mbps", type=Finite(0), default=1.0, show_default=True)
 def sweep_energy(migration_js: list[float], memory_mb: float, r_data_mbps: float,
                  **kw: Any) -> None:
     """Energy per day vs the energy cost of a migration: Eq. 1 vs its energy-aware variant."""
@@ -530,12 +531,12 @@ def trace() -> None:
 
 
 @trace.command(name="generate")
-@click.option("--users", type=click.IntRange(1), default=13_000, show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--day", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--bs", "n_bs", type=click.IntRange(1), default=5962, show_default=True)
-@click.option("--fog-nodes", type=click.IntRange(1), default=None)
-@click.option("--chunk-users", type=click.IntRange(1), default=8192, show_default=True)
+@click.option("--users", type=count(1, 10_000_000), default=13_000, show_default=True)
+@click.option("--seed", type=count(0, 2**32 - 1), default=0, show_default=True)
+@click.option("--day", type=count(0, 100_000), default=0, show_default=True)
+@click.option("--bs", "n_bs", type=count(1, 10_000_000), default=5962, show_default=True)
+@click.option("--fog-nodes", type=count(1, 10_000_000), default=None)
+@click.option("--chunk-users", type=count(1, 10_000_000), default=8192, show_default=True)
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), required=True,
               help="CSV file to write.")
 @click.option("--layout-out", type=click.Path(dir_okay=False), default=None,
@@ -576,10 +577,10 @@ def _advancing(items: Iterator[Any], tick: Callable[[], None]) -> Iterator[Any]:
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--layout", type=click.Path(dir_okay=False), default=None,
               help="CSV layout bs_id,x_m,y_m,fog_id; without it BS ids are checked by --bs.")
-@click.option("--bs", "n_bs", type=click.IntRange(1), default=5962, show_default=True)
-@click.option("--minutes", type=click.IntRange(1), default=mobility.MINUTES_PER_DAY,
+@click.option("--bs", "n_bs", type=count(1, 10_000_000), default=5962, show_default=True)
+@click.option("--minutes", type=count(1, 100_000), default=mobility.MINUTES_PER_DAY,
               show_default=True)
-@click.option("--chunk-users", type=click.IntRange(1), default=8192, show_default=True)
+@click.option("--chunk-users", type=count(1, 10_000_000), default=8192, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Also write import-summary.json here.")
 @click.option("--json", "as_json", is_flag=True)
