@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from orchestrator.model.live import JobSample as LiveSample
+
 JOB_NONE = 0  # VIR_DOMAIN_JOB_NONE
 
 
@@ -34,6 +36,14 @@ class JobSample:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_model(self) -> LiveSample:
+        """The live estimates' view of this sample (same figures, the model's names)."""
+        return LiveSample(elapsed_s=self.t_s, iteration=self.iteration,
+                          remaining_bytes=self.remaining_bytes,
+                          dirty_rate_pages_s=self.dirty_rate_pages_s,
+                          bandwidth_bytes_s=self.bandwidth_bps,
+                          processed_bytes=self.processed_bytes)
 
 
 def _int(raw: dict[str, Any], key: str) -> int:

@@ -22,7 +22,7 @@ import libvirt
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.hypervisor import Guest, Hypervisor
 from orchestrator.fog.jobstats import FinalStats, JobSample, parse_completed, parse_sample
-from orchestrator.model.live import detect_stall
+from orchestrator.model.live import LiveEta, detect_stall
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -138,7 +138,8 @@ def watch(job_stats: Callable[[], dict[str, Any]], finished: Callable[[], bool],
           auto_converge: bool = False, clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
           interval_s: float = 0.2, job_gone_grace_s: float = 15.0,
           on_sample: Callable[[JobSample], None] | None = None,
-          cancel_requested: Callable[[], bool] = lambda: False) -> Watch:
+          cancel_requested: Callable[[], bool] = lambda: False,
+          live: LiveEta | None = None) -> Watch:
     """Sample the job until `finished()`; apply the policy once, at the timeout or as soon as
     the pre-copy stalls (remaining data no longer shrinking from round to round).
 
@@ -176,10 +177,10 @@ def watch(job_stats: Callable[[], dict[str, Any]], finished: Callable[[], bool],
             if on_sample:
                 on_sample(sample)
             if seen.stall is None:
-                verdict = detect_stall(seen.samples)
-                seen.stall = verdict.reason if verdict.stalled else None
+                seen.stall = _stall(seen.samples, sample, live)
                 if action is TimeoutAction.NONE:
-                    action = stall_action(verdict.stalled, postcopy, auto_converge, acted)
+                    action = stall_action(seen.stall is not None, postcopy, auto_converge,
+                                          acted)
         if action is not TimeoutAction.NONE:
             seen.action = action
             seen.acted_at_s = now if seen.acted_at_s is None else seen.acted_at_s
@@ -216,6 +217,16 @@ def _cancel(seen: Watch, act: Callable[[TimeoutAction], None], now: float) -> No
         seen.action_error = f"cancel: {exc}"
 
 
+def _stall(samples: list[JobSample], sample: JobSample, live: LiveEta | None) -> str | None:
+    """Why the pre-copy is judged stalled, or None: the live tracker (model verdict held
+    for a stated time, or no shrink over rounds) when there is one, else the rounds alone."""
+    if live is not None:
+        live.update(sample.to_model())
+        return live.stall_reason
+    verdict = detect_stall(samples)
+    return verdict.reason if verdict.stalled else None
+
+
 @dataclass
 class MigrationOutcome:
     status: str  # completed | failed | aborted
@@ -232,7 +243,8 @@ def run_migration(guest: Guest, destination: Hypervisor, request: MigrationReque
                   clock: Clock = time.monotonic, sleep: Sleep | None = None,
                   interval_s: float = 0.2,
                   on_sample: Callable[[JobSample], None] | None = None,
-                  cancel: threading.Event | None = None) -> MigrationOutcome:
+                  cancel: threading.Event | None = None,
+                  live: LiveEta | None = None) -> MigrationOutcome:
     """Migrate `guest` to `destination`; never raises for a failed migration itself.
 
     `cancel` set while the job runs aborts it (the user's Ctrl-C or SIGTERM): the outcome
@@ -266,7 +278,8 @@ def run_migration(guest: Guest, destination: Hypervisor, request: MigrationReque
                      timeout_s=request.timeout_s, postcopy=request.postcopy,
                      auto_converge=request.auto_converge, clock=clock,
                      sleep=sleep or worker.join, interval_s=interval_s, on_sample=on_sample,
-                     cancel_requested=cancel.is_set if cancel else lambda: False)
+                     cancel_requested=cancel.is_set if cancel else lambda: False,
+                     live=live)
         if not seen.abandoned and worker.ident is not None:
             worker.join()
         final = None

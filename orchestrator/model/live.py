@@ -118,14 +118,14 @@ def monotone_eta(previous: EtaState | None, elapsed_s: float, raw_remaining_s: f
       * display after the band  → move earlier, to the band's upper edge;
       * display before the band → evidence forces later: move later, but by at most the
         time since the last sample, so the countdown holds (`holding`) rather than climbing.
-    The first estimate is shown as is; seed it with the pre-migration prediction
-    (`predict(...).total_time_s`), since an infinite first estimate has nothing to hold and
-    shows 0 s left with `holding` set. Later infinite estimates (no convergence) hold.
+    The first finite estimate is shown as is (seed it with the pre-migration prediction,
+    `predict(...).total_time_s`). Until there is one, the end is unknown (∞: the progress bar
+    shows "?", never a countdown from 0 s, which is what a 24 s migration once showed all
+    along). Later infinite estimates (no convergence) hold.
     """
     raw_end = elapsed_s + max(0.0, raw_remaining_s)
-    if previous is None:
-        return EtaState(elapsed_s, raw_end if math.isfinite(raw_end) else elapsed_s,
-                        holding=not math.isfinite(raw_end))
+    if previous is None or not math.isfinite(previous.end_s):
+        return EtaState(elapsed_s, raw_end, holding=not math.isfinite(raw_end))
     step = max(0.0, elapsed_s - previous.elapsed_s)
     if not math.isfinite(raw_end):
         return EtaState(elapsed_s, max(previous.end_s + step, elapsed_s), holding=True)
@@ -202,3 +202,109 @@ def _round_starts(samples: Sequence[IterationSample]) -> list[float]:
             peaks[s.iteration] = max(peaks.get(s.iteration, 0.0), float(s.remaining_bytes))
     return [peaks[i] for i in sorted(peaks)]
 
+
+
+# --------------------------------------------------------------------------- the live tracker
+
+STALL_CONFIRM_S = 2.0  # the model must call the pre-copy hopeless this long before a flag
+STALL_MIN_SHRINK = 0.10  # … and the last round must not have shrunk the dirty set this much
+ETA_CHECKPOINTS = (0.10, 0.25, 0.50, 0.75)  # shares of the elapsed time the record keeps
+
+
+@dataclass(frozen=True)
+class EtaPoint:
+    """One displayed ETA: when, what the bar said was left, what the model said raw."""
+
+    elapsed_s: float
+    remaining_s: float  # displayed (monotone); inf while unknown
+    raw_remaining_s: float
+    holding: bool
+
+
+@dataclass
+class LiveEta:
+    """The ETA the user sees and the stall flag, from each job-stats sample. Pure.
+
+    The same object serves the progress bar and the migration record, so the ETA stored at
+    10/25/50/75 % of the elapsed time is exactly what was shown. A stall is flagged
+    `STALL_CONFIRM_S` after the live model first calls the pre-copy non-convergent at the
+    measured rates (it can from the first sample of iteration 2, when QEMU first reports a
+    dirty rate), provided the dirty set found at the latest sync is not `STALL_MIN_SHRINK`
+    smaller than the one before; or by `detect_stall` (no shrink over 3 rounds), whichever
+    comes first. So a stall is flagged within STALL_CONFIRM_S + one sampling interval of the
+    model seeing it, or after 4 dirty rounds at worst.
+    """
+
+    inputs: MigrationInputs
+    calibration: Calibration | None = None
+    history: list[EtaPoint] = field(default_factory=list)
+    stall_reason: str | None = None
+    stall_flagged_s: float | None = None
+    _state: EtaState | None = None
+    _hopeless_since: float | None = None
+    _samples: list[JobSample] = field(default_factory=list)
+
+    def seed(self, predicted_total_s: float) -> None:
+        """Start from the pre-migration prediction (∞ when it predicted no convergence)."""
+        self._state = monotone_eta(None, 0.0, predicted_total_s)
+
+    def update(self, sample: JobSample) -> EtaState:
+        self._samples.append(sample)
+        estimate = estimate_remaining(sample, self.inputs, self.calibration)
+        self._state = monotone_eta(self._state, sample.elapsed_s, estimate.remaining_s,
+                                   estimate.uncertainty_s)
+        self.history.append(EtaPoint(sample.elapsed_s, self._state.remaining_s,
+                                     estimate.remaining_s, self._state.holding))
+        if self.stall_reason is None:
+            self._judge_stall(sample, estimate)
+        return self._state
+
+    def _judge_stall(self, sample: JobSample, estimate: RemainingEstimate) -> None:
+        hopeless = not estimate.converges and sample.iteration >= 2
+        if not hopeless:
+            self._hopeless_since = None
+        elif self._hopeless_since is None:
+            self._hopeless_since = sample.elapsed_s
+        starts = _round_starts(self._samples)
+        shrinking = len(starts) >= 2 and starts[-1] < (1 - STALL_MIN_SHRINK) * starts[-2]
+        if (self._hopeless_since is not None and not shrinking
+                and sample.elapsed_s - self._hopeless_since >= STALL_CONFIRM_S):
+            self.stall_reason = (f"the live model has called the pre-copy non-convergent for "
+                                 f"{sample.elapsed_s - self._hopeless_since:.1f} s at the "
+                                 f"measured dirty rate and bandwidth")
+        else:
+            verdict = detect_stall(self._samples)
+            self.stall_reason = verdict.reason if verdict.stalled else None
+        if self.stall_reason is not None:
+            self.stall_flagged_s = sample.elapsed_s
+
+    @property
+    def state(self) -> EtaState | None:
+        return self._state
+
+
+def eta_checkpoints(history: Sequence[EtaPoint], end_s: float,
+                    shares: Sequence[float] = ETA_CHECKPOINTS) -> list[dict[str, float | None]]:
+    """The ETA shown at each share of the elapsed time, against the time really left.
+
+    The shown ETA at t is the last one displayed at or before t; its error is relative to
+    the real remaining time end_s − t_shown (None while no ETA was known).
+    """
+    rows: list[dict[str, float | None]] = []
+    for share in shares:
+        at = share * end_s
+        shown = [p for p in history if p.elapsed_s <= at]
+        point = shown[-1] if shown else None
+        actual = end_s - point.elapsed_s if point else None
+        eta = point.remaining_s if point and math.isfinite(point.remaining_s) else None
+        error = (100.0 * abs(eta - actual) / actual
+                 if eta is not None and actual is not None and actual > 0 else None)
+        rows.append({"share": share, "elapsed_s": point.elapsed_s if point else None,
+                     "eta_s": eta, "actual_s": actual, "error_pct": error})
+    return rows
+
+
+def never_backwards(history: Sequence[EtaPoint], tolerance_s: float = 1e-9) -> bool:
+    """True if the displayed time left never grew once it was known."""
+    known = [p.remaining_s for p in history if math.isfinite(p.remaining_s)]
+    return all(b <= a + tolerance_s for a, b in zip(known, known[1:], strict=False))
