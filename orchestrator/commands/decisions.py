@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from orchestrator.commands._common import json_option, print_json, print_table, store
+from orchestrator.commands._numbers import count
 
 
 @click.command("decisions")
 @click.option("--user", default=None, help="Only this user's decisions.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Newest N only.")
+@click.option("--limit", type=count(1, 1_000_000), default=None, help="Newest N only.")
 @json_option
 @click.pass_context
 def command(ctx: click.Context, user: str | None, limit: int | None, as_json: bool) -> None:

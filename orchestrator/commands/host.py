@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from orchestrator.commands._common import app, json_option, print_json
+from orchestrator.commands._numbers import positive
 from orchestrator.deploy import read_inventory, ssh_targets
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fleet import known_lab_networks
@@ -29,7 +30,7 @@ def command() -> None:
 @click.option("--trust-on-first-use", is_flag=True,
               help="Lab only: accept an unknown host key and write it to the known_hosts "
                    "file the inventory uses (a changed key is still refused).")
-@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
+@click.option("--timeout", "timeout_s", type=positive(86400), default=60.0, show_default=True,
               help="Seconds the command may run.")
 @json_option
 @click.argument("host")

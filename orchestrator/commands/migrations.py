@@ -5,13 +5,14 @@ from __future__ import annotations
 import click
 
 from orchestrator.commands._common import json_option, print_json, print_table, store
+from orchestrator.commands._numbers import count
 
 
 @click.command("migrations")
 @click.option("--vm", default=None, help="Only this VM's migrations.")
 @click.option("--status", default=None,
               type=click.Choice(["running", "completed", "failed", "aborted"]))
-@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--limit", type=count(1, 1_000_000), default=None)
 @click.option("--samples", is_flag=True, help="Include job-stats samples (with --json).")
 @json_option
 @click.pass_context

@@ -118,3 +118,78 @@ def test_refused_requests_change_nothing_on_the_test_driver(cli, test_inventory)
             assert cli("migrations", "--json").json() == [], args
     finally:
         cli("vm", "destroy", "keep-vm", *inv)
+
+
+# --- hostile numbers on every numeric option ------------------------------------------------
+
+HOSTILE_NUMBERS = ["inf", "-inf", "nan", "1e999", "-1", "1e30", "99999999999999999999999"]
+OTHER_OWNERS = {"device", "app", "user", "vm"}  # their commands' input is checked by their owner
+
+
+def numeric_options() -> list[tuple[tuple[str, ...], str]]:
+    """(command path, option) for every option of the CLI tree that takes a number."""
+    import click
+
+    from orchestrator.cli import root
+
+    found: list[tuple[tuple[str, ...], str]] = []
+
+    ctx = click.Context(root)
+
+    def walk(command: click.Command, path: tuple[str, ...]) -> None:
+        if isinstance(command, click.Group):
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                if sub is not None and not (not path and name in OTHER_OWNERS):
+                    walk(sub, (*path, name))
+        for param in command.params:
+            kind = param.type
+            numeric = (isinstance(kind, click.types.FloatParamType | click.types.IntParamType)
+                       or kind.name in {"number", "integer"})
+            if isinstance(param, click.Option) and numeric and not param.is_flag:
+                found.append((path, max(param.opts, key=len)))
+    walk(root, ())
+    return found
+
+
+def state_snapshot(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()} if root.exists() else {}
+
+
+NUMERIC = numeric_options()
+
+
+def test_the_table_covers_the_numeric_options_of_every_command_family():
+    families = {path[0] for path, _ in NUMERIC}
+    assert {"predict", "migrate", "calibrate", "simulate", "locate", "scenario",
+            "lab"} <= families
+    assert len(NUMERIC) >= 40
+
+
+@pytest.mark.parametrize(("path", "option"), NUMERIC,
+                         ids=[" ".join(p) + " " + o for p, o in NUMERIC])
+def test_hostile_numbers_are_one_line_exit_2_and_change_nothing(cli, tmp_path, path, option):
+    state = tmp_path / "state"
+    before = state_snapshot(state)
+    for value in HOSTILE_NUMBERS:
+        result = cli(*path, option, value)
+        line = one_line_error(result)
+        assert option in line or "Invalid value" in line or "is not" in line, (value, line)
+        assert state_snapshot(state) == before, value
+
+
+def test_an_unexpected_exception_is_one_line_exit_1_and_debug_shows_it(cli, monkeypatch):
+    import orchestrator.commands.predict as predict_command
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a surprise\nover two lines")
+
+    monkeypatch.setattr(predict_command, "predict", broken)
+    args = ("predict", "--memory", "64", "--dirty-rate", "0", "--bandwidth", "10")
+    line = one_line_error(cli(*args), ExitStatus.ERROR)
+    assert "unexpected RuntimeError: a surprise over two lines" in line
+    debug = cli("--debug", *args)
+    assert debug.status == ExitStatus.ERROR and "Traceback" in debug.err
+    monkeypatch.setenv("EDGEIOT_DEBUG", "1")
+    assert "Traceback" in cli(*args).err
