@@ -27,6 +27,7 @@ from orchestrator.fog.jobstats import JobSample, footprint_bytes
 from orchestrator.fog.migration import MigrationOutcome, MigrationRequest, run_migration
 from orchestrator.fog.node import FogNode, validate_name
 from orchestrator.fog.session import FleetSession
+from orchestrator.model.live import LiveEta, eta_summary
 from orchestrator.model.precopy import Calibration, MigrationInputs, Prediction, predict
 from orchestrator.store import Store
 
@@ -96,6 +97,17 @@ def guest_working_set(status: dict[str, Any]) -> int | None:
         if isinstance(size, int) and size > 0:
             return size
     return None
+
+
+def live_tracker(inputs: MigrationInputs | None, prediction: Prediction | None,
+                 calibration: Calibration | None) -> LiveEta | None:
+    """The ETA and stall tracker, seeded with the prediction; None without inputs."""
+    if inputs is None:
+        return None
+    live = LiveEta(inputs, calibration)
+    if prediction is not None:
+        live.seed(prediction.total_time_s)
+    return live
 
 
 def prediction_figures(prediction: Prediction | None,
@@ -276,9 +288,11 @@ class MigrationService:
         record_id = self.store.start_migration(
             request.vm, guest.node, destination.name, {**asdict(request), **guest_figures},
             prediction.as_dict() if prediction else None, os.getpid())
-        outcome = self._run(guest, request, self._sample_sink(record_id, observer), cancel)
+        live = live_tracker(inputs, prediction, self.calibration)
+        outcome = self._run(guest, request, self._sample_sink(record_id, observer), cancel,
+                            live)
         return self._finish(record_id, request, guest.node, memory, outcome, prediction,
-                            cap_from)
+                            cap_from, live)
 
     def _settle(self, vm: str) -> tuple[list[str], list[str]]:
         """(nodes where the VM runs, nodes whose leftover copy was removed), from one scan.
@@ -374,12 +388,13 @@ class MigrationService:
 
     def _run(self, guest: Guest, request: MigrationRequest,
              on_sample: Callable[[JobSample], None] | None,
-             cancel: threading.Event | None = None) -> MigrationOutcome:
+             cancel: threading.Event | None = None,
+             live: LiveEta | None = None) -> MigrationOutcome:
         dest_hv = self.session.hypervisor(request.destination)
         with self._switchover_watch(guest, request) as fired:
             try:
                 outcome = run_migration(guest, dest_hv, request, on_sample=on_sample,
-                                        cancel=cancel)
+                                        cancel=cancel, live=live)
             except OrchestratorError as exc:  # e.g. the downtime limit was refused
                 outcome = MigrationOutcome("failed", [], None, 0.0, "none", str(exc))
         if self.on_switchover and outcome.status == "completed" and not fired.is_set():
@@ -408,7 +423,7 @@ class MigrationService:
 
     def _finish(self, record_id: int, request: MigrationRequest, source: str, memory: int,
                 outcome: MigrationOutcome, prediction: Prediction | None,
-                cap_from: str | None = None) -> dict[str, Any]:
+                cap_from: str | None = None, live: LiveEta | None = None) -> dict[str, Any]:
         placement, leftovers = self._settle(request.vm)
         final = outcome.final.as_dict() if outcome.final else {}
         status, error = outcome.status, outcome.error
@@ -441,6 +456,7 @@ class MigrationService:
             "final": final, "placement": placement, "removed_leftovers": leftovers,
             "error": error,
             **prediction_figures(prediction, final.get("total_time_ms")),
+            "eta": eta_summary(live, outcome.wall_s) if live and live.history else None,
         }
         samples = [s.as_dict() for s in outcome.samples]
         self.store.finish_migration(record_id, status, result, samples, error)

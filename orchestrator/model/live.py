@@ -308,3 +308,12 @@ def never_backwards(history: Sequence[EtaPoint], tolerance_s: float = 1e-9) -> b
     """True if the displayed time left never grew once it was known."""
     known = [p.remaining_s for p in history if math.isfinite(p.remaining_s)]
     return all(b <= a + tolerance_s for a, b in zip(known, known[1:], strict=False))
+
+
+def eta_summary(live: LiveEta, end_s: float) -> dict[str, object]:
+    """What a migration record keeps about its ETA: the checkpoints, whether the display
+    ever ran backwards, and when a stall was flagged (s since the start)."""
+    return {"checkpoints": eta_checkpoints(live.history, end_s),
+            "never_backwards": never_backwards(live.history),
+            "stall_flagged_s": live.stall_flagged_s, "samples": len(live.history),
+            "stall_confirm_s": STALL_CONFIRM_S}
