@@ -178,3 +178,17 @@ def test_status_of_a_lab_that_is_down(tmp_path):
     assert lab.status()["status"] == "down"
     with pytest.raises(OrchestratorError, match="not up"):
         lab.fog_nodes()
+
+
+def test_devices_are_entered_through_their_own_namespace_not_the_nodes(tmp_path):
+    spec = LabSpec(prefix="edev", nodes=1, cloud=True)
+    paths = state.LabPaths(tmp_path, "edev")
+    state.save(paths, {"status": "up", "spec": {}, "nodes": [
+        {"name": "fog1", "namespace": "edev-fog1"}, {"name": "cloud", "namespace": "edev-cloud"}]})
+    lab = Lab(spec, tmp_path, runner=ScriptedKernel())
+    assert lab.devices_netns("fog1") == "/run/netns/edev-fog1-dev"
+    assert lab.devices_enter_argv("fog1") == ["nsenter", "--net=/run/netns/edev-fog1-dev", "--"]
+    with pytest.raises(UserError, match="no devices namespace"):
+        lab.devices_netns("cloud")
+    with pytest.raises(UserError, match="unknown fog node"):
+        lab.devices_netns("fog7")
