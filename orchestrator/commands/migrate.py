@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from orchestrator.commands._common import (
     store,
 )
 from orchestrator.commands._numbers import MIB_S_MAX, MS_MAX, SECONDS_MAX, count, positive
-from orchestrator.edge.migrate import DEFAULT_MAX_PER_NODE, MigrationService
+from orchestrator.edge.migrate import DEFAULT_MAX_PER_NODE, MigrationService, live_tracker
 from orchestrator.edge.reconcile import Reconciler
 from orchestrator.errors import ExitStatus
 from orchestrator.fleet import default_lab_prefix
@@ -32,8 +33,7 @@ from orchestrator.fog.migration import MigrationRequest
 from orchestrator.fog.node import validate_name
 from orchestrator.lab.sdn import switchover_mover
 from orchestrator.lab.state import LabPaths
-from orchestrator.model.live import EtaState, estimate_remaining, monotone_eta
-from orchestrator.model.live import JobSample as ModelSample
+from orchestrator.model.live import EtaState, LiveEta
 from orchestrator.model.precopy import Calibration, MigrationInputs, Prediction
 from orchestrator.store import Store
 
@@ -144,41 +144,38 @@ def _reconcile_orphans(reconciler: Reconciler) -> None:
 class ProgressObserver:
     """Progress bar with a time-remaining estimate that never runs backwards.
 
-    Seeded with the pre-migration prediction, re-estimated from every job-stats sample by the
-    pre-copy model (`estimate_remaining`) and smoothed by `monotone_eta`.
+    The same tracker the migration record keeps (`edge.migrate.live_tracker`: seeded with
+    the prediction, re-estimated from every sample, smoothed by `monotone_eta`), so the ETA
+    the record stores at 10/25/50/75 % of the elapsed time is the one shown. "?" while the
+    end is unknown (a prediction of no convergence and no finite live estimate yet); a
+    trailing "…" while the countdown holds because the evidence says later.
     """
 
     def __init__(self, progress: Progress, vm: str,
                  calibration: Calibration | None = None) -> None:
         self.progress = progress
         self.calibration = calibration
-        self.inputs: MigrationInputs | None = None
-        self.eta: EtaState | None = None
+        self.live: LiveEta | None = None
         self.task = progress.add_task(f"migrating {vm}", total=None, iteration=0,
                                       remaining="-", dirty=0, rate="-", eta="?")
 
     def started(self, inputs: MigrationInputs | None, prediction: Prediction | None) -> None:
-        self.inputs = inputs
-        if prediction and prediction.converges:
-            self.eta = monotone_eta(None, 0.0, prediction.total_time_s)
+        self.live = live_tracker(inputs, prediction, self.calibration)
 
     def sample(self, sample: JobSample) -> None:
-        if self.inputs is not None:
-            live = ModelSample(elapsed_s=sample.t_s, iteration=sample.iteration,
-                               remaining_bytes=sample.remaining_bytes,
-                               dirty_rate_pages_s=sample.dirty_rate_pages_s,
-                               bandwidth_bytes_s=sample.bandwidth_bps,
-                               processed_bytes=sample.processed_bytes)
-            estimate = estimate_remaining(live, self.inputs, self.calibration)
-            self.eta = monotone_eta(self.eta, sample.t_s, estimate.remaining_s,
-                                    estimate.uncertainty_s)
+        state = self.live.update(sample.to_model()) if self.live else None
         total = sample.processed_bytes + sample.remaining_bytes
         self.progress.update(
             self.task, total=total or None, completed=sample.processed_bytes,
             iteration=sample.iteration, dirty=sample.dirty_rate_pages_s,
             remaining=f"{sample.remaining_bytes / 2**20:.1f}",
-            rate=f"{sample.bandwidth_bps / 2**20:.1f}",
-            eta=f"{self.eta.remaining_s:.1f} s" if self.eta else "?")
+            rate=f"{sample.bandwidth_bps / 2**20:.1f}", eta=eta_text(state))
+
+
+def eta_text(state: EtaState | None) -> str:
+    if state is None or not math.isfinite(state.remaining_s):
+        return "?"
+    return f"{state.remaining_s:.1f} s{'…' if state.holding else ''}"
 
 
 @contextmanager

@@ -229,10 +229,11 @@ class LiveEta:
     10/25/50/75 % of the elapsed time is exactly what was shown. A stall is flagged
     `STALL_CONFIRM_S` after the live model first calls the pre-copy non-convergent at the
     measured rates (it can from the first sample of iteration 2, when QEMU first reports a
-    dirty rate), provided the dirty set found at the latest sync is not `STALL_MIN_SHRINK`
-    smaller than the one before; or by `detect_stall` (no shrink over 3 rounds), whichever
-    comes first. So a stall is flagged within STALL_CONFIRM_S + one sampling interval of the
-    model seeing it, or after 4 dirty rounds at worst.
+    dirty rate), once two completed dirty rounds show the set found at the latest sync not
+    `STALL_MIN_SHRINK` smaller than the one before; or by `detect_stall` (no shrink over 3
+    rounds), whichever comes first. So a stall is flagged within STALL_CONFIRM_S plus one
+    sampling interval of both signs agreeing, and after 4 dirty rounds at worst. Why both
+    signs: the model alone once called a 24 s migration that did converge hopeless.
     """
 
     inputs: MigrationInputs
@@ -266,8 +267,8 @@ class LiveEta:
         elif self._hopeless_since is None:
             self._hopeless_since = sample.elapsed_s
         starts = _round_starts(self._samples)
-        shrinking = len(starts) >= 2 and starts[-1] < (1 - STALL_MIN_SHRINK) * starts[-2]
-        if (self._hopeless_since is not None and not shrinking
+        stuck = len(starts) >= 2 and starts[-1] >= (1 - STALL_MIN_SHRINK) * starts[-2]
+        if (self._hopeless_since is not None and stuck
                 and sample.elapsed_s - self._hopeless_since >= STALL_CONFIRM_S):
             self.stall_reason = (f"the live model has called the pre-copy non-convergent for "
                                  f"{sample.elapsed_s - self._hopeless_since:.1f} s at the "

@@ -245,3 +245,95 @@ def test_no_job_yet_without_any_action_is_not_abandoned():
     seen = watch(scripted.stats, scripted.finished, lambda a: None, timeout_s=None,
                  postcopy=False, clock=clock, sleep=clock.sleep, job_gone_grace_s=5.0)
     assert not seen.abandoned and len(seen.samples) == 1
+
+
+# --------------------------------------------------------------------------- live ETA
+
+import math  # noqa: E402
+
+from orchestrator.commands.migrate import eta_text  # noqa: E402
+from orchestrator.model.live import (  # noqa: E402
+    STALL_CONFIRM_S,
+    EtaPoint,
+    JobSample,
+    LiveEta,
+    eta_checkpoints,
+    never_backwards,
+)
+from orchestrator.model.precopy import MIB, MigrationInputs, predict  # noqa: E402
+
+
+def rounds_samples(starts_mib, round_s, dt=0.2, rate_pages_s=10_000, bw=8 * MIB):
+    """Samples of dirty rounds (iteration 2 on), each starting at `starts_mib` and draining."""
+    t, out = 0.0, []
+    for i, start in enumerate(starts_mib):
+        for k in range(round(round_s / dt)):
+            left = start * MIB * (1 - k * dt / round_s)
+            out.append(JobSample(elapsed_s=round(t, 3), iteration=i + 2, remaining_bytes=left,
+                                 dirty_rate_pages_s=rate_pages_s, bandwidth_bytes_s=bw))
+            t += dt
+    return out
+
+
+HOPELESS = MigrationInputs(256 * MIB, 10_000, 8 * MIB)  # 39 MiB/s of dirtying over 8 MiB/s
+
+
+def test_an_unknown_end_shows_a_question_mark_not_a_countdown_from_zero():
+    # the issue's case: 1,500 pages/s at 8 MiB/s, predicted never to converge
+    inputs = MigrationInputs(256 * MIB, 1500, 8 * MIB)
+    prediction = predict(inputs)
+    assert not prediction.converges
+    live = LiveEta(inputs)
+    live.seed(prediction.total_time_s)
+    first = live.update(JobSample(0.2, 1, 226 * MIB, bandwidth_bytes_s=8 * MIB))
+    assert eta_text(first) != "0.0 s"
+    assert eta_text(first) == "?" or first.remaining_s > 20
+
+
+def test_a_hopeless_pre_copy_is_flagged_within_the_stated_time():
+    live = LiveEta(HOPELESS)
+    flagged = None
+    for sample in rounds_samples([60, 60, 60, 60, 60], round_s=1.0):
+        live.update(sample)
+        if live.stall_reason and flagged is None:
+            flagged = sample.elapsed_s
+    assert flagged is not None
+    # two completed dirty rounds (2 s) are needed to see no shrink; the model called it
+    # hopeless from the first sample, so the flag comes at most STALL_CONFIRM_S + a sample
+    # interval after the second round completes
+    assert flagged <= 2.0 + STALL_CONFIRM_S + 0.2
+    assert live.stall_flagged_s == flagged
+
+
+def test_a_shrinking_pre_copy_is_never_flagged_even_if_the_model_is_wrong():
+    live = LiveEta(HOPELESS)  # the model thinks it hopeless; the rounds say otherwise
+    for sample in rounds_samples([80, 50, 30, 18, 10, 6], round_s=1.0):
+        live.update(sample)
+    assert live.stall_reason is None
+
+
+def test_the_displayed_time_left_never_grows():
+    live = LiveEta(MigrationInputs(256 * MIB, 0, 20 * MIB))
+    live.seed(5.0)
+    # remaining bytes that jump up (a new round) and a bandwidth that wobbles
+    for i, (left, bw) in enumerate([(200, 20), (180, 25), (190, 10), (150, 5), (150, 30),
+                                    (40, 20), (60, 20), (5, 20)]):
+        live.update(JobSample(0.5 * (i + 1), 1 if i < 5 else 2, left * MIB,
+                              bandwidth_bytes_s=bw * MIB))
+    assert never_backwards(live.history)
+    shown = [p.remaining_s for p in live.history]
+    assert all(b <= a + 1e-9 for a, b in zip(shown, shown[1:], strict=False))
+
+
+def test_eta_checkpoints_hand_worked():
+    history = [EtaPoint(0.0, 10.0, 10.0, False), EtaPoint(1.0, 9.0, 9.0, False),
+               EtaPoint(2.0, 8.5, 9.5, True), EtaPoint(5.0, 5.5, 5.0, False)]
+    rows = eta_checkpoints(history, end_s=10.0)
+    # 10 %: t = 1 → shown 9 s, really 9 s left; 25 %: t = 2.5 → last shown at 2 s: 8.5 vs 8
+    assert rows[0]["eta_s"] == 9.0 and rows[0]["error_pct"] == 0.0
+    assert rows[1]["elapsed_s"] == 2.0 and rows[1]["error_pct"] == pytest.approx(6.25)
+    # 50 %: t = 5 → 5.5 vs 5 (10 %); 75 %: t = 7.5 → still the one shown at 5 s
+    assert rows[2]["error_pct"] == pytest.approx(10.0)
+    assert rows[3]["elapsed_s"] == 5.0
+    unknown = eta_checkpoints([EtaPoint(0.0, math.inf, math.inf, True)], end_s=4.0)
+    assert unknown[0]["eta_s"] is None and unknown[0]["error_pct"] is None
