@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 
 from orchestrator.errors import OrchestratorError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
@@ -122,6 +122,24 @@ CREATE TABLE IF NOT EXISTS device_keys (
     device TEXT PRIMARY KEY,            -- the device's credential for hello on the proxy
     key TEXT NOT NULL
 );
+-- v5 (issue 13): who owns what across processes. A process is (pid, its start time), so a
+-- reused pid is no owner. Leases: a migration in flight (reconcile leaves its VM alone).
+-- Allocations: a VM address handed out but not yet in `vms` (UNIQUE: never twice).
+CREATE TABLE IF NOT EXISTS leases (
+    vm TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    pid_started REAL NOT NULL,
+    source TEXT,
+    destination TEXT,
+    acquired_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS allocations (
+    vm TEXT PRIMARY KEY,
+    address TEXT UNIQUE,
+    pid INTEGER NOT NULL,
+    pid_started REAL NOT NULL,
+    created_at REAL NOT NULL
+);
 """
 
 
@@ -215,7 +233,10 @@ class Store:
         self.db.execute("DELETE FROM vm_keys WHERE vm=?", (name,))  # a reused name gets a new one
 
     def used_addresses(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT address FROM vms WHERE address IS NOT NULL")}
+        """Addresses of recorded VMs and of allocations still being created (v5)."""
+        return {r[0] for r in self.db.execute(
+            "SELECT address FROM vms WHERE address IS NOT NULL UNION "
+            "SELECT address FROM allocations WHERE address IS NOT NULL")}
 
     # --- migrations ------------------------------------------------------------------
 
@@ -386,6 +407,43 @@ class Store:
         query = "SELECT * FROM locations" + (" WHERE device=?" if device else "")
         rows = self.db.execute(query + " ORDER BY at, id", (device,) if device else ())
         return [dict(r) for r in rows]
+
+    # --- leases and allocations (v5, issue 13) --------------------------------------------
+
+    def take_lease(self, vm: str, owner: tuple[int, float], source: str | None = None,
+                   destination: str | None = None) -> None:
+        """Record that process `owner` (pid, start time) migrates `vm` now."""
+        self.db.execute("INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?,?)",
+                        (vm, owner[0], owner[1], source, destination, time.time()))
+
+    def release_lease(self, vm: str, owner: tuple[int, float]) -> None:
+        self.db.execute("DELETE FROM leases WHERE vm=? AND pid=? AND pid_started=?",
+                        (vm, owner[0], owner[1]))
+
+    def leases(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM leases ORDER BY vm")]
+
+    def allocate_address(self, vm: str, candidates: Iterable[str], owner: tuple[int, float],
+                         alive: Callable[[int, float], bool]) -> str:
+        """The first candidate no VM and no live allocation holds, taken for `vm` in one
+        IMMEDIATE transaction: two processes never get the same one. Allocations of dead
+        processes are dropped on the way."""
+        with self.transaction() as db:
+            for row in db.execute("SELECT vm, pid, pid_started FROM allocations").fetchall():
+                if not alive(row["pid"], row["pid_started"]):
+                    db.execute("DELETE FROM allocations WHERE vm=?", (row["vm"],))
+            if db.execute("SELECT 1 FROM allocations WHERE vm=?", (vm,)).fetchone():
+                raise OrchestratorError(f"VM {vm!r} is being created by another process")
+            used = self.used_addresses()
+            address = next((a for a in candidates if a not in used), None)
+            if address is None:
+                raise OrchestratorError("no free VM address left")
+            db.execute("INSERT INTO allocations VALUES (?,?,?,?,?)",
+                       (vm, address, owner[0], owner[1], time.time()))
+        return address
+
+    def release_allocation(self, vm: str) -> None:
+        self.db.execute("DELETE FROM allocations WHERE vm=?", (vm,))
 
 
 def open_store(state_dir: Path) -> Store:
