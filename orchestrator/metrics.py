@@ -91,6 +91,7 @@ def migration_families(migrations: list[dict[str, Any]],
                   ERROR_BUCKETS),
         _transferred(completed),
         *_running_figures(running, newest_sample),
+        *predicted_vs_measured_families(completed),
     ]
     return families
 
@@ -258,3 +259,47 @@ class OrchestratorCollector(Collector):
 def _newest(store: Store, migration_id: int) -> dict[str, Any] | None:
     samples = store.samples(migration_id)
     return samples[-1] if samples else None
+
+
+# ------------------------------------------------------------------ predicted beside measured
+# What operators compare across orchestrators (KubeVirt exports a dozen migration
+# series): for each VM's latest completed migration, its iterations and the predicted and
+# measured time, bytes and downtime as gauges side by side, not only an error histogram.
+# Labelled by VM only, so the series count is bounded by the VMs, not by the records.
+
+PREDICTED_VS_MEASURED = (  # (series, what, predicted key, measured key in the result, scale)
+    ("edgeiot_migration_time_seconds", "Total migration time", "total_time_s",
+     "total_time_ms", 1e-3),
+    ("edgeiot_migration_bytes", "Bytes the migration sent", "transferred_bytes",
+     "transferred_bytes", 1.0),
+    ("edgeiot_migration_downtime_last_seconds", "Downtime of the switch-over", "downtime_s",
+     "downtime_ms", 1e-3),
+)
+
+
+def predicted_vs_measured_families(completed: list[dict[str, Any]]) -> list[Metric]:
+    """Gauges {vm, source=predicted|measured} per quantity, and libvirt's iterations
+    {vm, source}, from each VM's latest completed migration. Pure."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in sorted(completed, key=lambda m: m.get("id") or 0):
+        latest[str(record.get("vm"))] = record
+    iterations = GaugeMetricFamily("edgeiot_migration_iterations",
+                                   "Pre-copy iterations of the VM's latest migration.",
+                                   labels=["vm", "source"])
+    families = {name: GaugeMetricFamily(name, f"{what} of the VM's latest migration, "
+                                        "predicted beforehand and measured.",
+                                        labels=["vm", "source"])
+                for name, what, *_ in PREDICTED_VS_MEASURED}
+    for vm, record in sorted(latest.items()):
+        result, prediction = record.get("result") or {}, record.get("prediction") or {}
+        _gauge(iterations, vm, prediction.get("iterations"), result.get("iterations"), 1.0)
+        for name, _what, p_key, m_key, scale in PREDICTED_VS_MEASURED:
+            _gauge(families[name], vm, prediction.get(p_key), result.get(m_key), scale)
+    return [iterations, *families.values()]
+
+
+def _gauge(family: GaugeMetricFamily, vm: str, predicted: Any, measured: Any,
+           scale: float) -> None:
+    for source, value, factor in (("predicted", predicted, 1.0), ("measured", measured, scale)):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            family.add_metric([vm, source], float(value) * factor)

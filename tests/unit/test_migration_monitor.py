@@ -337,3 +337,25 @@ def test_eta_checkpoints_hand_worked():
     assert rows[3]["elapsed_s"] == 5.0
     unknown = eta_checkpoints([EtaPoint(0.0, math.inf, math.inf, True)], end_s=4.0)
     assert unknown[0]["eta_s"] is None and unknown[0]["error_pct"] is None
+
+
+def test_prometheus_gets_predicted_beside_measured_per_vm():
+    from orchestrator.metrics import predicted_vs_measured_families
+    old = {"id": 1, "vm": "a", "status": "completed", "prediction": {"total_time_s": 9.0},
+           "result": {"total_time_ms": 1000}}
+    new = {"id": 2, "vm": "a", "status": "completed",
+           "prediction": {"total_time_s": 4.0, "transferred_bytes": 1e8, "downtime_s": 0.05,
+                          "iterations": 5},
+           "result": {"total_time_ms": 4500, "transferred_bytes": 9e7, "downtime_ms": 40,
+                      "iterations": 6}}
+    other = {"id": 3, "vm": "b", "status": "completed", "prediction": None,
+             "result": {"total_time_ms": 2000}}
+    got = {(f.name, tuple(s.labels.values())): s.value
+           for f in predicted_vs_measured_families([new, old, other]) for s in f.samples}
+    assert got[("edgeiot_migration_time_seconds", ("a", "predicted"))] == 4.0  # the latest
+    assert got[("edgeiot_migration_time_seconds", ("a", "measured"))] == 4.5
+    assert got[("edgeiot_migration_bytes", ("a", "measured"))] == 9e7
+    assert got[("edgeiot_migration_downtime_last_seconds", ("a", "measured"))] == 0.04
+    assert got[("edgeiot_migration_iterations", ("a", "predicted"))] == 5
+    assert got[("edgeiot_migration_time_seconds", ("b", "measured"))] == 2.0
+    assert ("edgeiot_migration_time_seconds", ("b", "predicted")) not in got
