@@ -67,8 +67,10 @@ class VmService:
         if not 1 <= vcpus <= MAX_VCPUS:
             raise UserError(f"--vcpus must be between 1 and {MAX_VCPUS}, got {vcpus}")
         node = self.session.fleet.node(node_name)
-        if self.store.vm(name) is not None or self.session.locate(name):
+        if self.session.locate(name):
             raise UserError(f"VM {name!r} already exists")
+        if self.store.vm(name) is not None:
+            self._forget_stale(name)
         require_room(self.session, node.name, name, memory_mib * 2**20)
         record, key = self._plan(name, node, memory_mib, vcpus, role), wire.new_key()
         hv = self.session.hypervisor(node.name)
@@ -81,6 +83,16 @@ class VmService:
                 self.destroy(name)
                 raise
         return record
+
+    def _forget_stale(self, name: str) -> None:
+        """A record whose VM no node has (it died with a lab that went down and came up
+        again, or its host was rebuilt) is forgotten so the name can be used again; while
+        any node is unreachable the VM may still be there, and the name stays taken."""
+        if self.session.unreachable:
+            nodes = ", ".join(sorted(self.session.unreachable))
+            raise UserError(f"VM {name!r} is in the records and {nodes} cannot be reached "
+                            "to tell whether it still runs there: refused")
+        self.store.remove_vm(name)
 
     def _plan(self, name: str, node: FogNode, memory_mib: int, vcpus: int,
               role: str) -> VmRecord:
