@@ -91,7 +91,9 @@ def migration_families(migrations: list[dict[str, Any]],
                   ERROR_BUCKETS),
         _transferred(completed),
         *_running_figures(running, newest_sample),
-        *predicted_vs_measured_families(completed),
+        *predicted_vs_measured_families(completed, {
+            str(m.get("vm")): int((newest_sample(m["id"]) or {}).get("iteration") or 0)
+            for m in running}),
     ]
     return families
 
@@ -277,9 +279,12 @@ PREDICTED_VS_MEASURED = (  # (series, what, predicted key, measured key in the r
 )
 
 
-def predicted_vs_measured_families(completed: list[dict[str, Any]]) -> list[Metric]:
+def predicted_vs_measured_families(completed: list[dict[str, Any]],
+                                   running_iterations: dict[str, int] | None = None
+                                   ) -> list[Metric]:
     """Gauges {vm, source=predicted|measured} per quantity, and libvirt's iterations
-    {vm, source}, from each VM's latest completed migration. Pure."""
+    {vm, source}, from each VM's latest completed migration; a running migration's current
+    iteration as source="live". Pure."""
     latest: dict[str, dict[str, Any]] = {}
     for record in sorted(completed, key=lambda m: m.get("id") or 0):
         latest[str(record.get("vm"))] = record
@@ -295,6 +300,8 @@ def predicted_vs_measured_families(completed: list[dict[str, Any]]) -> list[Metr
         _gauge(iterations, vm, prediction.get("iterations"), result.get("iterations"), 1.0)
         for name, _what, p_key, m_key, scale in PREDICTED_VS_MEASURED:
             _gauge(families[name], vm, prediction.get(p_key), result.get(m_key), scale)
+    for vm, iteration in sorted((running_iterations or {}).items()):
+        iterations.add_metric([vm, "live"], float(iteration))
     return [iterations, *families.values()]
 
 
