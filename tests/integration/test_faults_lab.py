@@ -304,3 +304,19 @@ def test_lab_down_during_a_migration_leaves_nothing(lab, cli):
     assert not [p for p in psutil.process_iter(["cmdline"])
                 if f"guest={VM}" in " ".join(p.info["cmdline"] or [])]
     assert str(lab.state_dir) not in Path("/proc/mounts").read_text()
+
+
+def test_lab_up_again_after_lab_down_frees_the_names_of_the_vms_that_died(lab, cli):
+    """`lab down` takes the VMs with it while the records stay; after `lab up` nothing lists
+    them, and creating one of the same name must work instead of 'already exists'."""
+    cli("lab", "down")  # as the previous case leaves it (idempotent if it already ran)
+    up = cli("lab", "up", "--nodes", "3", "--subnet", SUBNET, "--node-memory", "400")
+    assert up.status == ExitStatus.SUCCESS, up.err
+    assert cli("vm", "list", "--json").json() == []
+    created = cli("vm", "create", VM, "--node", "fog2", "--memory", "128")
+    assert created.status == ExitStatus.SUCCESS, created.err
+    try:
+        assert_runs_once(lab, "fog2")
+        assert [r["name"] for r in cli("vm", "list", "--json").json()] == [VM]
+    finally:
+        cli("vm", "destroy", VM)
