@@ -36,6 +36,8 @@ def command(ctx: click.Context, dry_run: bool, inventory: str | None, as_json: b
         click.echo(f"{verb} close migration #{record_id} as {status}: {why}")
     for problem in report["problems"]:
         click.echo(f"problem: {problem}", err=True)
+    for vm, why in report["left_alone"]:
+        click.echo(f"left alone: {vm}: {why}")
     if not any(report[k] for k in ("aborted_jobs", "removed_leftovers", "placements",
-                                   "closed_records", "problems")):
+                                   "closed_records", "problems", "left_alone")):
         click.echo("consistent: nothing to repair")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from orchestrator.edge.capacity import MIB, free_vm_memory_bytes
+from orchestrator.edge.reconcile import migration_lease
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.fog.hypervisor import Guest
@@ -239,7 +240,9 @@ class MigrationService:
         if destination.uri.startswith("qemu+tls://"):
             # Real hosts talk TLS to libvirt: the memory stream gets QEMU's TLS too.
             request = replace(request, tls=True)
-        with vm_lock(self.state_dir, request.vm):
+        # The lease tells every other process's reconcile that this migration is ours.
+        with vm_lock(self.state_dir, request.vm), \
+                migration_lease(self.store, request.vm, destination=destination.name):
             guest = self._running_guest(request.vm)
             if guest.node == destination.name:
                 raise UserError(f"VM {request.vm!r} already runs on {destination.name}")
