@@ -7,10 +7,9 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator import calibration_store
 from orchestrator.commands._common import (
@@ -31,11 +30,12 @@ from orchestrator.fleet import default_lab_prefix
 from orchestrator.fog.jobstats import JobSample
 from orchestrator.fog.migration import MigrationRequest
 from orchestrator.fog.node import validate_name
-from orchestrator.lab.sdn import switchover_mover
-from orchestrator.lab.state import LabPaths
 from orchestrator.model.live import EtaState, LiveEta
 from orchestrator.model.precopy import Calibration, MigrationInputs, Prediction
 from orchestrator.store import Store
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 @click.command("migrate")
@@ -128,6 +128,10 @@ def _flow_mover(ctx: click.Context, inventory: str | None, records: Store,
     record = records.vm(vm)  # read here: the hook runs in another thread, the store may not
     if inventory or record is None:
         return None
+    # Imported here: the SDN controller's client costs 50 ms of start-up that a migration on
+    # a bridge core or real hosts never uses.
+    from orchestrator.lab.sdn import switchover_mover
+    from orchestrator.lab.state import LabPaths
     prefix = default_lab_prefix()
     return switchover_mover(LabPaths(app(ctx).state_path, prefix).root, prefix, record.mac,
                             lambda msg: click.echo(f"orchestrator: warning: {msg}", err=True))
@@ -184,6 +188,7 @@ def _observer(vm: str, enabled: bool,
     if not enabled:
         yield None
         return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # terminal only
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn(
         "iter {task.fields[iteration]}  left {task.fields[remaining]} MiB  "
         "dirty {task.fields[dirty]} pages/s  {task.fields[rate]} MiB/s  "
