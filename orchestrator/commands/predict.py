@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -21,6 +22,7 @@ from orchestrator.commands._numbers import (
     MIB_S_MAX,
     MS_MAX,
     PAGES_S_MAX,
+    SECONDS_MAX,
     non_negative,
     positive,
 )
@@ -49,6 +51,9 @@ MAX_ROUNDS_JSON = 100
               default=None, metavar="MIB_S",
               help="Instead of --dirty-rate: the hypervisor's page-sampling reading in MiB/s "
                    "(what `migrate` measures and records as dirty_rate_source).")
+@click.option("--measured-window", "measured_window_s", type=positive(SECONDS_MAX),
+              default=1.0, show_default=True, metavar="S",
+              help="The window of --measured-dirty-rate, in seconds.")
 @click.option("--bandwidth", "bandwidth_mib_s", type=positive(MIB_S_MAX),
               required=True, metavar="MIB_S",
               help="Migration bandwidth r_mig in MiB/s.")
@@ -70,7 +75,8 @@ MAX_ROUNDS_JSON = 100
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def command(ctx: click.Context, memory_mib: float, dirty_pages_s: float | None,
-            measured_mib_s: float | None, bandwidth_mib_s: float, downtime_ms: float,
+            measured_mib_s: float | None, measured_window_s: float, bandwidth_mib_s: float,
+            downtime_ms: float,
             working_set_mib: float | None, footprint_mib: float | None,
             calibration_file: str | None, qemu_version: str | None, force: bool,
             as_json: bool) -> None:
@@ -78,6 +84,8 @@ def command(ctx: click.Context, memory_mib: float, dirty_pages_s: float | None,
     rate = _dirty_pages_s(dirty_pages_s, measured_mib_s)
     inputs = _inputs(memory_mib, rate, bandwidth_mib_s, downtime_ms,
                      working_set_mib, footprint_mib)
+    if measured_mib_s is not None:
+        inputs = replace(inputs, dirty_window_s=measured_window_s)
     calibration = calibration_store.load(ctx.obj.state_dir, calibration_file)
     warning = calibration_store.check_qemu(
         calibration, qemu_version or calibration_store.local_qemu_version(), force)
@@ -151,6 +159,7 @@ def _as_json(inputs: MigrationInputs, prediction: Prediction,
             "working_set_bytes": inputs.working_set_bytes,
             "footprint_bytes": inputs.footprint_bytes,
             "page_size": inputs.page_size,
+            "dirty_window_s": inputs.dirty_window_s,
         },
         "prediction": data,
         "naive_time_s": _json_number(naive_time_s(inputs)),

@@ -87,7 +87,8 @@ def predictor_inputs(request: MigrationRequest, guest: dict[str, Any],
                            dirty_rate_pages_s=float(guest["dirty_rate_pages_s"] or 0),
                            bandwidth_bytes_s=float(bandwidth), downtime_limit_s=downtime_s,
                            working_set_bytes=guest["working_set_bytes"] or None,
-                           footprint_bytes=guest.get("footprint_bytes"))
+                           footprint_bytes=guest.get("footprint_bytes"),
+                           dirty_window_s=guest.get("dirty_rate_window_s"))
 
 
 def guest_working_set(status: dict[str, Any]) -> int | None:
@@ -387,7 +388,8 @@ class MigrationService:
         except OrchestratorError as exc:
             return {**figures, "dirty_rate_note": str(exc)}
         return {**figures, "dirty_rate_pages_s": round(rate.pages_s(), 1),
-                "dirty_rate_source": f"hypervisor {rate.mode} over {rate.window_s:g} s"}
+                "dirty_rate_window_s": rate.window_s or float(self.dirty_rate_window_s),
+                "dirty_rate_source": f"hypervisor {rate.mode}"}
 
     def _run(self, guest: Guest, request: MigrationRequest,
              on_sample: Callable[[JobSample], None] | None,

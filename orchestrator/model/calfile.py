@@ -31,6 +31,10 @@ class MigrationInputs:
     working_set_bytes: int | None = None
     footprint_bytes: int | None = None
     page_size: int = 4096
+    # Set when the dirty rate is a hypervisor measurement (distinct pages written over this
+    # many seconds, e.g. libvirt's page sampling) rather than a write rate: the model then
+    # lets the dirty set saturate towards W instead of growing linearly (see precopy).
+    dirty_window_s: float | None = None
 
     def __post_init__(self) -> None:
         _require(self.memory_bytes > 0, f"memory must be > 0 bytes, got {self.memory_bytes}")
@@ -44,6 +48,9 @@ class MigrationInputs:
         _require(self.downtime_limit_s > 0,
                  f"downtime limit must be > 0 s, got {self.downtime_limit_s}")
         _require(self.page_size > 0, f"page size must be > 0 bytes, got {self.page_size}")
+        if self.dirty_window_s is not None:
+            _require(math.isfinite(self.dirty_window_s) and self.dirty_window_s > 0,
+                     f"dirty-rate window must be > 0 s, got {self.dirty_window_s}")
         if self.working_set_bytes is not None:
             _require(0 <= self.working_set_bytes <= self.memory_bytes,
                      f"working set must be between 0 and memory ({self.memory_bytes} bytes), "

@@ -64,11 +64,11 @@ def estimate_remaining(sample: JobSample, inputs: MigrationInputs,
     cal = calibration or DEFAULT_CALIBRATION
     bandwidth = (sample.bandwidth_bytes_s if sample.bandwidth_bytes_s > 0
                  else inputs.bandwidth_bytes_s * cal.bandwidth_efficiency)
-    rate_pages = (sample.dirty_rate_pages_s if sample.iteration >= 2
-                  and sample.dirty_rate_pages_s > 0 else inputs.dirty_rate_pages_s)
+    live_rate = sample.iteration >= 2 and sample.dirty_rate_pages_s > 0
+    rate_pages = sample.dirty_rate_pages_s if live_rate else inputs.dirty_rate_pages_s
     first, share = _pass_left(sample, inputs, cal)
     link = _link_for(inputs, cal, bandwidth, share)
-    guest = _guest_for(inputs, cal, rate_pages * inputs.page_size)
+    guest = _guest_for(inputs, cal, rate_pages * inputs.page_size, measured=not live_rate)
     run = _simulate(first, link, guest, elapsed_s=sample.round_elapsed_s or 0.0)
     downtime = _downtime(run, link, cal)
     if not run.converges:

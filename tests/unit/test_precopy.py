@@ -470,3 +470,52 @@ def test_stall_needs_enough_rounds_and_ignores_round_zero() -> None:
     assert not detect_stall([]).stalled
     with pytest.raises(ValueError):
         detect_stall([], window=0)
+
+
+# --------------------------------------------------------------------------- measured rates
+
+from orchestrator.model.precopy import _Guest  # noqa: E402
+
+
+def test_a_measured_rate_grows_like_a_uniform_writer_through_the_measurement():
+    # W = 1000 pages, a uniform writer at 500 pages/s: over T = 1 s page sampling sees
+    # D = 1000·(1 − e^(−0.5)) = 393.47 pages. The model then grows as 1000·(1 − e^(−0.5 t)):
+    # at t = 0.3 s, 1000·(1 − e^(−0.15)) = 139.3 pages, which is what the writer dirties.
+    page = 4096
+    seen = 1000 * (1 - math.exp(-0.5)) * page
+    guest = _Guest(seen / 1.0, 1000 * page, 0.0, measured_over_s=1.0)
+    assert guest.dirtied(0.3) / page == pytest.approx(1000 * (1 - math.exp(-0.15)), rel=1e-9)
+    assert guest.dirtied(1.0) == pytest.approx(seen)
+    from agent.guest.edgeiot_agent.workloads import expected_distinct
+    assert guest.dirtied(0.3) / page == pytest.approx(expected_distinct("uniform", 150, 1000),
+                                                      rel=0.01)
+
+
+def test_a_saturated_measurement_means_the_set_is_rewritten_within_a_round():
+    # 8 MiB seen over 1 s on an 8 MiB set: read as 99 % of it, λ = ln(100) = 4.605 /s, so a
+    # 0.1 s round finds 8·(1 − e^(−0.4605)) = 2.95 MiB, where a write rate of 8 MiB/s
+    # would say 0.8 MiB
+    guest = _Guest(8 * MIB, 8 * MIB, 0.0, measured_over_s=1.0)
+    assert guest.dirtied(0.1) / MIB == pytest.approx(8 * (1 - math.exp(-0.1 * math.log(100))))
+    linear = _Guest(8 * MIB, 8 * MIB, 0.0)
+    assert linear.dirtied(0.1) / MIB == pytest.approx(0.8)
+
+
+def test_a_saturated_measurement_is_not_called_converging():
+    # a fast writer on 8 MiB reads 8 MiB/s on page sampling; at 20 MiB/s and 50 ms the
+    # linear reading converges, the measured one (correctly: W > ς) does not
+    base = dict(memory_bytes=256 * MIB, dirty_rate_pages_s=2048, bandwidth_bytes_s=20 * MIB,
+                downtime_limit_s=0.05, working_set_bytes=8 * MIB)
+    assert predict(MigrationInputs(**base)).converges
+    assert not predict(MigrationInputs(**base, dirty_window_s=1.0)).converges
+
+
+def test_an_idle_measurement_changes_nothing():
+    base = dict(memory_bytes=256 * MIB, dirty_rate_pages_s=0, bandwidth_bytes_s=20 * MIB)
+    assert (predict(MigrationInputs(**base, dirty_window_s=1.0)).total_time_s
+            == predict(MigrationInputs(**base)).total_time_s)
+
+
+def test_a_bad_window_is_refused():
+    with pytest.raises(ValueError, match="window"):
+        MigrationInputs(GIB, 0, BW, dirty_window_s=0.0)
