@@ -311,6 +311,13 @@ class MigrationService:
             guest.remove()
         return [g.node for g in running], [g.node for g in leftovers]
 
+    def _gone_everywhere(self, vm: str) -> bool:
+        """No node holds an active copy of the VM (running or paused), and every node
+        answered: a VM paused mid-switch-over, or on a node that did not answer, is not
+        lost."""
+        guests = self.session.locate(vm)
+        return not self.session.unreachable and not any(g.is_active() for g in guests)
+
     def _sample_sink(self, record_id: int,
                      observer: MigrationObserver | None) -> Callable[[JobSample], None]:
         """Every live sample goes to the record at once, then to the observer."""
@@ -437,8 +444,8 @@ class MigrationService:
             error = (f"{error + '; ' if error else ''}after the migration {request.vm} runs "
                      f"on {placement or 'no node'}, expected {expected}")
             status = "failed" if status == "completed" else status
-        if not placement:
-            status = "lost"  # its QEMU died (source crash, power-off): no copy runs anywhere
+        if not placement and self._gone_everywhere(request.vm):
+            status = "lost"  # its QEMU died (source crash, power-off): no copy is left
         if len(placement) == 1:
             self.store.set_vm_node(request.vm, placement[0])
         result = {
