@@ -112,6 +112,14 @@ def live_tracker(inputs: MigrationInputs | None, prediction: Prediction | None,
     return live
 
 
+def guest_workload(status: dict[str, Any]) -> str | None:
+    """Which writer the guest runs: a workload family, "sweep" for the dirtier, or None."""
+    kind = (status.get("workload") or {}).get("kind")
+    if isinstance(kind, str) and kind != "none":
+        return kind
+    return "sweep" if (status.get("dirty") or {}).get("pages_per_s") else None
+
+
 def prediction_figures(prediction: Prediction | None,
                        measured_ms: int | None) -> dict[str, float | None]:
     """The prediction next to the measurement, so accuracy is tracked on every migration."""
@@ -373,8 +381,10 @@ class MigrationService:
         record = self.store.vm(request.vm)
         if record and record.address:
             try:
-                status = GuestAgent(record.address, self.session.fleet.policy).status()
+                status = GuestAgent(record.address, self.session.fleet.policy,
+                                    key=self.store.vm_key(request.vm)).status()
                 inputs["working_set_bytes"] = guest_working_set(status)
+                inputs["workload"] = guest_workload(status)
                 if inputs["dirty_rate_pages_s"] is None:
                     inputs["dirty_rate_pages_s"] = status["dirty"].get("pages_per_s")
                     inputs["dirty_rate_source"] = "guest agent (set point)"
