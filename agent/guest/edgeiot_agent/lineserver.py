@@ -241,7 +241,7 @@ class LineServer:
                     self._pause_listener()
                 return
             if len(self._conns) >= self.max_conns and not self._evict_one():
-                self._refuse(sock)
+                self._turn_away(sock)
                 continue
             self.counters["accepted_conns"] += 1
             sock.setblocking(False)
@@ -265,7 +265,7 @@ class LineServer:
         except (KeyError, ValueError):
             pass
 
-    def _refuse(self, sock: socket.socket) -> None:
+    def _turn_away(self, sock: socket.socket) -> None:
         self.counters["refused_conns"] += 1
         try:
             sock.setblocking(False)
