@@ -2,12 +2,14 @@
 
 Brings up its own 3-node lab (timed: target ≤ 20 s), boots one VM, then migrates it back
 and forth between fog1 and fog2 at a fixed bandwidth cap, alternating `orchestrator migrate
---json` (its own connections, reconcile, checks, prediction, job-stats sampling every
-200 ms, records, placement check) with a bare libvirt call using the same flags. Prints
-one JSON object; targets: orchestrator wall ≤ 1.05 × bare wall, and total time ≤ 1.15 ×
-transferred bytes ÷ bandwidth.
+--json` run as a process, as a user runs it (interpreter start-up, imports, its own
+connections, reconcile, checks, prediction, job-stats sampling every 200 ms, records,
+placement check) with a bare libvirt call using the same flags in this process. Prints one
+JSON object; targets (issue 18): orchestrator wall ≤ 1.10 × bare wall, and total time ≤
+1.15 × transferred bytes ÷ bandwidth. `--in-process` runs `cli.main` in this process instead
+(no start-up or imports: the library's own overhead).
 
-    .venv/bin/python bench/migrate.py [--pairs 4] [--bandwidth 40] [--memory 256]
+    .venv/bin/python bench/migrate.py [--pairs 4] [--bandwidth 50] [--memory 256] [--in-process]
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import io
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import redirect_stdout
@@ -35,6 +39,7 @@ from orchestrator.lab.topology import LabSpec
 from orchestrator.store import open_store
 
 VM, PREFIX = "bench-vm", "ebench"
+WALL_RATIO_MAX = 1.10  # issue 18: the process a user runs, against a bare migrateToURI3
 
 
 def bare_migration(session: FleetSession, source: str, dest: str, bandwidth: int) -> dict[str, Any]:
@@ -53,17 +58,26 @@ def bare_migration(session: FleetSession, source: str, dest: str, bandwidth: int
             "transferred_bytes": stats.get("data_processed") or stats.get("memory_processed")}
 
 
-def orchestrated_migration(state_dir: Path, dest: str, bandwidth: int) -> dict[str, Any]:
-    """`orchestrator migrate --json` as a user runs it (in-process: no interpreter start-up,
-    which the bare call does not pay either): it opens its own libvirt connections,
+def orchestrated_migration(state_dir: Path, dest: str, bandwidth: int,
+                           in_process: bool = False) -> dict[str, Any]:
+    """`orchestrator migrate --json` as a user runs it: a process of the console script
+    (or, with `in_process`, cli.main here). It opens its own libvirt connections,
     reconciles, predicts, samples, records and verifies placement."""
-    out = io.StringIO()
+    argv = ["--state-dir", str(state_dir), "migrate", VM, "--to", dest,
+            "--bandwidth", str(bandwidth), "--json"]
     started = time.monotonic()
-    with redirect_stdout(out):
-        status = cli.main(["--state-dir", str(state_dir), "migrate", VM, "--to", dest,
-                           "--bandwidth", str(bandwidth), "--json"])
+    if in_process:
+        out = io.StringIO()
+        with redirect_stdout(out):
+            status = cli.main(argv)
+        stdout = out.getvalue()
+    else:
+        script = Path(sys.executable).with_name("orchestrator")
+        done = subprocess.run([str(script), *argv], capture_output=True, text=True,
+                              env={**os.environ, "EDGEIOT_LAB": PREFIX})
+        status, stdout = done.returncode, done.stdout
     wall = time.monotonic() - started
-    result = json.loads(out.getvalue())
+    result = json.loads(stdout)
     assert status == 0 and result["status"] == "completed", result.get("error")
     return {"wall_s": wall, "total_time_ms": result["total_time_ms"],
             "transferred_bytes": result["transferred_bytes"]}
@@ -83,8 +97,10 @@ def summary(runs: list[dict[str, Any]], bandwidth: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--bandwidth", type=int, default=40, help="MiB/s")
+    parser.add_argument("--bandwidth", type=int, default=50, help="MiB/s")
     parser.add_argument("--memory", type=int, default=256, help="MiB")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run cli.main in this process (no start-up, no imports)")
     args = parser.parse_args()
     state_dir = Path(tempfile.mkdtemp(prefix="edgeiot-bench-"))
     lab = Lab(LabSpec(prefix=PREFIX, nodes=3, subnet="10.75.0.0/16"), state_dir)
@@ -103,7 +119,8 @@ def main() -> None:
                 # Pairs alternate which goes first, so each method runs each direction
                 # equally often: ours, bare | bare, ours | ...
                 if (i % 2 == 0) == ((i // 2) % 2 == 0):
-                    ours.append(orchestrated_migration(state_dir, there, args.bandwidth))
+                    ours.append(orchestrated_migration(state_dir, there, args.bandwidth,
+                                                       args.in_process))
                 else:
                     bare.append(bare_migration(session, here, there, args.bandwidth))
                 here = there
@@ -113,13 +130,15 @@ def main() -> None:
         print(json.dumps({
             "benchmark": "migrate", "pairs": args.pairs, "bandwidth_mib_s": args.bandwidth,
             "memory_mib": args.memory, "lab_up_s": round(lab_up_s, 3),
+            "orchestrator_as": "cli.main in-process" if args.in_process else "a process",
             "orchestrator": ours_s, "bare_libvirt": bare_s,
             "wall_ratio_orchestrator_over_bare": round(ratio, 3),
             "wall_ratio_per_pair": [round(o["wall_s"] / b["wall_s"], 3)
                                     for o, b in zip(ours, bare, strict=True)],
-            "targets": {"wall_ratio_max": 1.05, "total_time_over_bytes_per_bandwidth_max": 1.15,
+            "targets": {"wall_ratio_max": WALL_RATIO_MAX,
+                        "total_time_over_bytes_per_bandwidth_max": 1.15,
                         "lab_up_s_max": 20},
-            "targets_met": {"wall_ratio": ratio <= 1.05,
+            "targets_met": {"wall_ratio": ratio <= WALL_RATIO_MAX,
                             "total_time_over_bytes_per_bandwidth": efficiency <= 1.15,
                             "lab_up_s": lab_up_s <= 20},
         }, indent=2))
