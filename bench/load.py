@@ -91,7 +91,7 @@ def run_round(state_dir: Path, session: FleetSession, names: list[str], r: int,
 
 
 def clean(round_: dict[str, Any]) -> bool:
-    return (round_["completed"] == round_["vms"] and round_["each_vm_runs_once"]
+    return bool(round_["completed"] == round_["vms"] and round_["each_vm_runs_once"]
             and round_["where_asked"])
 
 
