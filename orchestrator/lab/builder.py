@@ -68,6 +68,7 @@ class Lab:
         self.network = (SdnNetwork(self.topology, self.paths.root, self.runner)
                         if spec.core == "sdn" else LabNetwork(self.topology, self.runner))
         self.source_image = image or local_image()
+        self.up_lock_path = state.UP_LOCK
 
     @property
     def image(self) -> GuestImage:
@@ -96,6 +97,14 @@ class Lab:
     # --- up ------------------------------------------------------------------------
 
     def up(self) -> dict[str, Any]:
+        """Bring the lab up; refused (having made and removed nothing) when its prefix or
+        subnet is taken. Checks and build run under the host's `lab up` lock, so a failed
+        build tears down only what this call made."""
+        self._refuse_if_present()  # at once when it is plain; again under the lock
+        with state.up_lock(self.up_lock_path):
+            return self._up()
+
+    def _up(self) -> dict[str, Any]:
         self._refuse_if_present()
         self.source_image.check()
         started = time.monotonic()

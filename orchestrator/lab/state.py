@@ -6,13 +6,22 @@ crashed `lab up` still leaves a trail; teardown additionally scans for the lab's
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, UserError
+
+# Host-wide, not per state directory: namespaces, links and routes are the host's, so two
+# `lab up`s from different state directories can collide on a prefix or a subnet too.
+UP_LOCK = Path("/run/lock/edgeiot-lab-up.lock")
+UP_LOCK_WAIT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -52,3 +61,28 @@ def save(paths: LabPaths, data: dict[str, Any]) -> None:
 
 def remove(paths: LabPaths) -> None:
     paths.state_file.unlink(missing_ok=True)
+
+
+@contextmanager
+def up_lock(path: Path = UP_LOCK, wait_s: float = UP_LOCK_WAIT_S,
+            poll_s: float = 0.1) -> Iterator[None]:
+    """One `lab up` at a time on this host, from its refusal checks to its last object.
+
+    Why: two `lab up`s of the same prefix (or of one subnet) both passed the checks, both
+    started building, and the one that then failed tore down — by prefix — the lab the
+    other had made. Under this lock the checks see everything another `lab up` made, so a
+    refused `lab up` has created nothing and tears nothing down. Waits (a free lab up of
+    another lab just runs after), released when the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    with open(path, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UserError(f"another 'lab up' has held {path} for {wait_s:g} s: "
+                                    "try again when it is done") from None
+                time.sleep(poll_s)
+        yield
