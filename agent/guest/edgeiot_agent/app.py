@@ -55,7 +55,7 @@ DIRTIER_RESERVE_BYTES = 16 * 1024 * 1024
 DIRTIER_MAX_SHARE = 0.75  # at most this share of the guest's memory as a working set
 SUPERVISE_S = 1.0
 USAGE = ("usage: python3 -m edgeiot_agent [--host ADDR] [--port N] [--name NAME] "
-         "[--boot-id-path P] [--cmdline-path P] [--idle-timeout S] [--insecure]")
+         "[--boot-id-path P] [--cmdline-path P] [--idle-timeout S] [--data-port N] [--insecure]")
 
 
 class AgentConfig:
@@ -74,6 +74,7 @@ class AgentConfig:
         insecure: bool = False,
         idle_timeout_s: float = 60.0,
         supervise_s: float = SUPERVISE_S,
+        data_port: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -86,6 +87,7 @@ class AgentConfig:
         self.insecure = insecure
         self.idle_timeout_s = idle_timeout_s
         self.supervise_s = supervise_s
+        self.data_port = data_port
 
 
 class Agent:
@@ -201,7 +203,7 @@ def parse_args(argv: Sequence[str] | None) -> AgentConfig:
         raise SystemExit(0)
     options = {"--host": "host", "--port": "port", "--name": "name",
                "--boot-id-path": "boot_id_path", "--cmdline-path": "cmdline_path",
-               "--idle-timeout": "idle_timeout_s"}
+               "--idle-timeout": "idle_timeout_s", "--data-port": "data_port"}
     values: dict[str, Any] = {}
     while args:
         flag = args.pop(0)
@@ -214,6 +216,8 @@ def parse_args(argv: Sequence[str] | None) -> AgentConfig:
         values[options[flag]] = args.pop(0)
     try:
         values["port"] = int(values.get("port", DEFAULT_PORT))
+        if "data_port" in values:
+            values["data_port"] = int(values["data_port"])
         idle = float(values.get("idle_timeout_s", 60.0))
     except ValueError:
         print(f"edgeiot_agent: --port and --idle-timeout must be numbers\n{USAGE}",
@@ -231,16 +235,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The proxy's stream service or the application VM's metadata service.
     role = dataplane.read_role(config.cmdline_path)
     key = wire.read_cmdline_key(config.cmdline_path)
-    agent = Agent(config, dataplane.services_for(role, config.name or socket.gethostname(),
-                                                 key))
+    services = dataplane.services_for(role, config.name or socket.gethostname(), key,
+                                      config.host, config.data_port)
+    agent = Agent(config, services)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     agent.start()
     _, port = agent.server.address
+    data_port = services[0].address[1]
     secured = "key" if agent.key else ("INSECURE" if config.insecure else "no-key(refusing)")
-    print(f"edgeiot-agent: ready role={role} port={port} boot_id={agent.boot_id} name={agent.name} "
-          f"uptime={agent.uptime():.2f} pid={os.getpid()} auth={secured}", flush=True)
+    print(f"edgeiot-agent: ready role={role} port={port} data_port={data_port} "
+          f"boot_id={agent.boot_id} name={agent.name} uptime={agent.uptime():.2f} "
+          f"pid={os.getpid()} auth={secured}", flush=True)
     try:
         while not done.wait(1.0):
             pass

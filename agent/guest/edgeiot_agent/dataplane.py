@@ -8,6 +8,7 @@ the VM is a proxy, the paper's default.
 
 from __future__ import annotations
 
+from . import wire
 from .appvm import AppVmService
 from .streams import StreamService
 
@@ -36,8 +37,10 @@ def read_role(path: str = CMDLINE_PATH) -> str:
         return "proxy"
 
 
-def services_for(role: str, name: str, key: str | None = None) -> list[Any]:
-    """The data-plane services of a role; an application VM checks its proxies with `key`."""
+def services_for(role: str, name: str, key: str | None = None, host: str = "0.0.0.0",
+                 port: int | None = None) -> list[Any]:
+    """The data-plane services of a role; an application VM checks its proxies with `key`.
+    `port` None: the role's port from wire.py (0: any free port, for tests and benches)."""
     if role == "app":
-        return [AppVmService(key=key)]
-    return [StreamService(name)]
+        return [AppVmService(host, wire.METADATA_PORT if port is None else port, key=key)]
+    return [StreamService(name, host, wire.STREAM_PORT if port is None else port)]
