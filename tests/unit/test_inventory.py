@@ -72,3 +72,40 @@ def test_well_formed_inventories_round_trip_their_host_names(names):
     nodes, _ = parse_inventory(text)
     assert [n.name for n in nodes] == names
     assert all(n.uri.startswith("qemu+tls://192.0.2.") for n in nodes)
+
+
+# --- values that reach a kernel command line, a domain or a connection (issue 13) -----------
+
+@pytest.mark.parametrize("line, key", [
+    ('[all:vars]\ngateway=10.50.0.1 init=/bin/sh', "gateway"),
+    ('[fog_nodes]\nfog1 gateway="10.50.0.1 init=/bin/sh"', "gateway"),
+    ("[fog_nodes]\nfog1 gateway=10.50.0.256", "gateway"),
+    ("[fog_nodes]\nfog1 gateway=fog-gw", "gateway"),
+    ("[all:vars]\nvm_network=10.50.0.0/24 quiet", "vm_network"),
+    ("[fog_nodes]\nfog1 ansible_host=1.2.3.4&reboot", "ansible_host"),
+    ('[fog_nodes]\nfog1 ansible_host="-oProxyCommand=x"', "ansible_host"),
+    ("[fog_nodes]\nfog1 vm_bridge=br0,script=/tmp/x", "vm_bridge"),
+    ("[fog_nodes]\nfog1 image_dir=relative/dir", "image_dir"),
+    ('[fog_nodes]\nfog1 image_dir="/srv/a b"', "image_dir"),
+    ("[fog_nodes]\nfog1 domain_type=xen", "domain_type"),
+    ("[fog_nodes]\nfog1 ansible_port=0", "ansible_port"),
+    ('[fog_nodes]\nfog1 libvirt_uri="qemu+tcp://h/system?socket=/x y"', "libvirt_uri"),
+    ("[fog_nodes:vars]\nenergy=so lar", "energy"),
+])
+def test_hostile_values_are_refused_at_parse_time_in_one_line(line, key):
+    text = line if "[fog_nodes]" in line else "[fog_nodes]\nfog1\n" + line
+    with pytest.raises(UserError) as err:
+        parse_inventory(text)
+    message = str(err.value)
+    assert f"invalid {key}" in message and "\n" not in message and message.startswith(
+        "inventory:")
+
+
+def test_good_values_of_every_checked_kind_are_kept():
+    nodes, all_vars = parse_inventory(
+        "[all:vars]\ngateway=10.50.0.1\nvm_network=10.50.0.0/24\n[fog_nodes]\n"
+        "fog1 ansible_host=fog1.lab.example ansible_port=22 ansible_user=edge "
+        "vm_bridge=br-vm.10 image_dir=/srv/edgeiot/images domain_type=kvm "
+        "libvirt_uri=qemu+tcp://10.50.0.11:16509/system gateway=10.50.0.1\n")
+    assert all_vars["gateway"] == "10.50.0.1" and nodes[0].facts["gateway"] == "10.50.0.1"
+    assert nodes[0].uri == "qemu+tcp://10.50.0.11:16509/system"

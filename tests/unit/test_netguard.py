@@ -1,4 +1,8 @@
 import ipaddress
+import socket
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -8,6 +12,7 @@ from orchestrator.netguard import (
     NetworkPolicy,
     check_destination,
     parse_route_device,
+    pinned_uri,
 )
 
 LAB = NetworkPolicy(labs=(LabNetwork(ipaddress.IPv4Network("10.77.0.0/16"), "eiot-core"),))
@@ -56,3 +61,75 @@ def test_inventory_hosts_are_allowed_but_lab_addresses_still_checked():
 def test_parse_route_device():
     out = '[{"dst":"10.77.0.12","dev":"eiot-core","prefsrc":"10.77.0.1","flags":[],"uid":0}]'
     assert parse_route_device(out) == "eiot-core"
+
+
+# --- no bypass (issue 13) ------------------------------------------------------------------
+
+def test_a_name_that_resolves_into_a_lab_is_refused(monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        lambda host, *_a, **_k: [(socket.AF_INET, 1, 6, "", ("10.77.0.12", 0))])
+    lookup = routes("eiot-core")
+    with pytest.raises(UnsafeDestination, match="never by a name"):
+        check_destination("fog1.evil.example", LAB, lookup)
+    assert check_destination("10.77.0.12", LAB, lookup) == "10.77.0.12"
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("qemu+tcp://fog1.example:16509/system", "qemu+tcp://192.0.2.11:16509/system"),
+    ("qemu+tcp://fog1.example/system", "qemu+tcp://192.0.2.11/system"),
+    ("qemu+tls://fog1.example/system", "qemu+tls://fog1.example/system"),  # cert: the name
+    ("qemu+ssh://root@fog1.example/system", "qemu+ssh://root@fog1.example/system"),
+    ("test:///default", "test:///default"),
+])
+def test_libvirt_uris_connect_to_the_checked_address(uri, expected):
+    assert pinned_uri(uri, "192.0.2.11") == expected
+
+
+class Recorder(BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def do_GET(self):  # noqa: N802
+        Recorder.seen.append(self.path)
+        body = b'{"locate_endpoint": null, "received": 0}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args):
+        pass
+
+
+def test_internal_http_never_goes_through_a_proxy_from_the_environment(monkeypatch):
+    from orchestrator.lab.controller.api import ControllerClient
+
+    proxy = HTTPServer(("127.0.0.1", 0), Recorder)  # answers too, so a leak is visible
+    api = HTTPServer(("127.0.0.1", 0), Recorder)
+    for server in (proxy, api):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proxy_url = f"http://127.0.0.1:{proxy.server_address[1]}"
+        for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "all_proxy"):
+            monkeypatch.setenv(name, proxy_url)
+        monkeypatch.setenv("no_proxy", "")
+        assert urllib.request.getproxies()["http"] == proxy_url  # the trap is armed
+        Recorder.seen = []
+        client = ControllerClient(f"http://127.0.0.1:{api.server_address[1]}", timeout_s=5)
+        assert client.locate_endpoint() == {"locate_endpoint": None, "received": 0}
+        assert Recorder.seen == ["/locate-endpoint"]  # one request, straight to the API
+        leak = urllib.request.urlopen(f"http://127.0.0.1:{api.server_address[1]}/x",
+                                      timeout=5)  # what the old client did
+        leak.close()
+        assert Recorder.seen[-1].startswith("http://")  # the proxy got an absolute URL
+    finally:
+        proxy.shutdown()
+        api.shutdown()
+
+
+def test_the_controller_client_only_talks_to_loopback():
+    from orchestrator.errors import UserError
+    from orchestrator.lab.controller.api import ControllerClient
+
+    for base in ("http://10.77.0.1:8080", "http://ctl.example:8080", "https://127.0.0.1:1"):
+        with pytest.raises(UserError, match="loopback"):
+            ControllerClient(base)

@@ -52,6 +52,7 @@ from agent.host.bounded import (
     http_response,
 )
 from orchestrator.errors import OrchestratorError, UserError
+from orchestrator.netguard import NO_PROXY_OPENER
 
 
 class Controller(Protocol):
@@ -337,12 +338,6 @@ class LocationRelay:
             return {"ok": False, "error": f"locate --serve at {endpoint}: {exc}"}
 
 
-# NOTE: urllib's default opener honours http_proxy/https_proxy/no_proxy from the
-# environment, which would send the controller's traffic (and the netguard's promise) to
-# whatever proxy the environment names. Internal HTTP uses an opener without proxies.
-NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 class ControllerClient:
     """The orchestrator's side of the API; `base` is http://host:port of a lab's controller,
     whose host must be a loopback address (the API listens nowhere else)."""
@@ -365,6 +360,7 @@ class ControllerClient:
         req = urllib.request.Request(self.base + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
         try:
+            # NOTE: never urlopen: it would honour http_proxy from the environment.
             with NO_PROXY_OPENER.open(req, timeout=self.timeout_s) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
