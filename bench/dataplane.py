@@ -18,7 +18,10 @@ VM on the node) and streams one camera (32x32 frames, the child in every 5th) at
 `--camera-rate`, so the face-matching model's metadata ÷ raw is reported too (`camera`: its
 records/s and dirty rate).
 
-Orchestrator output goes to stderr. Without EDGEIOT_STATE_DIR a fresh state dir is used.
+Authentication is on throughout: the orchestrator signs its control requests with the VM's
+key, and every device proves itself with its own key (`with_keys` puts the keys `device
+add` issued into the emulator's spec). Orchestrator output goes to stderr.
+Without EDGEIOT_STATE_DIR a fresh state dir is used.
 
     flock /tmp/edgeiot-lab.lock .venv/bin/python bench/dataplane.py \
         [--rates 5,20,60,150,300,600,1200,2400] [--seconds 20] > out.json
@@ -40,13 +43,13 @@ import libvirt
 
 from agent.devices import world
 from orchestrator.cli import main as cli
-from orchestrator.edge.devices import launch_emulator
+from orchestrator.edge.devices import launch_emulator, with_keys
 from orchestrator.edge.proxies import directory_path
 from orchestrator.fleet import lab_fleet
 from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.lab.builder import Lab
 from orchestrator.netguard import check_destination
-from orchestrator.store import open_store
+from orchestrator.store import Store, open_store
 
 PREFIX, SUBNET = "hdata", "10.73.0.0/16"
 PAGE = 4096
@@ -127,13 +130,16 @@ def pages_touched(b0: int, b1: int, capacity: int) -> int:
     return min(capacity // PAGE, (b1 - 1) // PAGE - b0 // PAGE + 1)
 
 
-def measure(state_dir: Path, proxy: GuestAgent, rate: int, seconds: float, tmp: Path,
-            sources: list[dict[str, Any]], ids: list[str], tag: str) -> dict[str, Any]:
+def measure(state_dir: Path, store: Store, proxy: GuestAgent, rate: int, seconds: float,
+            tmp: Path, sources: list[dict[str, Any]], ids: list[str],
+            tag: str) -> dict[str, Any]:
     drain_s = 300
     report_path = tmp / f"r{tag}.json"
-    spec = {"user": "bench", "rate": rate, "ticks": int(rate * seconds), "drain_s": drain_s,
-            "directory": str(directory_path(state_dir)), "lab_subnet": SUBNET,
-            "bridge": "br-vm", "report": str(report_path), "sources": sources}
+    # Each device proves itself with the key `device add` gave it (wire.device_proof).
+    spec = with_keys({"user": "bench", "rate": rate, "ticks": int(rate * seconds),
+                      "drain_s": drain_s, "directory": str(directory_path(state_dir)),
+                      "lab_subnet": SUBNET, "bridge": "br-vm", "report": str(report_path),
+                      "sources": sources}, store)
     before = proxy.request("stream_stats")
     t0 = time.monotonic()
     proc = launch_emulator(Lab.recorded(state_dir, PREFIX).enter_argv("fog1"), spec,
@@ -240,13 +246,16 @@ def main() -> int:
         store = open_store(state_dir)
         fleet = lab_fleet(state_dir, PREFIX)
         out["domain_type"] = fleet.node("fog1").domain_type
-        proxy = GuestAgent(store.vm("px-bench").address, fleet.policy, timeout_s=30)
+        vm = store.vm("px-bench")
+        assert vm is not None and vm.address
+        proxy = GuestAgent(vm.address, fleet.policy, timeout_s=30, key=store.vm_key("px-bench"))
         with tempfile.TemporaryDirectory() as tmp:
             idle = dirty_rate_mib_s(state_dir, "px-bench")
             out["idle_dirty_rate_mib_s"] = idle
             for run_no, (rate, (devices, sources)) in enumerate(zip(rates, sets, strict=True), 1):
-                out["rates"].append(measure(state_dir, proxy, rate, opts.seconds, Path(tmp),
-                                            sources, [d[0] for d in devices], f"{run_no}-{rate}"))
+                out["rates"].append(measure(state_dir, store, proxy, rate, opts.seconds,
+                                            Path(tmp), sources, [d[0] for d in devices],
+                                            f"{run_no}-{rate}"))
                 print(f"rate {rate}: {out['rates'][-1]}", file=sys.stderr)
             out["saturation"] = saturation(out["rates"])
             if opts.camera_rate > 0:
@@ -254,8 +263,9 @@ def main() -> int:
                 target.write_bytes(world.to_pgm(world.face_image(CHILD, variant=10**6)))
                 run(["app", "event", "findchild", "--area", "fog1", "--target-image",
                      str(target)])
-                out["camera"] = measure(state_dir, proxy, opts.camera_rate, opts.seconds,
-                                        Path(tmp), CAMERA_SOURCES, [CAMERA], "cam")
+                out["camera"] = measure(state_dir, store, proxy, opts.camera_rate,
+                                        opts.seconds, Path(tmp), CAMERA_SOURCES, [CAMERA],
+                                        "cam")
         time.sleep(2)
         models = proxy.request("stream_stats")["models"]
         out["metadata_over_raw"] = {
