@@ -420,8 +420,13 @@ class StreamService(LineServer):
         reply = self.core.authenticate(state, nonce, mac)
         if reply[T] == wire.F_WELCOME:
             with self.core.lock:
-                if state.conn is not None and state.conn is not conn:
-                    state.conn.closing = True  # the device reconnected; the old link is stale
+                old = state.conn
+                if old is not None and old is not conn:  # the device reconnected
+                    old.closing = True
+                    try:  # NOTE: shutdown, so the stale link's EOF closes it at once
+                        old.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
                 conn.device, state.conn, conn.trusted = state, conn, True
         return reply
 
