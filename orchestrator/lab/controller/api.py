@@ -151,6 +151,7 @@ RELAY_WINDOW_S = 30.0  # a signed update older or newer than this is refused
 RELAY_MAX_NONCES = 100_000
 RELAY_CONTEXT = b"edgeiot-relay-v1\n"
 MAX_ID = 256
+RELAY_REPLY_S = 180.0  # an update can boot a mobile proxy and migrate another first
 MAX_MEMBERS = 256
 
 
@@ -241,7 +242,7 @@ class RelayAuth:
 
 
 def forward_line_json(endpoint: str, update: dict[str, Any], auth: RelayAuth,
-                      timeout_s: float = 120.0) -> Any:
+                      timeout_s: float = RELAY_REPLY_S) -> Any:
     """Send one signed update to a `locate --serve` endpoint (host:port), return its reply.
     The timeout is long: an update can boot a mobile proxy before it is answered."""
     host, _, port = endpoint.rpartition(":")
@@ -355,13 +356,14 @@ class ControllerClient:
             raise UserError(f"SDN controller API must be http on a loopback address, "
                             f"got {base!r}")
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             timeout_s: float | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
         try:
             # NOTE: never urlopen: it would honour http_proxy from the environment.
-            with NO_PROXY_OPENER.open(req, timeout=self.timeout_s) as resp:
+            with NO_PROXY_OPENER.open(req, timeout=timeout_s or self.timeout_s) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
@@ -379,7 +381,9 @@ class ControllerClient:
         return self.call("POST", "/move", {"mac": mac, "node": node})
 
     def locate(self, update: dict[str, Any]) -> Any:
-        return self.call("POST", "/locate", update)
+        """Answered once `locate --serve` has acted on it, which may boot or migrate a
+        proxy VM: as long as the relay waits (RELAY_REPLY_S)."""
+        return self.call("POST", "/locate", update, timeout_s=RELAY_REPLY_S + 10)
 
     def locations(self) -> list[dict[str, Any]]:
         return list(self.call("GET", "/locations"))
