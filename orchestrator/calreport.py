@@ -18,9 +18,13 @@ from orchestrator.model.calibration import (
     MeasuredMigration,
     compare,
     cross_validate,
+    eta_error_stats,
     evaluate,
     held_out_flags,
+    leave_one_workload_out,
     meets_targets,
+    meets_unseen_targets,
+    report_rows,
     split_train_held_out,
 )
 from orchestrator.model.precopy import MIB, Calibration
@@ -69,8 +73,29 @@ def summary(records: Sequence[MeasuredMigration], calibration: Calibration,
         "calibration": calibration.to_dict()["parameters"],
         "rows": [_row(c, held)
                  for c, held in zip(compare(records, calibration), flags, strict=True)],
+        **unseen(records),
     })
     return data
+
+
+def unseen(records: Sequence[MeasuredMigration]) -> dict[str, Any]:
+    """Leave-one-workload-out figures beside the in-distribution ones, the live ETA's
+    errors at 10/25/50/75 % of the elapsed time, and their targets (JSON-safe via
+    `_finite` in `summary`)."""
+    pooled_rows, by_family = leave_one_workload_out(records)
+    pooled = report_rows(pooled_rows)
+    eta = eta_error_stats(records)
+    half = next((e["p90_pct"] for e in eta if e["share"] == 0.5), math.nan)
+    return {
+        "families": sorted({r.workload or "idle" for r in records}),
+        "leave_one_workload_out": {
+            "pooled": _figures(pooled, pooled),
+            "by_family": {f: _figures(r, r) for f, r in by_family.items()},
+            "rows": [{**_row(c, True), "family": c.measured.workload} for c in pooled_rows],
+        },
+        "eta": eta,
+        "unseen_targets": meets_unseen_targets(pooled, half) if pooled_rows else {},
+    }
 
 
 def _figures(held_out: AccuracyReport, whole: AccuracyReport) -> dict[str, Any]:
@@ -120,6 +145,35 @@ def _row(c: Comparison, held_out: bool) -> dict[str, Any]:
         "predicted_downtime_ms": p.downtime_s * 1000,
         "iterations": m.iterations, "predicted_iterations": p.iterations,
     }
+
+
+def write_lowo_plot(rows: Sequence[dict[str, Any]], out: Path) -> Path | None:
+    """Leave-one-workload-out: each family's migrations as predicted by the fit that never
+    saw that family, against what was measured (one marker per family)."""
+    usable = [r for r in rows if r["time_s"] is not None and r["predicted_time_s"] is not None]
+    if not usable:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for family in sorted({r["family"] for r in usable}):
+        sel = [r for r in usable if r["family"] == family]
+        ax.scatter([r["time_s"] for r in sel], [r["predicted_time_s"] for r in sel],
+                   label=f"{family} (held out)", alpha=0.8)
+    top = max(v for r in usable for v in (r["time_s"], r["predicted_time_s"])) * 1.1
+    ax.plot([0, top], [0, top], "k--", linewidth=0.8, label="y = x")
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="measured (s)", ylabel="predicted (s)",
+           title="Total time, leave-one-workload-out")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path = out / "lowo_total_time.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 PLOTS = (  # (file, title, measured key, predicted key, naive key, unit)

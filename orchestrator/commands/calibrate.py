@@ -30,9 +30,11 @@ from orchestrator.edge.calibrate import (
     GridPoint,
     PointResult,
     campaign_measurements,
+    campaign_qemu_version,
     grid,
     latest_campaign,
     log_campaign,
+    stamped,
 )
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.model.calibration import calibrate as fit
@@ -74,7 +76,8 @@ def _check_every(every: int) -> None:
 
 @click.group("calibrate", invoke_without_command=True)
 @click.option("--quick", is_flag=True, help="The quick grid: ~20 migrations, 128-256 MiB.")
-@click.option("--grid", "kind", type=click.Choice(["quick", "small", "full"]), default=None,
+@click.option("--grid", "kind", type=click.Choice(["quick", "small", "families", "full"]),
+              default=None,
               help="Named grid [default: full, or quick with --quick].")
 @click.option("--point", "points", multiple=True,
               metavar="MIB,PAGES_S,WS_MIB,BW_MIB_S,DOWNTIME_MS",
@@ -121,14 +124,16 @@ def run_campaign(ctx: click.Context, points: list[GridPoint], every: int,
                                    notify=lambda line: click.echo(line, err=True))
         results = runner.run(points, _progress)
         log_campaign(records, kind, results, every)
-        measured = campaign_measurements(records, [r.record_id for r in results
-                                                   if r.record_id is not None])
+        ids = [r.record_id for r in results if r.record_id is not None]
+        measured = campaign_measurements(records, ids)
+        qemu = campaign_qemu_version(records, ids)
     try:
         fitted = fit(measured, every)
     except ValueError as exc:
         raise OrchestratorError(f"cannot fit the calibration: {exc}") from None
-    path = calibration_store.save(fitted.calibration, state)
-    summary = calreport.summary(measured, fitted.calibration, every)
+    calibration = stamped(fitted.calibration, qemu, measured)
+    path = calibration_store.save(calibration, state)
+    summary = calreport.summary(measured, calibration, every)
     return {"grid": kind, "duration_s": round(time.monotonic() - started, 1),
             "calibration_file": str(path), "warm_up": runner.warm_up,
             "points": [r.as_dict() for r in results],
@@ -177,12 +182,35 @@ def render_summary(summary: dict[str, Any]) -> None:
     console.print(f"non-convergence: {conv['non_converged_predicted']} of "
                   f"{conv['non_converged']} predicted; {conv['correct']} of {conv['n']} "
                   f"verdicts right")
+    render_unseen(summary)
     targets = summary["targets"]
     console.print("targets: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}"
                                           for k, v in targets.items()))
     if "calibration_file" in summary:
         console.print(f"calibration saved to {summary['calibration_file']} "
                       f"({summary.get('duration_s', '?')} s)")
+
+
+def render_unseen(summary: dict[str, Any]) -> None:
+    """Leave-one-workload-out and the live ETA's errors, one line each."""
+    lowo = summary.get("leave_one_workload_out") or {}
+    pooled = lowo.get("pooled")
+    if pooled and pooled["total_time"]["n"]:
+        fams = ", ".join(f"{f} {_fmt(r['total_time']['mape_pct'])} %"
+                         for f, r in sorted(lowo["by_family"].items()))
+        console.print(f"leave-one-workload-out (families {', '.join(summary['families'])}): "
+                      f"total time MAPE {_fmt(pooled['total_time']['mape_pct'])} %, p90 "
+                      f"{_fmt(pooled['total_time']['p90_pct'])} %; bytes "
+                      f"{_fmt(pooled['transferred_bytes']['mape_pct'])} %; downtime "
+                      f"{_fmt(pooled['downtime']['mape_pct'])} %; by family: {fams}")
+    else:
+        console.print("leave-one-workload-out: needs migrations of two or more workload "
+                      "families")
+    eta = [e for e in summary.get("eta") or [] if e["n"]]
+    if eta:
+        console.print("live ETA |error| vs the real time left: " + "; ".join(
+            f"at {e['share'] * 100:.0f} % mean {_fmt(e['mean_pct'])} %, p90 "
+            f"{_fmt(e['p90_pct'])} % (n {e['n']:.0f})" for e in eta))
 
 
 @command.command("report")
@@ -205,6 +233,9 @@ def report(ctx: click.Context, out_dir: str | None, calibration_file: str | None
     summary = calreport.summary(measured, calibration, int(campaign.get("every", 3)))
     out = Path(out_dir) if out_dir else state / "calibration"
     summary["plots"] = [str(p) for p in calreport.write_plots(summary["rows"], out)]
+    lowo_plot = calreport.write_lowo_plot(summary["leave_one_workload_out"]["rows"], out)
+    if lowo_plot:
+        summary["plots"].append(str(lowo_plot))
     if as_json:
         print_json(summary)
     else:
@@ -225,14 +256,16 @@ def refit(ctx: click.Context, as_json: bool) -> None:
     with store(ctx) as records:
         campaign = latest_campaign(records)["data"]
         measured = campaign_measurements(records, campaign["record_ids"])
+        qemu = campaign_qemu_version(records, campaign["record_ids"])
     every = int(campaign.get("every", 3))
     try:
         fitted = fit(measured, every)
     except ValueError as exc:
         raise OrchestratorError(f"cannot fit the calibration: {exc}") from None
-    path = calibration_store.save(fitted.calibration, state)
-    summary = {"calibration_file": str(path), **calreport.summary(measured,
-                                                                   fitted.calibration, every)}
+    calibration = stamped(fitted.calibration, qemu, measured)
+    path = calibration_store.save(calibration, state)
+    summary = {"calibration_file": str(path), **calreport.summary(measured, calibration,
+                                                                   every)}
     if as_json:
         print_json(summary)
     else:

@@ -49,6 +49,7 @@ from orchestrator.model.precopy import MIB, Calibration, MigrationInputs, predic
 from orchestrator.store import Store
 
 EVENT_KIND = "calibration"
+WORKLOADS = ("sweep", "uniform", "zipf", "bursty")  # the guest's writers, minus "none"
 VM_PREFIX = "cal-m"
 PAGE_SIZE = 4096
 GUEST_RESERVE_MIB = 16  # the agent refuses a working set leaving less than this free
@@ -67,8 +68,11 @@ class GridPoint:
     working_set_mib: int
     bandwidth_mib_s: int
     downtime_ms: int
+    workload: str = "sweep"  # the writer's family (sweep: the dirtier; see guest workloads)
 
     def __post_init__(self) -> None:
+        _check(self.workload in WORKLOADS,
+               f"unknown workload {self.workload!r} ({', '.join(WORKLOADS)})")
         _check(self.memory_mib > 0, f"memory must be > 0 MiB, got {self.memory_mib}")
         _check(self.dirty_pages_s >= 0,
                f"dirty rate must be >= 0 pages/s, got {self.dirty_pages_s}")
@@ -81,6 +85,11 @@ class GridPoint:
                "a positive dirty rate needs a working set > 0 MiB")
         _check(self.bandwidth_mib_s > 0, f"bandwidth must be > 0 MiB/s, got {self.bandwidth_mib_s}")
         _check(self.downtime_ms > 0, f"downtime limit must be > 0 ms, got {self.downtime_ms}")
+
+    @property
+    def family(self) -> str:
+        """The workload family a report groups this point under ("idle" when not writing)."""
+        return self.workload if self.dirty_pages_s else "idle"
 
     @property
     def dirty_mib_s(self) -> float:
@@ -123,6 +132,25 @@ _SMALL: dict[int, list[tuple[int, int, int, int]]] = {
 }
 
 
+# Two families on one 128 MiB guest, for the integration tier (~8 runs, a few minutes).
+_FAMILIES: dict[int, list[tuple[int, int, int, int, str]]] = {
+    128: [(0, 0, 60, 300, "sweep"), (2000, 4, 40, 300, "sweep"), (1000, 4, 40, 100, "sweep"),
+          (8000, 4, 20, 50, "sweep"), (2000, 4, 40, 300, "uniform"),
+          (1000, 4, 40, 100, "uniform"), (8000, 4, 20, 50, "uniform"), (0, 0, 40, 100, "sweep")],
+}
+
+
+def _with_families(rows: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int, str]]:
+    """The quick grid's dirtying points take the families in turn, so every family gets
+    points across bandwidths and outcomes and can be held out (leave-one-workload-out)."""
+    out, turn = [], 0
+    for row in rows:
+        family = WORKLOADS[turn % len(WORKLOADS)] if row[0] else "sweep"
+        turn += 1 if row[0] else 0
+        out.append((*row, family))
+    return out
+
+
 def _scaled(memory_mib: int) -> list[tuple[int, int, int, int]]:
     """The full grid's points for one size: working sets scale with the guest's room.
 
@@ -156,18 +184,23 @@ def grid(kind: str = "quick", memories: Sequence[int] | None = None,
     integration tier's ~7; `full` runs 128-1024 MiB. `memories` keeps only those sizes and
     `max_points` keeps the first N points of each size.
     """
+    table: dict[int, list[tuple[int, int, int, int, str]]]
     if kind == "full":
-        table = {m: _scaled(m) for m in (128, 256, 512, 1024)}
-    elif kind in ("quick", "small"):
-        table = _QUICK if kind == "quick" else _SMALL
+        table = {m: _with_families(_scaled(m)) for m in (128, 256, 512, 1024)}
+    elif kind == "quick":
+        table = {m: _with_families(rows) for m, rows in _QUICK.items()}
+    elif kind == "small":
+        table = {m: [(*row, "sweep") for row in rows] for m, rows in _SMALL.items()}
+    elif kind == "families":
+        table = _FAMILIES
     else:
-        raise UserError(f"unknown grid {kind!r} (quick, small or full)")
+        raise UserError(f"unknown grid {kind!r} (quick, small, families or full)")
     if memories:
         unknown = sorted(set(memories) - set(table))
         if kind != "full" and unknown:
             raise UserError(f"the {kind} grid has no memory size {unknown[0]} MiB "
                             f"(has {', '.join(map(str, sorted(table)))})")
-        table = {m: table.get(m) or _scaled(m) for m in memories}
+        table = {m: table.get(m) or _with_families(_scaled(m)) for m in memories}
     _check(max_points is None or max_points > 0, f"max points must be > 0, got {max_points}")
     return [GridPoint(memory, *row) for memory, rows in table.items()
             for row in rows[:max_points]]
@@ -201,9 +234,11 @@ def measured_from_record(record: dict[str, Any]) -> MeasuredMigration | None:
         return None
     working_set = int(params.get("working_set_bytes") or 0) or None
     downtime_ms = params.get("downtime_ms") or 300
+    measured_rate, window = _hypervisor_rate(params)
     return MeasuredMigration(
         memory_bytes=memory,
-        dirty_rate_pages_s=_dirty_rate(samples, params),
+        dirty_rate_pages_s=(measured_rate if window is not None
+                            else _dirty_rate(samples, params)),
         working_set_bytes=min(working_set, memory) if working_set else None,
         bandwidth_bytes_s=bandwidth,
         downtime_limit_s=downtime_ms / 1000,
@@ -214,7 +249,27 @@ def measured_from_record(record: dict[str, Any]) -> MeasuredMigration | None:
         iterations=int(final.get("iterations") or 0),
         converged=not stalled,
         label=f"#{record.get('id')}",
+        eta_error_pct=_eta_errors(result),
+        workload=str(params.get("workload") or ("sweep" if params.get("dirty_rate_pages_s")
+                                                else "idle")),
+        dirty_window_s=window,
     )
+
+
+def _eta_errors(result: dict[str, Any]) -> tuple[float | None, ...]:
+    """The live ETA's error at each checkpoint the record kept (none for older records)."""
+    checkpoints = (result.get("eta") or {}).get("checkpoints") or []
+    return tuple(c.get("error_pct") for c in checkpoints if isinstance(c, dict))
+
+
+def _hypervisor_rate(params: dict[str, Any]) -> tuple[float, float | None]:
+    """(r_dir, window) when the migration measured r_dir on the hypervisor beforehand (what
+    a user knows before migrating); (0, None) for records from before that."""
+    source = str(params.get("dirty_rate_source") or "")
+    window = params.get("dirty_rate_window_s")
+    if source.startswith("hypervisor") and isinstance(window, int | float) and window > 0:
+        return float(params.get("dirty_rate_pages_s") or 0.0), float(window)
+    return 0.0, None
 
 
 def _bandwidth(samples: Sequence[dict[str, Any]], params: dict[str, Any]) -> float:
@@ -329,7 +384,7 @@ class CalibrationRunner:
         record = vms.create(name, self.nodes[0], memory_mib)
         try:
             assert record.address, "lab VMs have an address"
-            yield name, GuestAgent(record.address, self.session.fleet.policy)
+            yield name, vms.agent(name, timeout_s=AGENT_WAIT_S)
         finally:
             vms.destroy(name)
 
@@ -342,13 +397,13 @@ class CalibrationRunner:
                 return PointResult(point, None, "skipped", note=(
                     f"working set {point.working_set_mib} MiB leaves < {GUEST_RESERVE_MIB} MiB "
                     f"free ({available:.0f} MiB available)"))
-            agent.set_dirtier(point.dirty_pages_s, point.working_set_mib)
+            _start_writer(agent, point)
             self.sleep(self.settle_s + self._one_pass_s(point))
             result = self._migrate(self._request(vm, point))
         except OrchestratorError as exc:
             return PointResult(point, None, "failed", note=str(exc))
         finally:
-            _quiet(agent)
+            _quiet(agent, point)
         return PointResult(point, result["id"], result["status"], bool(result["stalled"]),
                            predicted.converges, (result["total_time_ms"] or 0) / 1000 or None,
                            result["error"] or "")
@@ -388,10 +443,25 @@ def _release_on_resize(agent: GuestAgent, working_set_mib: int) -> None:
         agent.set_dirtier(0, 0)
 
 
-def _quiet(agent: GuestAgent) -> None:
-    """Stop dirtying between points (keep the buffer: resizing churns guest memory)."""
+def _start_writer(agent: GuestAgent, point: GridPoint) -> None:
+    """The point's writer: the dirtier for a sweep, else the guest's workload family. Only
+    one buffer at a time: two would leave a small guest no room (see _release_on_resize)."""
+    if point.workload == "sweep":
+        agent.set_dirtier(point.dirty_pages_s, point.working_set_mib)
+        return
+    agent.set_dirtier(0, 0)
+    agent.request("workload", kind=point.workload, pages_per_s=point.dirty_pages_s,
+                  working_set_mib=point.working_set_mib)
+
+
+def _quiet(agent: GuestAgent, point: GridPoint | None = None) -> None:
+    """Stop writing between points (keep the dirtier's buffer: resizing churns guest
+    memory; a workload family's is freed, the next point may be another family)."""
     try:
-        agent.set_dirtier(0, int(agent.status()["dirty"]["working_set_bytes"] / MIB))
+        if point is not None and point.workload != "sweep":
+            agent.request("workload", kind="none")
+        else:
+            agent.set_dirtier(0, int(agent.status()["dirty"]["working_set_bytes"] / MIB))
     except OrchestratorError:
         pass
 
@@ -431,3 +501,22 @@ def campaign_measurements(store: Store, record_ids: Sequence[int]) -> list[Measu
         if converted is not None:
             measured.append(converted)
     return measured
+
+
+def campaign_qemu_version(store: Store, record_ids: Sequence[int]) -> str:
+    """The QEMU the campaign's migrations ran on (as `migrate` recorded it), "" if none
+    said; the most frequent one if a campaign straddled an upgrade."""
+    versions: dict[str, int] = {}
+    for record_id in record_ids:
+        record = store.migration(record_id) or {}
+        version = (record.get("params") or {}).get("qemu_version")
+        if isinstance(version, str) and version:
+            versions[version] = versions.get(version, 0) + 1
+    return max(versions, key=lambda v: versions[v]) if versions else ""
+
+
+def stamped(calibration: Calibration, qemu_version: str,
+            records: Sequence[MeasuredMigration]) -> Calibration:
+    """The fitted calibration with the QEMU version and workload families it was fitted on."""
+    families = sorted({r.workload for r in records if r.workload not in ("", "idle")})
+    return replace(calibration, qemu_version=qemu_version, workloads=",".join(families))

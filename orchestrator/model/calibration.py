@@ -84,13 +84,16 @@ class MeasuredMigration:
     converged: bool
     page_size: int = 4096
     label: str = ""  # e.g. the record id, so a report row can be traced back
+    workload: str = ""  # the writer's family (sweep, uniform, zipf, bursty; idle)
+    dirty_window_s: float | None = None  # r_dir is a hypervisor measurement over this window
+    eta_error_pct: tuple[float | None, ...] = ()  # the live ETA's error at 10/25/50/75 %
 
     def inputs(self) -> MigrationInputs:
         return MigrationInputs(
             memory_bytes=self.memory_bytes, dirty_rate_pages_s=self.dirty_rate_pages_s,
             bandwidth_bytes_s=self.bandwidth_bytes_s, downtime_limit_s=self.downtime_limit_s,
             working_set_bytes=self.working_set_bytes, footprint_bytes=self.footprint_bytes,
-            page_size=self.page_size)
+            page_size=self.page_size, dirty_window_s=self.dirty_window_s)
 
 
 # --------------------------------------------------------------------------- split
@@ -465,6 +468,33 @@ def cross_validate(records: Sequence[MeasuredMigration], folds: int = 3) -> Accu
     return report_rows(rows)
 
 
+IDLE_FAMILIES = ("", "idle")  # no writer: always trains, never held out as a family
+
+
+def leave_one_workload_out(records: Sequence[MeasuredMigration]
+                           ) -> tuple[list[Comparison], dict[str, AccuracyReport]]:
+    """Each workload family held out in turn: fit on every other migration (idle ones
+    included), predict the family's. Returns the pooled report and one per family.
+
+    Why: a predictor scored on its own calibration grid says little about a guest that
+    writes memory another way; this is the figure that does. A family is skipped when what
+    is left to train on has too few converged migrations to fit. The pooled rows (each
+    family's, predicted by the fit that never saw it) go to `report_rows` for the figures.
+    """
+    families = sorted({r.workload for r in records} - set(IDLE_FAMILIES))
+    pooled: list[Comparison] = []
+    by_family: dict[str, AccuracyReport] = {}
+    for family in families:
+        train = [r for r in records if r.workload != family]
+        held = [r for r in records if r.workload == family]
+        if sum(r.converged for r in train) < MIN_CONVERGED_TO_FIT:
+            continue
+        rows = compare(held, fit_calibration(train))
+        by_family[family] = report_rows(rows)
+        pooled += rows
+    return pooled, by_family
+
+
 def _strided_folds(records: Sequence[MeasuredMigration], folds: int) -> list[int]:
     seen = {True: 0, False: 0}
     fold_of = []
@@ -513,6 +543,43 @@ TARGETS = {
     "time_p90_pct": 10.0,
     "bytes_mape_pct": 10.0,
 }
+# Held-out workload families (leave-one-workload-out) and the live ETA.
+UNSEEN_TARGETS = {
+    "time_mape_pct": 5.0,
+    "time_p90_pct": 10.0,
+    "bytes_mape_pct": 5.0,
+    "downtime_mape_pct": 15.0,
+    "eta_p90_at_half_pct": 10.0,
+}
+
+
+def meets_unseen_targets(lowo: AccuracyReport, eta_p90_at_half: float) -> dict[str, bool]:
+    """Leave-one-workload-out and ETA targets, one verdict each (NaN never passes)."""
+    conv = lowo.convergence
+    return {
+        "lowo_time_mape": lowo.total_time.mape <= UNSEEN_TARGETS["time_mape_pct"],
+        "lowo_time_p90": lowo.total_time.p90_ape <= UNSEEN_TARGETS["time_p90_pct"],
+        "lowo_bytes_mape": lowo.transferred_bytes.mape <= UNSEEN_TARGETS["bytes_mape_pct"],
+        "lowo_downtime_mape": lowo.downtime.mape <= UNSEEN_TARGETS["downtime_mape_pct"],
+        "lowo_non_convergence_all_predicted":
+            conv.n > 0 and conv.non_converged_predicted == conv.non_converged,
+        "eta_p90_at_half": eta_p90_at_half <= UNSEEN_TARGETS["eta_p90_at_half_pct"],
+    }
+
+
+def eta_error_stats(records: Sequence[MeasuredMigration],
+                    shares: Sequence[float] = (0.10, 0.25, 0.50, 0.75)) -> list[dict[str, float]]:
+    """The live ETA's |error| against the real remaining time at each share of elapsed
+    time, over the records that kept it: n, mean and 90th percentile, in percent."""
+    out = []
+    for i, share in enumerate(shares):
+        errors = [r.eta_error_pct[i] for r in records
+                  if len(r.eta_error_pct) > i and r.eta_error_pct[i] is not None]
+        finite = [float(e) for e in errors if e is not None and math.isfinite(e)]
+        out.append({"share": share, "n": float(len(finite)),
+                    "mean_pct": float(np.mean(finite)) if finite else math.nan,
+                    "p90_pct": float(np.percentile(finite, 90)) if finite else math.nan})
+    return out
 
 
 def meets_targets(report: AccuracyReport) -> dict[str, bool]:

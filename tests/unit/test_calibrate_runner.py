@@ -327,3 +327,46 @@ def test_the_first_sample_of_a_later_round_bounds_round_zeros_data():
     # round 1 has begun with 130 MiB of data pages sent in all; the job sent 190 MiB
     dirty = [sample(1.4, 1, 98 * MIB, 28_000), sample(1.6, 2, 30 * MIB, 33_280)]
     assert footprint_bytes({"normal_bytes": 190 * MIB}, dirty, 256 * MIB) == 130 * MIB
+
+
+# --------------------------------------------------------------------------- workload families
+
+
+def test_a_hypervisor_measured_rate_is_what_the_fit_sees():
+    rec = record()
+    rec["params"].update(dirty_rate_pages_s=3072.0, dirty_rate_source="hypervisor page-sampling",
+                         dirty_rate_window_s=1.0, workload="uniform")
+    rec["result"]["eta"] = {"checkpoints": [{"share": 0.1, "error_pct": 12.0},
+                                            {"share": 0.5, "error_pct": None}]}
+    m = measured_from_record(rec)
+    assert m is not None
+    # the measurement, not QEMU's in-migration rate nor the writer's set point
+    assert (m.dirty_rate_pages_s, m.dirty_window_s, m.workload) == (3072.0, 1.0, "uniform")
+    assert m.inputs().dirty_window_s == 1.0
+    assert m.eta_error_pct == (12.0, None)
+
+
+def test_records_from_before_measurements_keep_the_old_reading():
+    m = measured_from_record(record())
+    assert m is not None and m.dirty_window_s is None and m.workload == "sweep"
+
+
+def test_the_quick_grid_gives_every_family_dirtying_points_and_idle_ones_stay_sweeps():
+    points = grid("quick")
+    by_family: dict[str, int] = {}
+    for p in points:
+        by_family[p.family] = by_family.get(p.family, 0) + 1
+    assert set(by_family) == {"idle", "sweep", "uniform", "zipf", "bursty"}
+    assert min(by_family.values()) >= 3
+    assert all(p.workload == "sweep" for p in points if p.family == "idle")
+
+
+def test_the_families_grid_runs_two_families_on_one_small_guest():
+    points = grid("families")
+    assert {p.memory_mib for p in points} == {128}
+    assert {p.family for p in points} == {"idle", "sweep", "uniform"}
+
+
+def test_an_unknown_workload_is_a_one_line_error():
+    with pytest.raises(UserError, match="unknown workload 'spiral'"):
+        GridPoint(128, 1000, 4, 20, 300, "spiral")

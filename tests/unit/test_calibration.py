@@ -281,3 +281,74 @@ def test_pattern_search_finds_a_bounded_minimum() -> None:
                           steps=[0.5, 2.0], bounds=[(0.0, 2.0), (0.0, 5.0)])
     assert best[0] == pytest.approx(0.3, abs=1e-3)
     assert best[1] == pytest.approx(5.0)  # the bound, not the unconstrained 7
+
+
+# --------------------------------------------------------------------------- unseen workloads
+
+from dataclasses import replace as _replace  # noqa: E402
+
+from orchestrator.calibration_store import check_qemu  # noqa: E402
+from orchestrator.errors import UserError  # noqa: E402
+from orchestrator.model.calibration import (  # noqa: E402
+    eta_error_stats,
+    leave_one_workload_out,
+    meets_unseen_targets,
+    report_rows,
+)
+
+
+def _families() -> list[MeasuredMigration]:
+    """The grid's dirtying migrations split over two families, idle ones apart."""
+    out = []
+    for i, r in enumerate(grid()):
+        family = "idle" if r.dirty_rate_pages_s == 0 else ("uniform" if i % 2 else "sweep")
+        out.append(_replace(r, workload=family))
+    return out
+
+
+def test_leave_one_workload_out_never_trains_on_the_family_it_judges() -> None:
+    records = _families()
+    rows, by_family = leave_one_workload_out(records)
+    assert set(by_family) == {"sweep", "uniform"}  # idle is never held out
+    held = [c.measured for c in rows]
+    assert {r.workload for r in held} == {"sweep", "uniform"}
+    assert len(held) == sum(r.workload != "idle" for r in records)
+    # every family follows the same (true) model here, so an unseen one is still predicted
+    pooled = report_rows(rows)
+    assert pooled.total_time.mape < 5 and pooled.convergence.correct == pooled.convergence.n
+
+
+def test_a_family_the_model_cannot_describe_shows_up_only_when_held_out() -> None:
+    # "zipf" migrations take 30 % longer than the model says: in-distribution the fit
+    # absorbs part of it, held out it is the whole miss
+    records = [_replace(r, total_time_s=r.total_time_s * 1.3, workload="zipf")
+               if r.workload == "uniform" and r.converged else r for r in _families()]
+    rows, by_family = leave_one_workload_out(records)
+    assert by_family["zipf"].total_time.mape > 15
+    assert by_family["sweep"].total_time.mape < by_family["zipf"].total_time.mape
+
+
+def test_eta_errors_by_checkpoint_by_hand() -> None:
+    base = grid()[0]
+    records = [_replace(base, eta_error_pct=(10.0, 5.0, 2.0, None)),
+               _replace(base, eta_error_pct=(30.0, 15.0, 4.0, 1.0)), base]
+    stats = eta_error_stats(records)
+    assert [s["n"] for s in stats] == [2, 2, 2, 1]
+    assert stats[0]["mean_pct"] == 20.0 and stats[2]["mean_pct"] == 3.0
+    assert stats[2]["p90_pct"] == pytest.approx(3.8)  # 2 + 0.9·(4 − 2)
+
+
+def test_unseen_targets_need_data() -> None:
+    empty = report_rows([])
+    assert not any(meets_unseen_targets(empty, math.nan).values())
+
+
+def test_a_calibration_from_another_qemu_is_refused_in_one_line_unless_forced() -> None:
+    cal = Calibration(qemu_version="7.2.22")
+    assert check_qemu(cal, "7.2.19") is None  # a stable update fits
+    assert check_qemu(Calibration(), "10.0.2") is None  # defaults: unknown origin
+    with pytest.raises(UserError) as refused:
+        check_qemu(cal, "10.0.2")
+    assert "7.2.22" in str(refused.value) and "\n" not in str(refused.value)
+    assert "--force" in (check_qemu(cal, "10.0.2", force=True) or "")
+    assert Calibration.from_json(cal.to_json()).qemu_version == "7.2.22"
