@@ -68,7 +68,7 @@ def resolve(host: str) -> str:
     except ValueError:
         pass
     try:
-        return socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+        return str(socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0])
     except OSError as exc:
         raise UnsafeDestination(f"cannot resolve {host}: {exc}") from exc
 

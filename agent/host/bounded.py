@@ -57,7 +57,8 @@ class Limits:
 class Framing(Protocol):
     """How requests are cut out of the byte stream, and what an error looks like."""
 
-    max_bytes: int
+    @property
+    def max_bytes(self) -> int: ...
 
     def frame(self, buffer: bytearray) -> tuple[Any, int] | None:
         """(request, bytes consumed) when `buffer` starts with a complete request, None

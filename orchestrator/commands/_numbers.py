@@ -38,7 +38,7 @@ def _bound_words(low: float | None, high: float | None, low_open: bool,
     return " and ".join(words)
 
 
-class Finite(click.ParamType):
+class Finite(click.ParamType):  # type: ignore[type-arg]
     """A finite float in [min, max] (bounds optionally open); errors read
     "--memory must be > 0 and <= 16777216, got -1"."""
 
@@ -67,7 +67,7 @@ class Finite(click.ParamType):
         return number
 
 
-class Count(click.ParamType):
+class Count(click.ParamType):  # type: ignore[type-arg]
     """A whole number in [min, max]."""
 
     name = "integer"

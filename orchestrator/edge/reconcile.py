@@ -134,8 +134,8 @@ def plan_repairs(orphans: list[dict[str, Any]], observed: dict[str, Observed],
     for record in orphans:
         if record["vm"] in alone:
             continue  # judged once its migration has really ended
-        seen = observed.get(record["vm"])
-        where = seen.running if seen else ()
+        found = observed.get(record["vm"])
+        where = found.running if found else ()
         if where == (record["destination"],):
             status, why = "completed", "orchestrator died; the VM arrived at the destination"
         elif where == (record["source"],):
