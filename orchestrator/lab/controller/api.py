@@ -108,13 +108,17 @@ class ApiServer:
                  limits: Limits = API_LIMITS) -> None:
         self.controller = controller
         self.pool = ThreadPoolExecutor(API_WORKERS, thread_name_prefix="sdn-api")
+        # A relayed update waits for locate --serve, which may migrate a VM whose switch-over
+        # then calls /move here: updates get their own workers so /move always has one.
+        self.relay_pool = ThreadPoolExecutor(API_WORKERS, thread_name_prefix="sdn-relay")
         self.server = BoundedServer((host, port), API_FRAMING, self._dispatch, limits,
                                     name="sdn-api")
         self.server_address = self.server.server_address
 
     def _dispatch(self, request: HttpRequest, respond: Respond) -> None:
         body = parse_json_body(request.body)  # BadRequest: a 400 from the listener
-        self.pool.submit(self._answer, request, body, respond)
+        pool = self.relay_pool if request.path == "/locate" else self.pool
+        pool.submit(self._answer, request, body, respond)
 
     def _answer(self, request: HttpRequest, body: Any, respond: Respond) -> None:
         status, reply = dispatch(self.controller, request.method, request.path, body)
@@ -122,7 +126,8 @@ class ApiServer:
 
     def shutdown(self) -> None:
         self.server.shutdown()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.pool, self.relay_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def server_close(self) -> None:
         self.shutdown()
