@@ -99,3 +99,62 @@ def test_dirty_rate_stats_only_once_measured():
     rate = parse_dirty_rate(done)
     assert rate is not None and rate.mib_s == 12 and rate.window_s == 1
     assert rate.pages_s() == 12 * 256  # 12 MiB/s of 4 KiB pages
+
+
+# --------------------------------------------------------------------------- the measurement
+
+import libvirt  # noqa: E402
+
+from orchestrator.errors import OrchestratorError  # noqa: E402
+from orchestrator.fog.hypervisor import Guest  # noqa: E402
+
+
+class FakeDom:
+    """startDirtyRateCalc + domainListGetStats, answering 'measuring' `pending` times."""
+
+    def __init__(self, mib_s: int = 12, pending: int = 2) -> None:
+        self.started: list[tuple[int, int]] = []
+        self.mib_s, self.pending = mib_s, pending
+
+    def name(self) -> str:
+        return "v1"
+
+    def startDirtyRateCalc(self, seconds: int, flags: int) -> None:  # noqa: N802
+        self.started.append((seconds, flags))
+
+    def connect(self) -> FakeDom:
+        return self
+
+    def domainListGetStats(self, doms, what, flags):  # noqa: N802
+        assert what == libvirt.VIR_DOMAIN_STATS_DIRTYRATE
+        self.pending -= 1
+        status = 1 if self.pending >= 0 else 2
+        return [(self, {"dirtyrate.calc_status": status, "dirtyrate.calc_period": 1,
+                        "dirtyrate.megabytes_per_second": self.mib_s,
+                        "dirtyrate.calc_mode": "page-sampling"})]
+
+
+TCG = Capabilities((7, 2, 22), (9, 0, 0), "qemu")
+
+
+def test_page_sampling_is_requested_and_polled_until_measured():
+    dom, slept = FakeDom(), []
+    rate = Guest(dom, "fog1").measure_dirty_rate(TCG, 1, sleep=slept.append)
+    assert dom.started == [(1, libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING)]
+    assert rate.mib_s == 12 and rate.mode == "page-sampling"
+    assert slept[0] == 1 and len(slept) == 3  # the window, then two polls while measuring
+
+
+@pytest.mark.parametrize("mode", ["dirty-bitmap", "dirty-ring"])
+def test_bitmap_and_ring_are_never_asked_of_a_tcg_guest(mode):
+    dom = FakeDom()
+    with pytest.raises(OrchestratorError) as refused:
+        Guest(dom, "fog1").measure_dirty_rate(TCG, 1, mode=mode, sleep=lambda _s: None)
+    assert dom.started == []  # QEMU was never asked
+    assert "\n" not in str(refused.value)
+
+
+def test_a_calculation_that_never_finishes_is_an_error_not_a_hang():
+    dom = FakeDom(pending=10**6)
+    with pytest.raises(OrchestratorError, match="no result"):
+        Guest(dom, "fog1").measure_dirty_rate(TCG, 1, sleep=lambda _s: None)
