@@ -293,6 +293,10 @@ class MigrationService:
         """Prediction, record, the migration itself, verification."""
         destination = self.session.fleet.node(request.destination)
         guest_figures = self._guest_figures(request, memory, guest)
+        flag = self.calibration.qemu_mismatch(guest_figures.get("qemu_version")) \
+            if self.calibration else None
+        if flag:  # flagged in the record: the prediction below may not fit this QEMU
+            guest_figures["calibration_flag"] = flag
         inputs = predictor_inputs(request, guest_figures, self._observed_bandwidth())
         prediction = self._predict(inputs)
         if observer:
