@@ -413,3 +413,47 @@ def test_a_reply_never_taken_closes_the_connection():
 def _limits(**kwargs: Any) -> Any:
     from agent.host.bounded import Limits
     return Limits(**kwargs)
+
+
+OUT_OF_FDS_SERVER = """
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+from agent.host.bounded import BoundedServer, LineFraming, Limits
+server = BoundedServer(("127.0.0.1", 0), LineFraming(64), lambda line, respond: respond(
+    b"ok\\n", False), Limits(max_connections=1000)).start()
+print(server.server_address[1], flush=True)
+time.sleep(60)
+"""
+
+
+def test_out_of_descriptors_neither_spins_nor_locks_a_fresh_client_out():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import psutil
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", OUT_OF_FDS_SERVER], cwd=repo,
+                            stdout=subprocess.PIPE)
+    clients: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(80)]
+        time.sleep(0.5)  # it has met EMFILE by now
+        server = psutil.Process(proc.pid)
+        before = server.cpu_times()
+        time.sleep(1.0)
+        after = server.cpu_times()
+        assert (after.user + after.system) - (before.user + before.system) < 0.3
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=FRESH_TIMEOUT_S) as sock:
+            sock.sendall(b"ping\n")
+            assert sock.makefile("rb").readline() == b"ok\n"
+        assert time.monotonic() - started < FRESH_TIMEOUT_S
+    finally:
+        for sock in clients:
+            sock.close()
+        proc.kill()  # our own child
+        proc.wait()
