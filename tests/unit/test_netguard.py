@@ -117,8 +117,9 @@ def test_internal_http_never_goes_through_a_proxy_from_the_environment(monkeypat
         client = ControllerClient(f"http://127.0.0.1:{api.server_address[1]}", timeout_s=5)
         assert client.locate_endpoint() == {"locate_endpoint": None, "received": 0}
         assert Recorder.seen == ["/locate-endpoint"]  # one request, straight to the API
-        leak = urllib.request.urlopen(f"http://127.0.0.1:{api.server_address[1]}/x",
-                                      timeout=5)  # what the old client did
+        # What the old client did (urlopen's default opener, built fresh: it reads the env).
+        leak = urllib.request.build_opener().open(
+            f"http://127.0.0.1:{api.server_address[1]}/x", timeout=5)
         leak.close()
         assert Recorder.seen[-1].startswith("http://")  # the proxy got an absolute URL
     finally:
