@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.devices import world
+from agent.guest.edgeiot_agent import wire
 from agent.guest.edgeiot_agent.models import MODELS
 from orchestrator.edge.devices import launch_emulator, with_keys
 from orchestrator.edge.proxies import directory_path
@@ -127,32 +128,44 @@ def test_bad_input_is_refused_and_changes_nothing(setup, cli):
 
 def test_the_proxy_itself_refuses_an_ungranted_model(lab, setup, cli):
     proxy = lab.agent("px-alice")
+    sink = {"host": "10.74.1.200", "port": wire.METADATA_PORT, "key": wire.new_key()}
     with pytest.raises(Exception, match="permission denied"):
-        proxy.request("model_install", app="sneaky", model="faces", grants=["gps"],
-                      sink={"host": "10.74.1.200", "port": 7072})
+        proxy.request("model_install", app="sneaky", model="faces", grants=["gps"], sink=sink)
     assert "sneaky" not in proxy.request("stream_stats")["models"]
+
+
+def frames(target: str, *lines: bytes) -> list[dict]:
+    """Send `lines` on one stream connection; every reply until the proxy closes it or
+    stays silent."""
+    with socket.create_connection((target, wire.STREAM_PORT), timeout=5) as sock:
+        sock.sendall(b"".join(line + b"\n" for line in lines))
+        sock.settimeout(2)  # the proxy answers at once; silence after that is the end
+        replies, reader = [], sock.makefile("rb")
+        with contextlib.suppress(TimeoutError):
+            while line := reader.readline():
+                replies.append(json.loads(line))
+    return replies
 
 
 def test_malformed_stream_data_does_not_disturb_the_proxy(lab, setup, cli):
     proxy = lab.agent("px-bob")
     target = check_destination(proxy.address, lab_fleet(lab.state_dir, PREFIX).policy)
     before = proxy.request("stream_stats")
-    with socket.create_connection((target, 7071), timeout=5) as sock:
-        reader = sock.makefile("rb")
-        for junk in [b"not json", b'{"t":"rec","seq":1,"ts":1,"v":{}}', b"[1,2]",
-                     b'{"t":"hello","dev":"fd00::dead"}', b"\xff\xfe" * 10,
-                     b'{"t":"hello","dev":"' + D[13].encode() + b'"}',
-                     b'{"t":"rec","seq":"x","ts":1,"v":{}}',
-                     b'{"t":"rec","seq":1,"ts":1,"v":{"bpm":"fast"}}']:
-            sock.sendall(junk + b"\n")
-        sock.sendall(b"x" * 20000 + b"\n")
-        replies = [json.loads(reader.readline()) for _ in range(9)]
-    assert {r["t"] for r in replies} >= {"error", "refused", "welcome"}
+    hello = b'{"t":"hello","dev":"' + D[13].encode() + b'"}'
+    junk = frames(target, b"not json", b'{"t":"rec","seq":1,"ts":1,"v":{}}', b"[1,2]",
+                  b"\xff\xfe" * 10, hello, b'{"t":"rec","seq":"x","ts":1,"v":{}}',
+                  b'{"t":"rec","seq":1,"ts":1,"v":{"bpm":"fast"}}', b"x" * 20000)
+    assert [r["t"] for r in junk].count("error") == 7 and junk[4]["t"] == "challenge", junk
+    unknown = frames(target, b'{"t":"hello","dev":"fd00::dead"}', b"[1,2]")
+    assert [r["t"] for r in unknown] == ["refused"]  # the last word on that connection
+    forged = frames(target, hello, b'{"t":"auth","dev":"' + D[13].encode() + b'","mac":"'
+                    + b"0" * 64 + b'"}', b'{"t":"rec","seq":1,"ts":1,"v":{"bpm":70}}')
+    assert [r["t"] for r in forged] == ["challenge", "refused"]
     after = proxy.request("stream_stats")
-    assert after["frame_errors"] >= before["frame_errors"] + 5
-    # refused for good, and counted. NOTE: a device that never streams: the invalid record
-    # uses up seq 1, which a real device's own first record would then be told is acked.
-    assert after["devices"][D[13]]["invalid"] == 1
+    assert after["frame_errors"] >= before["frame_errors"] + 7
+    assert after["auth_refused"] >= before["auth_refused"] + 2
+    # an impostor never reaches the device's stream: no sequence number used up
+    assert (after["devices"][D[13]]["invalid"], after["devices"][D[13]]["next"]) == (0, 1)
     assert proxy.status()["streams"]["devices"] == len(before["devices"])
 
 
