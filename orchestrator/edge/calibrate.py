@@ -250,10 +250,20 @@ def measured_from_record(record: dict[str, Any]) -> MeasuredMigration | None:
         converged=not stalled,
         label=f"#{record.get('id')}",
         eta_error_pct=_eta_errors(result),
-        workload=str(params.get("workload") or ("sweep" if params.get("dirty_rate_pages_s")
-                                                else "idle")),
+        workload=_workload(params),
         dirty_window_s=window,
     )
+
+
+def _workload(params: dict[str, Any]) -> str:
+    """The writer's family as `migrate` recorded it; a record that measured r_dir but names
+    no writer ran none (its rate is the guest's background). Older records knew only the
+    dirtier: a set point means a sweep."""
+    if params.get("workload"):
+        return str(params["workload"])
+    if params.get("dirty_rate_source") or not params.get("dirty_rate_pages_s"):
+        return "idle"
+    return "sweep"
 
 
 def _eta_errors(result: dict[str, Any]) -> tuple[float | None, ...]:

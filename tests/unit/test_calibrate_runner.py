@@ -370,3 +370,12 @@ def test_the_families_grid_runs_two_families_on_one_small_guest():
 def test_an_unknown_workload_is_a_one_line_error():
     with pytest.raises(UserError, match="unknown workload 'spiral'"):
         GridPoint(128, 1000, 4, 20, 300, "spiral")
+
+
+def test_a_measured_idle_guest_is_idle_whatever_its_background_rate():
+    rec = record()
+    rec["params"].update(dirty_rate_pages_s=256.0, dirty_rate_source="hypervisor page-sampling",
+                         dirty_rate_window_s=1.0)
+    rec["params"].pop("workload", None)
+    m = measured_from_record(rec)
+    assert m is not None and m.workload == "idle" and m.dirty_rate_pages_s == 256.0
