@@ -262,8 +262,13 @@ def test_meminfo_parser() -> None:
 def test_parse_args_reads_options_and_rejects_junk(capsys: pytest.CaptureFixture[str]) -> None:
     config = parse_args(["--port", "7171", "--name", "fog1-proxy", "--host", "127.0.0.1"])
     assert (config.port, config.name, config.host) == (7171, "fog1-proxy", "127.0.0.1")
-    assert parse_args([]).port == 7070
-    for bad in (["--port", "x"], ["--bogus", "1"], ["--name"]):
+    assert parse_args([]).port == 7070 and parse_args([]).insecure is False
+    dev = parse_args(["--insecure", "--data-port", "0", "--idle-timeout", "5",
+                      "--cmdline-path", "/tmp/c"])
+    assert (dev.insecure, dev.data_port, dev.idle_timeout_s, dev.cmdline_path) == \
+        (True, 0, 5.0, "/tmp/c")
+    for bad in (["--port", "x"], ["--bogus", "1"], ["--name"], ["--idle-timeout", "0"],
+                ["--idle-timeout", "nan"], ["--data-port", "x"]):
         with pytest.raises(SystemExit) as exc:
             parse_args(bad)
         assert exc.value.code == 2

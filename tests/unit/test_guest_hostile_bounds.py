@@ -25,8 +25,10 @@ import pytest
 
 from agent.guest.edgeiot_agent import wire
 from agent.guest.edgeiot_agent.app import Agent, AgentConfig
+from agent.guest.edgeiot_agent.appvm import AppVmService
 from agent.guest.edgeiot_agent.control import RequestError
 from agent.guest.edgeiot_agent.lineserver import Conn, LineServer
+from agent.guest.edgeiot_agent.metadata import MetadataSink
 from agent.guest.edgeiot_agent.streams import StreamService
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,6 +192,24 @@ def test_a_full_server_evicts_the_stranger_idle_longest_never_a_trusted_peer(ech
         stranger.close()
 
 
+def test_a_chatty_stranger_holds_a_slot_only_for_the_grace_period(echo: Echo) -> None:
+    echo.max_conns, echo.evict_idle_s, echo.trust_grace_s = 1, 1000.0, 0.3
+    with connect(echo) as chatty:
+        chatty.sendall(b"hi\n")
+        assert read_line(chatty) == b"hi\n"
+        with connect(echo) as early:  # within the grace period: the stranger keeps its slot
+            assert b"too many" in read_line(early)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # busy all along, never idle
+            chatty.sendall(b"x\n")
+            read_line(chatty)
+        with connect(echo) as newcomer:
+            newcomer.sendall(b"in\n")
+            assert read_line(newcomer) == b"in\n"
+        assert closed_by_peer(chatty)
+    assert echo.counters["evicted"] == 1
+
+
 def test_idle_connections_time_out_busy_ones_stay(echo: Echo) -> None:
     echo.idle_timeout_s = 0.4
     silent, partial, busy = connect(echo), connect(echo), connect(echo)
@@ -317,6 +337,45 @@ def test_the_supervisor_restarts_a_dead_thread_and_counts_it(tmp_path: Path) -> 
     finally:
         agent.stop()
         crashy.stop()
+
+
+class FlakySink(MetadataSink):
+    """A sink whose thread dies (SystemExit) on its first batch."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self.crash = True
+        super().__init__(*args, **kw)
+
+    def _write_batch(self, sock: socket.socket) -> bool:
+        if self.crash:
+            self.crash = False
+            raise SystemExit
+        return super()._write_batch(sock)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_sink_thread_is_restarted_and_loses_no_metadata(tmp_path: Path) -> None:
+    app = AppVmService("127.0.0.1", 0, key=KEY)
+    app.start()
+    app._op_configure({"app": "tr", "kind": "traffic"})
+    svc = StreamService("px", "127.0.0.1", 0)
+    agent = Agent(agent_config(tmp_path, f"{wire.KEY_CMDLINE}={KEY}", supervise_s=0.1), [svc])
+    agent.start()
+    sink = FlakySink("127.0.0.1", app.address[1], key=wire.sink_key(KEY, "tr", "px"),
+                     app="tr", proxy="px", retry_s=0.02)
+    try:
+        svc.core.install("tr", "traffic", ["gps", "speed"], {}, sink)
+        metas = [{"area": f"A{i}_0", "degree": 0.5, "samples": 3, "ts": float(i)}
+                 for i in range(50)]
+        for meta in metas:
+            sink.send(meta)
+        wait_until(lambda: agent.restarts.get("streams") == 1)
+        wait_until(lambda: sink.pending() == 0)
+        assert [json.loads(x)["m"] for x in app.received] == metas
+    finally:
+        agent.stop()
+        svc.stop()
+        app.stop()
 
 
 def test_unsigned_ops_are_refused_and_counted(tmp_path: Path) -> None:

@@ -13,8 +13,10 @@ Bounds, each counted in `counters` (all peers on the lab segment are suspects):
 * a connection's pending output is at most `max_out` bytes: past half of it the server stops
   reading that connection (a slow reader slows itself down), past all of it the connection
   is closed (`overflow_closed`);
-* at most `max_conns` connections: a new one first evicts the connection idle longest among
-  the untrusted ones (idle at least `evict_idle_s`), else it gets `refusal()` and is closed;
+* at most `max_conns` connections: a new one first evicts an untrusted connection (one whose
+  peer has not proved who it is) that is idle for `evict_idle_s` or open for `trust_grace_s`
+  — the one idle longest — else it gets `refusal()` and is closed (a stranger can keep a
+  slot busy only briefly, however chatty it is);
 * a connection with no complete line for `idle_timeout_s` is closed (`idle_closed`);
 * accept() failing for lack of file descriptors pauses the listener for `accept_backoff_s`
   instead of spinning on a listener that stays readable (`accept_errors`);
@@ -87,7 +89,8 @@ class Conn:
         self.closing = False
         self.closed = False  # set (under `lock`) once the server thread is closing it
         self.trusted = False
-        self.last_line = time.monotonic()  # when the last complete line (or the peer) came
+        self.opened = time.monotonic()
+        self.last_line = self.opened  # when the last complete line (or the peer) came
         self.lock = threading.Lock()
 
 
@@ -105,6 +108,7 @@ class LineServer:
     max_out = 1024 * 1024
     idle_timeout_s = 60.0
     evict_idle_s = 1.0
+    trust_grace_s = 5.0
     accept_backoff_s = 0.5
     select_timeout_s = 0.2
 
@@ -275,10 +279,12 @@ class LineServer:
         sock.close()
 
     def _evict_one(self) -> bool:
-        """Close the untrusted connection idle longest, if idle for `evict_idle_s`."""
+        """Close the untrusted connection idle longest among those idle for `evict_idle_s`
+        or open for `trust_grace_s`; False if there is none."""
         now = time.monotonic()
         idle = [c for c in self._conns.values() if not c.trusted
-                and now - c.last_line >= self.evict_idle_s]
+                and (now - c.last_line >= self.evict_idle_s
+                     or now - c.opened >= self.trust_grace_s)]
         if not idle:
             return False
         self.counters["evicted"] += 1
