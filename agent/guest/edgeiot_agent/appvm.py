@@ -80,7 +80,9 @@ class ParkNetApp:
             free = [(math.hypot(s["lat"] - lat, s["lon"] - lon), spot)
                     for spot, s in self.spots.items()
                     if s["free"] and spot not in self.reserved]
-            k = int(q.get("k", 3))
+            k = q.get("k", 3)
+            if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= 1000:
+                raise RequestError("k must be an integer in 1..1000")
             return {"spots": [{"spot": spot, "distance_deg": round(d, 6)}
                               for d, spot in sorted(free)[:k]]}
         if op == "reserve":
@@ -222,8 +224,9 @@ def validate(kind: str, meta: object) -> dict[str, Any]:
 
 def _point(q: dict[str, Any], key: str) -> float:
     value = q.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestError(f"{key} must be a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not -1000 <= value <= 1000:  # degrees; also refuses ints beyond any float
+        raise RequestError(f"{key} must be a number of degrees")
     return float(value)
 
 

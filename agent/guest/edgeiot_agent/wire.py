@@ -174,6 +174,9 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)  # built once: loads is per frame
+
+
 def loads(line: bytes) -> Any:
     """Decode one line as strict JSON; ValueError (with a short message) for anything else.
 
@@ -183,8 +186,7 @@ def loads(line: bytes) -> Any:
     decoder total: any byte string is a value or a ValueError.
     """
     try:
-        text = line.decode("utf-8")
-        return json.loads(text, parse_constant=_no_constant)
+        return _DECODER.decode(line.decode("utf-8"))
     except UnicodeDecodeError:
         raise ValueError("not UTF-8") from None
     except RecursionError:
