@@ -67,7 +67,7 @@ class GuestAgent:
             return client.call(op, **args)
 
     def rss(self) -> int:
-        value = self.ps.memory_info().rss
+        value = int(self.ps.memory_info().rss)
         self.peak_rss = max(self.peak_rss, value)
         return value
 
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         after = {"proxy": proxy.rss(), "app": app.rss()}
         pstatus, astatus = proxy.call(wire.OP_STATUS), app.call(wire.OP_STATUS)
         alive = proxy.proc.poll() is None and app.proc.poll() is None
-        report = {
+        report: dict[str, Any] = {
             "listeners": {name: {"inputs_tried": lst.tried,
                                  "slowest_legit_s": round(lst.slowest_legit_s, 4)}
                           for name, lst in listeners.items()},

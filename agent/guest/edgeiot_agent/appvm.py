@@ -323,8 +323,8 @@ class AppVmService(LineServer):
 
     def _hello(self, conn: _SinkConn, frame: dict[str, Any]) -> dict[str, Any]:
         app, proxy, epoch = frame.get("app"), frame.get("proxy"), frame.get("epoch")
-        if not all(isinstance(x, str) and 0 < len(x) <= wire.NAME_MAX
-                   for x in (app, proxy, epoch)):
+        if not (isinstance(app, str) and isinstance(proxy, str) and isinstance(epoch, str)
+                and all(0 < len(x) <= wire.NAME_MAX for x in (app, proxy, epoch))):
             return self._refuse(conn, "bad_lines", "hello needs app, proxy and epoch")
         if app not in self.apps:
             return self._refuse(conn, "unknown_app", f"no application {app[:40]!r} here")
@@ -396,18 +396,21 @@ class AppVmService(LineServer):
         return {"app": name, "kind": kind, "port": self.port}
 
     def _op_query(self, req: dict[str, Any]) -> dict[str, Any]:
-        app = self.apps.get(req.get("app")) if isinstance(req.get("app"), str) else None
+        name = req.get("app")
+        app = self.apps.get(name) if isinstance(name, str) else None
         if app is None:
-            raise RequestError(f"no application {str(req.get('app'))[:40]!r} here")
+            raise RequestError(f"no application {str(name)[:40]!r} here")
         with self.lock:
-            return app.query(req)
+            answer: dict[str, Any] = app.query(req)
+            return answer
 
     def _op_received(self, req: dict[str, Any]) -> dict[str, Any]:
         offset = req.get("offset", 0)
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise RequestError("offset must be a non-negative integer")
         with self.lock:
-            chunk, size = [], 0
+            chunk: list[str] = []
+            size = 0
             for line in self.received[offset:offset + 500]:
                 size += len(line)
                 if chunk and size > MAX_REPLY_BYTES:

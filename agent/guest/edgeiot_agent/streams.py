@@ -394,7 +394,8 @@ class StreamService(LineServer):
             if device is None or (device.conn is not conn and not device.away):
                 self.core.frame_errors += 1
                 return {T: wire.F_ERROR, "error": "authenticate first: hello, then auth"}
-            return self.core.record(device, frame, line)  # type: ignore[arg-type]
+            assert line is not None  # a decoded frame came from a line
+            return self.core.record(device, frame, line)
         if kind == wire.F_HELLO:
             return self._hello(conn, frame["dev"])
         if kind == wire.F_AUTH:

@@ -11,6 +11,10 @@ from .faces import FaceMatch
 from .parknet import ParkNet
 from .traffic import Traffic
 
-MODELS = {"parknet": ParkNet, "traffic": Traffic, "faces": FaceMatch}
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+MODELS: dict[str, Any] = {"parknet": ParkNet, "traffic": Traffic, "faces": FaceMatch}
 
 __all__ = ["MODELS", "FaceMatch", "ParkNet", "Record", "Traffic"]
