@@ -232,8 +232,11 @@ def abuse_metadata(lst: Listener, rounds: int) -> None:
         lst.check()
 
 
-def idle_flood(lst: Listener, count: int) -> dict[str, Any]:
-    """Open `count` idle connections, then time a legitimate client."""
+def idle_flood(lst: Listener, count: int, server_stats: Any) -> dict[str, Any]:
+    """Open `count` idle connections, then time a legitimate client; `server_stats()` is
+    the listener's own counters (how many it turned away, how many idle strangers it
+    evicted to make room)."""
+    before = server_stats()
     socks, failed = [], 0
     for _ in range(count):
         try:
@@ -247,7 +250,12 @@ def idle_flood(lst: Listener, count: int) -> dict[str, Any]:
     finally:
         for sock in socks:
             sock.close()
+    after = server_stats()
+    turned_away = after["refused_conns"] - before["refused_conns"]
+    evicted = after["evicted"] - before["evicted"]
     return {"idle_opened": len(socks), "connect_failed": failed,
+            "held_by_server_at_end": len(socks) - turned_away - evicted,
+            "turned_away": turned_away, "evicted": evicted,
             "legit_served_s": round(served_s, 4), "legit_again_s": round(again_s, 4)}
 
 
@@ -306,7 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         abuse_s = time.monotonic() - started
         for lst in listeners.values():
             lst.release()
-        flood = {name: idle_flood(lst, args.idle) for name, lst in listeners.items()}
+        stats_of = {
+            "control": lambda: proxy.call(wire.OP_STATUS)["control"],
+            "streams": lambda: proxy.call(wire.OP_STATUS)["streams"]["server"],
+            "metadata": lambda: app.call(wire.OP_STATUS)["server"]}
+        flood = {name: idle_flood(lst, args.idle, stats_of[name])
+                 for name, lst in listeners.items()}
         sampler_stop.set()
         sampler.join()
         stream = legit_stream(proxy, 2000)
