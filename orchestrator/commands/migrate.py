@@ -76,8 +76,8 @@ def command(ctx: click.Context, name: str, destination: str, bandwidth_mib_s: in
         calibration = calibration_store.load(app(ctx).state_path)
         service = MigrationService(session, records, app(ctx).state_path, calibration,
                                    max_per_node,
-                                   _flow_mover(ctx, inventory, records, name) if flow_move
-                                   else None)
+                                   on_switchover=_flow_mover(ctx, inventory, records, name)
+                                   if flow_move else None)
         with _observer(name, not as_json and console.is_terminal, calibration) as observer, \
                 _cancel_on_signals() as cancel:
             result = service.migrate(request, observer, cancel)
