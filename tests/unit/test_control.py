@@ -305,3 +305,39 @@ def test_failed_decompose_rolls_the_engine_back(tmp_path: Path) -> None:
     assert (out["verdict"], out["result"]["status"]) == ("decompose", "failed")
     [whole] = cp.controller.proxies["alice"]
     assert (whole.part, whole.node, whole.devices) == ("whole", "fog1", {"hr", "gps"})
+
+
+def test_updates_through_the_controller_api_and_its_relay_are_recorded(tmp_path: Path) -> None:
+    """`core locate` → controller API → LocationRelay (signs) → `locate --serve` → the plane
+    with the real store: every hop a real loopback server, the decisions in the records."""
+    from orchestrator.lab.controller.api import ControllerClient, LocationRelay, serve_api
+
+    cp, _rec, store = plane(tmp_path)
+    key = RelayAuth(b"z" * 32).key
+    server = LocationServer(("127.0.0.1", 0), cp, RelayAuth(key))
+    relay = LocationRelay(auth=RelayAuth(key))
+
+    class Api:
+        locations = relay.updates
+        locate = staticmethod(relay.locate)
+        set_locate_endpoint = staticmethod(relay.set_endpoint)
+
+    api = serve_api(Api(), "127.0.0.1", 0)  # type: ignore[arg-type]
+    replies: list[Any] = []
+
+    def base_station() -> None:
+        try:
+            client = ControllerClient(f"http://127.0.0.1:{api.server_address[1]}", timeout_s=5)
+            client.set_locate_endpoint(f"127.0.0.1:{server.server_address[1]}")
+            replies.extend(client.locate({"device": "hr", "bs": bs, "at": at})
+                           for bs, at in (("b1", 1), ("b2", 2)))
+        finally:
+            server.shutdown()
+
+    threading.Thread(target=base_station, daemon=True).start()
+    server.serve_forever()
+    server.server_close()
+    api.server_close()
+    assert [r["actions"][0]["verdict"] for r in replies] == ["place", "migrate"]
+    assert [e["data"]["verdict"] for e in store.events("decision")] == ["place", "migrate"]
+    assert [loc["bs_id"] for loc in store.locations()] == ["b1", "b2"]
