@@ -133,6 +133,7 @@ def test_counter_ticks_and_never_goes_back() -> None:
         (b'\xff\xfe{\x00}\x00', "not UTF-8"),  # UTF-16: json.loads(bytes) would take it
         (b"[" * 60_000, "nested too deeply"),
         (b'{"op": "ping", "x": NaN}', "not JSON"),
+        (b'{"op": "dirty", "pages_per_s": 1e999}', "not a finite number"),
     ],
 )
 def test_bad_requests_get_an_error_and_the_server_keeps_running(

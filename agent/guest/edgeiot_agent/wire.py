@@ -174,16 +174,24 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)  # built once: loads is per frame
+def _finite(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:  # inf (1e999 parses as inf) or nan
+        raise ValueError(f"{text[:20]} is not a finite number")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)  # built once
 
 
 def loads(line: bytes) -> Any:
     """Decode one line as strict JSON; ValueError (with a short message) for anything else.
 
-    NOTE: `json.loads(bytes)` guesses UTF-16/32 from the first bytes and accepts NaN and
-    Infinity; deep nesting raises RecursionError, which is not a ValueError. Decoding UTF-8
-    ourselves, refusing the constants and turning RecursionError into ValueError makes the
-    decoder total: any byte string is a value or a ValueError.
+    NOTE: `json.loads(bytes)` guesses UTF-16/32 from the first bytes and accepts NaN,
+    Infinity and 1e999 (as inf); deep nesting raises RecursionError, which is not a
+    ValueError. Decoding UTF-8 ourselves, refusing non-finite numbers and turning
+    RecursionError into ValueError makes the decoder total: any byte string is a value or a
+    ValueError, and no number in it is NaN or infinite.
     """
     try:
         return _DECODER.decode(line.decode("utf-8"))
