@@ -49,7 +49,7 @@ PREFIX, SUBNET = "emode", "10.87.0.0/16"
 lab = lab_fixture(PREFIX, SUBNET, 2, "--node-memory", "320")
 VM = "px-modes"
 CAP_MIB_S = 8  # the link cap of every migration here
-DIRTY = {"pages_per_s": 5000, "working_set_mib": 32}  # ~20 MB/s of writes: > the cap
+DIRTY = {"pages_per_s": 5000, "working_set_mib": 12}  # ~20 MB/s of writes: > the cap
 # A guest kernel or agent that met corrupted memory says so on its console.
 CRASH = re.compile(r"BUG:|Oops|general protection|segfault|Kernel panic|exited with status")
 
