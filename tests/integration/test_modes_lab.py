@@ -188,7 +188,7 @@ def test_postcopy_finishes_a_guest_that_would_not_converge(lab, cli, vm, dirtyin
     rc, record, err = finish(proc)
     assert rc == ExitStatus.SUCCESS, err
     assert record["status"] == "completed" and record["timeout_action"] == "postcopy"
-    assert record["policy_applied_at_s"] >= 6
+    assert record["policy_applied_at_s"] is not None  # the timeout or the stall rule switched
     # the switch happened with data still to send: plain pre-copy had not converged
     last_pre = [s for s in record["samples"] if s["t_s"] < record["policy_applied_at_s"]][-1]
     assert last_pre["remaining_bytes"] > 0
