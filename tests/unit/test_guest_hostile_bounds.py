@@ -378,6 +378,23 @@ def test_a_dead_sink_thread_is_restarted_and_loses_no_metadata(tmp_path: Path) -
         app.stop()
 
 
+def test_the_agents_idle_timeout_reaches_every_listener(tmp_path: Path) -> None:
+    svc = StreamService("px", "127.0.0.1", 0)
+    agent = Agent(agent_config(tmp_path, f"{wire.KEY_CMDLINE}={KEY}", idle_timeout_s=0.3),
+                  [svc])
+    agent.start()
+    try:
+        assert svc.idle_timeout_s == agent.server.idle_timeout_s == 0.3
+        with connect(agent.server) as control, connect(svc) as stream:
+            assert closed_by_peer(control, 3.0) and closed_by_peer(stream, 3.0)
+        with wire.ControlClient(*agent.server.address, key=KEY) as client:
+            status = client.call(wire.OP_STATUS)
+        assert status["control"]["idle_closed"] == 1
+        assert status["streams"]["server"]["idle_closed"] == 1
+    finally:
+        agent.stop()
+
+
 def test_unsigned_ops_are_refused_and_counted(tmp_path: Path) -> None:
     agent = Agent(agent_config(tmp_path, f"ro {wire.KEY_CMDLINE}={KEY}"))
     agent.start()
