@@ -131,9 +131,9 @@ def spec_device_ids(spec: dict[str, Any]) -> list[str]:
 
 
 def with_keys(spec: dict[str, Any], store: Store) -> dict[str, Any]:
-    """`spec` with `"keys": {device: credential}` for every device its sources emit as
+    """`spec` with `"keys"` ({device: credential}) for every device its sources emit as
     (the emulator proves each device's identity with its own key)."""
-    return {**spec, "keys": DeviceRegistry(store).keys(spec_device_ids(spec))}
+    return {**spec, wire.SPEC_KEYS: DeviceRegistry(store).keys(spec_device_ids(spec))}
 
 
 def write_private(path: Path, text: str) -> None:

@@ -75,7 +75,7 @@ class GuestAgent:
             what = "reply too long" if len(reply) > MAX_REPLY_BYTES else "connection closed"
             raise OrchestratorError(f"guest agent {self.address}: {what} before an answer")
         try:
-            answer = json.loads(reply)
+            answer = wire.loads(reply)  # strict: UTF-8 JSON only, no NaN, bounded nesting
         except ValueError as exc:
             raise OrchestratorError(
                 f"guest agent {self.address}: bad reply {reply[:200]!r}") from exc
@@ -84,10 +84,10 @@ class GuestAgent:
         return answer
 
     def status(self) -> dict[str, Any]:
-        return self.request("status")
+        return self.request(wire.OP_STATUS)
 
     def set_dirtier(self, pages_per_s: int, working_set_mib: int) -> dict[str, Any]:
-        return self.request("dirty", pages_per_s=pages_per_s, working_set_mib=working_set_mib)
+        return self.request(wire.OP_DIRTY, pages_per_s=pages_per_s, working_set_mib=working_set_mib)
 
     def wait_ready(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """The agent's status once it answers; a refusal (a wrong key, say) ends the wait at
