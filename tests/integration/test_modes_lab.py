@@ -101,6 +101,13 @@ def assert_runs_once(lab_handle, where: str, settle_s: float = 45) -> None:
         time.sleep(1)
 
 
+def domain_xml(lab_handle, node: str) -> str:
+    with FleetSession(lab_fleet(lab_handle.state_dir, PREFIX)) as session:
+        guest = session.hypervisor(node).lookup(VM)
+        assert guest is not None
+        return guest.xml()
+
+
 def console(lab_handle, node: str) -> Path:
     return lab_handle.state_dir / "labs" / PREFIX / node / "log" / "qemu" / f"{VM}-console.log"
 
@@ -203,6 +210,7 @@ def test_postcopy_finishes_a_guest_that_would_not_converge(lab, cli, vm, dirtyin
     assert rate <= 1.15 * cap, f"post-copy ran at {rate / 2**20:.1f} MiB/s, cap {CAP_MIB_S}"
     assert record["transferred_bytes"] / (record["total_time_ms"] / 1000) <= 1.15 * cap
     assert_runs_once(lab, "fog2")
+    assert "pti=on" in domain_xml(lab, "fog2")  # the TCG lost-dirty-page workaround is on
     now = alive_after(lab, dirtying)
     assert now["dirty"]["pages_per_s"] == DIRTY["pages_per_s"]
     assert not CRASH.search(console_since(lab, "fog2", offset)), console_since(lab, "fog2",
