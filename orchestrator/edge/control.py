@@ -70,6 +70,16 @@ def mme_from_store(store: Store) -> Mme:
     return mme
 
 
+def register_new(mme: Mme, store: Store) -> None:
+    """Base stations and devices recorded since `mme` was built, added to it."""
+    for bs in store.base_stations():
+        if bs["bs_id"] not in mme.stations:
+            mme.add_bs(BaseStation(bs["bs_id"], bs["node"], tuple(bs["alternates"])))
+    for device in store.devices():
+        if device["id"] not in mme.owners:
+            mme.register(device["id"], device["user"])
+
+
 def log_decision(store: Store, action: Action, result: dict[str, Any] | None = None) -> None:
     store.add_event("decision", action.user, {**action.as_event(), "result": result or {}})
 
@@ -178,10 +188,7 @@ class ControlPlane:
 
     def handle(self, update: LocationUpdate) -> list[dict[str, Any]]:
         with self._lock:
-            try:
-                roams = self.controller.mme.update(update)
-            except MmeError as exc:
-                raise UserError(str(exc)) from None
+            roams = self._roams(update)
             if self.store is not None:
                 for device in (update.device, *update.members):
                     reporter = update.device if device != update.device else None
@@ -192,6 +199,22 @@ class ControlPlane:
                 if out[-1]["result"].get("status") == "failed":
                     failed.add(action.user)
             return out
+
+    def _roams(self, update: LocationUpdate) -> Any:
+        """The MME's view of the update. A base station or device it does not know may have
+        been added since it was built (`locate --serve` runs for hours beside `bs add` and
+        `device add`): what the records added since is registered once before the update is
+        refused (added only: what the MME learnt stays)."""
+        try:
+            return self.controller.mme.update(update)
+        except MmeError as exc:
+            if self.store is None:
+                raise UserError(str(exc)) from None
+        register_new(self.controller.mme, self.store)
+        try:
+            return self.controller.mme.update(update)
+        except MmeError as exc:
+            raise UserError(str(exc)) from None
 
     def _apply(self, action: Action, skip: bool = False) -> dict[str, Any]:
         """Apply and log one action; `skip`: an earlier action for its user failed, so this

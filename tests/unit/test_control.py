@@ -341,3 +341,19 @@ def test_updates_through_the_controller_api_and_its_relay_are_recorded(tmp_path:
     assert [r["actions"][0]["verdict"] for r in replies] == ["place", "migrate"]
     assert [e["data"]["verdict"] for e in store.events("decision")] == ["place", "migrate"]
     assert [loc["bs_id"] for loc in store.locations()] == ["b1", "b2"]
+
+
+def test_base_stations_and_devices_added_after_start_are_known_to_the_plane(
+        tmp_path: Path) -> None:
+    """`locate --serve` runs for hours: a `bs add` / `device add` made since it started is
+    registered from the records before an update naming it would be refused."""
+    cp, _rec, store = plane(tmp_path)
+    store.add_base_station("b9", "fog2")
+    store.add_user("bob", None)
+    store.add_device({"id": "cam", "user": "bob", "type": "camera", "mobility": "mobile",
+                      "role": "sensor"})
+    [placed] = cp.handle(LocationUpdate("cam", "b9", 1.0))
+    assert placed["verdict"] == "place" and placed["destination"] == "fog2"
+    cp.handle(LocationUpdate("hr", "b1", 2.0))  # what the MME knew before is kept
+    with pytest.raises(UserError, match="unknown base station"):
+        cp.handle(LocationUpdate("cam", "b10", 3.0))
