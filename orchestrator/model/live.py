@@ -239,6 +239,7 @@ class LiveEta:
     inputs: MigrationInputs
     calibration: Calibration | None = None
     history: list[EtaPoint] = field(default_factory=list)
+    predicted_s: float = math.nan
     stall_reason: str | None = None
     stall_flagged_s: float | None = None
     _state: EtaState | None = None
@@ -246,11 +247,20 @@ class LiveEta:
     _samples: list[JobSample] = field(default_factory=list)
 
     def seed(self, predicted_total_s: float) -> None:
-        """Start from the pre-migration prediction (∞ when it predicted no convergence)."""
-        self._state = monotone_eta(None, 0.0, predicted_total_s)
+        """Keep the pre-migration prediction (∞ when it predicted no convergence) for the
+        record; the display does not count it down (see `update`)."""
+        self.predicted_s = predicted_total_s
 
     def update(self, sample: JobSample) -> EtaState:
+        """Re-estimate from `sample`. A sample from before round 0 moves anything (libvirt
+        reports iteration 0 and 0 bytes remaining while the destination starts) says nothing
+        about the time left: read as "almost done", it pinned a monotone ETA at 0 s for a
+        whole migration. Until round 0 starts the ETA is unknown ("?"): the destination's
+        start took 2-3 s under TCG, which no prediction of QEMU's own time includes, and a
+        countdown from the prediction would run out and then have to hold at 0."""
         self._samples.append(sample)
+        if not started(sample):
+            return self._hold(sample)
         estimate = estimate_remaining(sample, self.inputs, self.calibration)
         self._state = monotone_eta(self._state, sample.elapsed_s, estimate.remaining_s,
                                    estimate.uncertainty_s)
@@ -279,9 +289,20 @@ class LiveEta:
         if self.stall_reason is not None:
             self.stall_flagged_s = sample.elapsed_s
 
+    def _hold(self, sample: JobSample) -> EtaState:
+        self._state = EtaState(sample.elapsed_s, math.inf, holding=True)
+        self.history.append(EtaPoint(sample.elapsed_s, self._state.remaining_s, math.nan,
+                                     self._state.holding))
+        return self._state
+
     @property
     def state(self) -> EtaState | None:
         return self._state
+
+
+def started(sample: JobSample) -> bool:
+    """Has round 0 begun moving memory (a sample a time-left estimate can stand on)?"""
+    return sample.iteration >= 1 and (sample.remaining_bytes > 0 or sample.processed_bytes > 0)
 
 
 def eta_checkpoints(history: Sequence[EtaPoint], end_s: float,

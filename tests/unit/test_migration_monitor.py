@@ -359,3 +359,17 @@ def test_prometheus_gets_predicted_beside_measured_per_vm():
     assert got[("edgeiot_migration_iterations", ("a", "predicted"))] == 5
     assert got[("edgeiot_migration_time_seconds", ("b", "measured"))] == 2.0
     assert ("edgeiot_migration_time_seconds", ("b", "predicted")) not in got
+
+
+def test_setup_samples_do_not_pin_the_eta_at_zero():
+    # libvirt's first samples: iteration 0, nothing remaining, nothing processed
+    inputs = MigrationInputs(128 * MIB, 0, 20 * MIB)
+    live = LiveEta(inputs)
+    live.seed(6.0)
+    for t in (0.2, 0.4):
+        live.update(JobSample(t, 0, 0.0))
+    state = live.update(JobSample(0.6, 1, 120 * MIB, bandwidth_bytes_s=20 * MIB,
+                                  processed_bytes=4 * MIB))
+    assert state.remaining_s > 3.0  # ~120 MiB of mostly zero pages still to go, not 0 s
+    assert [eta_text(live.state) for _ in (0,)] != ["0.0 s"]
+    assert all(math.isinf(p.remaining_s) for p in live.history[:2])  # "?" while starting
