@@ -250,6 +250,7 @@ def measured_from_record(record: dict[str, Any]) -> MeasuredMigration | None:
         converged=not stalled,
         label=f"#{record.get('id')}",
         eta_error_pct=_eta_errors(result),
+        finish_s=_finish_s(result, samples) if not stalled else None,
         workload=_workload(params),
         dirty_window_s=window,
     )
@@ -264,6 +265,13 @@ def _workload(params: dict[str, Any]) -> str:
     if params.get("dirty_rate_source") or not params.get("dirty_rate_pages_s"):
         return "idle"
     return "sweep"
+
+
+def _finish_s(result: dict[str, Any], samples: Sequence[dict[str, Any]]) -> float | None:
+    """Seconds from the last job sample to the end of libvirt's migrate call."""
+    wall = result.get("wall_time_ms")
+    times = [s["t_s"] for s in samples if isinstance(s.get("t_s"), int | float)]
+    return max(0.0, wall / 1000 - max(times)) if wall and times else None
 
 
 def _eta_errors(result: dict[str, Any]) -> tuple[float | None, ...]:

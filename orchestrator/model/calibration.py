@@ -87,6 +87,7 @@ class MeasuredMigration:
     workload: str = ""  # the writer's family (sweep, uniform, zipf, bursty; idle)
     dirty_window_s: float | None = None  # r_dir is a hypervisor measurement over this window
     eta_error_pct: tuple[float | None, ...] = ()  # the live ETA's error at 10/25/50/75 %
+    finish_s: float | None = None  # wall end − the last job sample: libvirt's finish
 
     def inputs(self) -> MigrationInputs:
         return MigrationInputs(
@@ -143,6 +144,9 @@ def fit_calibration(train: Sequence[MeasuredMigration], start: Calibration | Non
         cal = _fit_downtime(usable, cal)
         cal = _fit_time(usable, cal)
     cal = _fit_spreads(usable, _fit_downtime(usable, cal))  # k's bound moves with the last η
+    finishes = [r.finish_s for r in usable if r.finish_s is not None and r.finish_s >= 0]
+    if finishes:  # a fixed cost outside QEMU's time: its median, for the live ETA only
+        cal = replace(cal, finish_s=float(np.median(finishes)))
     return replace(cal, fitted_on=len(train), source=f"fit on {len(train)} migrations")
 
 

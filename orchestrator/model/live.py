@@ -247,25 +247,26 @@ class LiveEta:
     _samples: list[JobSample] = field(default_factory=list)
 
     def seed(self, predicted_total_s: float) -> None:
-        """Keep the pre-migration prediction (∞ when it predicted no convergence) for the
-        record; the display does not count it down (see `update`)."""
+        """The pre-migration prediction (∞ when it predicted no convergence): what the
+        display counts down from until round 0 starts."""
         self.predicted_s = predicted_total_s
 
     def update(self, sample: JobSample) -> EtaState:
         """Re-estimate from `sample`. A sample from before round 0 moves anything (libvirt
         reports iteration 0 and 0 bytes remaining while the destination starts) says nothing
         about the time left: read as "almost done", it pinned a monotone ETA at 0 s for a
-        whole migration. Until round 0 starts the ETA is unknown ("?"): the destination's
-        start took 2-3 s under TCG, which no prediction of QEMU's own time includes, and a
-        countdown from the prediction would run out and then have to hold at 0."""
+        whole migration. Until round 0 starts the display counts down from the prediction
+        plus libvirt's finish (`seed`), or shows "?" without a finite prediction."""
         self._samples.append(sample)
         if not started(sample):
             return self._hold(sample)
         estimate = estimate_remaining(sample, self.inputs, self.calibration)
-        self._state = monotone_eta(self._state, sample.elapsed_s, estimate.remaining_s,
+        # the user waits for the command, not for QEMU's job: add libvirt's finish
+        left = estimate.remaining_s + (self.calibration or DEFAULT_CALIBRATION).finish_s
+        self._state = monotone_eta(self._state, sample.elapsed_s, left,
                                    estimate.uncertainty_s)
-        self.history.append(EtaPoint(sample.elapsed_s, self._state.remaining_s,
-                                     estimate.remaining_s, self._state.holding))
+        self.history.append(EtaPoint(sample.elapsed_s, self._state.remaining_s, left,
+                                     self._state.holding))
         if self.stall_reason is None:
             self._judge_stall(sample, estimate)
         return self._state
@@ -290,7 +291,12 @@ class LiveEta:
             self.stall_flagged_s = sample.elapsed_s
 
     def _hold(self, sample: JobSample) -> EtaState:
-        self._state = EtaState(sample.elapsed_s, math.inf, holding=True)
+        finish = (self.calibration or DEFAULT_CALIBRATION).finish_s
+        end = self.predicted_s + finish if math.isfinite(self.predicted_s) else math.inf
+        if self._state is not None and math.isfinite(self._state.end_s):
+            end = self._state.end_s
+        self._state = EtaState(sample.elapsed_s, max(end, sample.elapsed_s),
+                               holding=not math.isfinite(end))
         self.history.append(EtaPoint(sample.elapsed_s, self._state.remaining_s, math.nan,
                                      self._state.holding))
         return self._state

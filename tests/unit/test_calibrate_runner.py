@@ -379,3 +379,10 @@ def test_a_measured_idle_guest_is_idle_whatever_its_background_rate():
     rec["params"].pop("workload", None)
     m = measured_from_record(rec)
     assert m is not None and m.workload == "idle" and m.dirty_rate_pages_s == 256.0
+
+
+def test_libvirts_finish_is_the_wall_end_after_the_last_job_sample():
+    rec = record()
+    rec["result"]["wall_time_ms"] = 7800  # the last sample above is at 4.8 s
+    m = measured_from_record(rec)
+    assert m is not None and m.finish_s == pytest.approx(3.0)

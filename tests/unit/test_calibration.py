@@ -352,3 +352,10 @@ def test_a_calibration_from_another_qemu_is_refused_in_one_line_unless_forced() 
     assert "7.2.22" in str(refused.value) and "\n" not in str(refused.value)
     assert "--force" in (check_qemu(cal, "10.0.2", force=True) or "")
     assert Calibration.from_json(cal.to_json()).qemu_version == "7.2.22"
+
+
+def test_the_finish_after_qemus_job_is_fitted_as_a_median() -> None:
+    records = [_replace(r, finish_s=f) for r, f in zip(grid(), (2.0, 2.5, 9.0) * 40,
+                                                        strict=False)]
+    assert fit_calibration(records).finish_s == 2.5
+    assert fit_calibration(grid()).finish_s == Calibration().finish_s  # none measured
