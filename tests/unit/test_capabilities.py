@@ -139,7 +139,8 @@ TCG = Capabilities((7, 2, 22), (9, 0, 0), "qemu")
 
 def test_page_sampling_is_requested_and_polled_until_measured():
     dom, slept = FakeDom(), []
-    rate = Guest(dom, "fog1").measure_dirty_rate(TCG, 1, sleep=slept.append)
+    rate = Guest(dom, "fog1").measure_dirty_rate(TCG, 1, sleep=slept.append,
+                                                more_samples=False)
     assert dom.started == [(1, libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING)]
     assert rate.mib_s == 12 and rate.mode == "page-sampling"
     assert slept[0] == 1 and len(slept) == 3  # the window, then two polls while measuring
@@ -157,4 +158,47 @@ def test_bitmap_and_ring_are_never_asked_of_a_tcg_guest(mode):
 def test_a_calculation_that_never_finishes_is_an_error_not_a_hang():
     dom = FakeDom(pending=10**6)
     with pytest.raises(OrchestratorError, match="no result"):
-        Guest(dom, "fog1").measure_dirty_rate(TCG, 1, sleep=lambda _s: None)
+        Guest(dom, "fog1").measure_dirty_rate(TCG, 1, sleep=lambda _s: None,
+                                                more_samples=False)
+
+
+class QmpGuest(Guest):
+    """A guest whose QEMU monitor is scripted."""
+
+    replies: list[str]
+    sent: list[str]
+
+    def _qmp(self, command: str) -> str:
+        self.sent.append(command)
+        return self.replies.pop(0)
+
+
+def qmp_guest(replies: list[str]) -> QmpGuest:
+    guest = QmpGuest(FakeDom(mib_s=99), "fog1")
+    guest.replies, guest.sent = replies, []
+    return guest
+
+
+def test_more_samples_through_qemus_own_command():
+    guest = qmp_guest(['{"return": {}}', '{"return": {"status": "measuring"}}',
+                       '{"return": {"status": "measured", "dirty-rate": 7, "calc-time": 1, '
+                       '"sample-pages": 4096, "mode": "page-sampling"}}'])
+    rate = guest.measure_dirty_rate(TCG, 1, sleep=lambda _s: None)
+    assert (rate.mib_s, rate.sample_pages) == (7.0, 4096)
+    import json
+    sent = json.loads(guest.sent[0])
+    assert sent == {"execute": "calc-dirty-rate", "arguments": {
+        "calc-time": 1, "sample-pages": 4096, "mode": "page-sampling"}}
+    assert guest.dom.started == []  # libvirt's own call was not needed
+
+
+def test_a_qemu_refusing_sample_pages_falls_back_to_libvirts_call():
+    guest = qmp_guest(['{"error": {"class": "GenericError", "desc": "unknown"}}'])
+    rate = guest.measure_dirty_rate(TCG, 1, sleep=lambda _s: None)
+    assert rate.mib_s == 99 and guest.dom.started  # libvirt's page sampling
+
+
+def test_calc_command_bounds():
+    from orchestrator.fog.capabilities import calc_dirty_rate_command
+    with pytest.raises(ValueError):
+        calc_dirty_rate_command(1, 8192)
