@@ -32,12 +32,12 @@ class LabHandle:
         """The guest agent of one of the lab's VMs, at the address the records give it."""
         store = open_store(self.state_dir)
         try:
-            record = store.vm(vm)
+            record, key = store.vm(vm), store.vm_key(vm)
         finally:
             store.close()
         assert record is not None and record.address, f"no VM {vm} with an address"
         return GuestAgent(record.address, lab_fleet(self.state_dir, self.prefix).policy,
-                          timeout_s=timeout_s)
+                          timeout_s=timeout_s, key=key)
 
     def daemon_log_tails(self, lines: int = 12) -> str:
         """The end of each node's libvirtd and QEMU logs, for a failing test's message."""
