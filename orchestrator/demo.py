@@ -81,7 +81,7 @@ def _migrate_around(lab: Lab, state_dir: Path, memory_mib: int, bandwidth: int) 
     with FleetSession(fleet) as session:
         vm = VmService(session, store).create(VM, "fog1", memory_mib)
         console.print(f"{VM} booted on fog1 at {vm.address}; its agent is counting")
-        agent = GuestAgent(vm.address or "", fleet.policy)
+        agent = VmService(session, store).agent(VM)
         watch = CounterWatch(agent)
         watch.start()
         service = MigrationService(session, store, state_dir,

@@ -71,8 +71,8 @@ from orchestrator.edge.scenario_devices import (
     roam_update,
 )
 from orchestrator.edge.users import proxy_name
+from orchestrator.edge.vms import VmService
 from orchestrator.errors import OrchestratorError, UserError
-from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.fog.node import FogNode
 from orchestrator.fog.session import FleetSession
 from orchestrator.model import dwell as dwell_model
@@ -536,10 +536,12 @@ class Replay:
                                         self.cfg.memory_mib, wait_s=0)
             assert record.address is not None
             addresses[user] = record.address
-        policy_net = self.session.fleet.policy
+        # NOTE: the signing clients are built here, in the thread that owns the store
+        # (SQLite), and only their waits run in the pool.
+        vms = VmService(self.session, self.store)
+        agents = [vms.agent(proxy_name(user)) for user in addresses]
         with ThreadPoolExecutor(3) as pool:
-            list(pool.map(lambda a: GuestAgent(a, policy_net).wait_ready(90.0),
-                          addresses.values()))
+            list(pool.map(lambda agent: agent.wait_ready(90.0), agents))
         return addresses
 
     def _timeline_place(self, timeline: dict[str, list[tuple[float, int]]], ctl: Controller,
