@@ -32,6 +32,7 @@ from orchestrator.edge.migrate import metered_bandwidth_mib_s
 from orchestrator.fleet import lab_fleet
 from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.lab.controller.moves import GapProbe
+from orchestrator.store import open_store
 
 PREFIX, SUBNET = "bsdn", "10.63.0.0/16"
 VM, VM_ADDRESS, VM_MAC = "benchvm", "10.63.1.1", "52:54:00:3f:01:01"
@@ -101,7 +102,12 @@ def migrate_with_gap(state_dir: Path, to: str, move: bool) -> dict[str, Any]:
     """One migration watched by a client polling every 50 ms. With `move`, `orchestrator
     migrate` has the controller move the VM's flows at the switch-over (its default on the
     SDN core); without, the network learns the new place from QEMU's announcement alone."""
-    guest = GuestAgent(VM_ADDRESS, lab_fleet(state_dir, PREFIX).policy, timeout_s=0.5)
+    store = open_store(state_dir)
+    try:
+        key = store.vm_key(VM)
+    finally:
+        store.close()
+    guest = GuestAgent(VM_ADDRESS, lab_fleet(state_dir, PREFIX).policy, timeout_s=0.5, key=key)
     with GapProbe(guest.status) as probe:
         record = orchestrator("migrate", VM, "--to", to, *MIGRATE_CAP,
                               *(() if move else ("--no-flow-move",)))

@@ -333,6 +333,7 @@ def test_prometheus_sees_a_real_migration(lab, prometheus):
     from the host agents of both nodes."""
     from orchestrator.fleet import lab_fleet
     from orchestrator.fog.guest_agent import GuestAgent
+    from orchestrator.store import open_store
 
     env, base = lab["env"], prometheus
     completed = 'edgeiot_migrations_total{status="completed"}'
@@ -341,8 +342,13 @@ def test_prometheus_sees_a_real_migration(lab, prometheus):
                "--json")
     assert made.returncode == 0, made.stderr
     try:
+        store = open_store(lab["tmp"] / "state")
+        try:
+            key = store.vm_key(MIGRATING_VM)
+        finally:
+            store.close()
         guest = GuestAgent(json.loads(made.stdout)["address"],
-                           lab_fleet(lab["tmp"] / "state", PREFIX).policy)
+                           lab_fleet(lab["tmp"] / "state", PREFIX).policy, key=key)
         guest.wait_ready(30)
         guest.set_dirtier(pages_per_s=250, working_set_mib=16)
         time.sleep(3)  # a few scrapes of the guest on fog1 before it moves

@@ -24,8 +24,6 @@ import pytest
 from orchestrator.edge.devices import launch_emulator
 from orchestrator.edge.proxies import directory_path
 from orchestrator.errors import ExitStatus
-from orchestrator.fleet import lab_fleet
-from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.lab.builder import Lab
 from orchestrator.lab.controller.moves import GapProbe
 from orchestrator.lab.controller.rules import CLASS_NAMES, CLASSES, meter_band
@@ -194,7 +192,7 @@ def test_vm_migrates_within_the_metered_rate_and_stays_reachable(lab, cli):
     result = cli("vm", "create", VM, "--node", "fog1", "--memory", "128", "--json")
     assert result.status == ExitStatus.SUCCESS, result.err
     assert result.json()["address"] == VM_ADDRESS
-    guest = GuestAgent(VM_ADDRESS, lab_fleet(lab.state_dir, PREFIX).policy, timeout_s=0.5)
+    guest = lab.agent(VM, timeout_s=0.5)
     boot = guest.status()["boot_id"]
     samples: list[tuple[float, int]] = []
     done = False
@@ -284,7 +282,7 @@ def test_stream_into_a_proxy_vm_and_a_migration_are_accounted_per_class(lab, cli
 
 
 def test_flow_move_keeps_the_vm_reachable(lab, cli):
-    guest = GuestAgent(VM_ADDRESS, lab_fleet(lab.state_dir, PREFIX).policy, timeout_s=0.5)
+    guest = lab.agent(VM, timeout_s=0.5)
     with GapProbe(guest.status) as probe:
         migrated = cli("migrate", VM, "--to", "fog3", "--json")
         moved = cli("core", "move", "--mac", VM_MAC, "--node", "fog3", "--json")
