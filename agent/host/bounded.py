@@ -185,6 +185,7 @@ class _Conn:
 
 
 ACCEPT_PAUSE_S = 0.1
+LOOP_ERROR_PAUSE_S = 0.05
 _FD_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -200,7 +201,7 @@ class BoundedServer:
         self.listener.setblocking(False)
         self.server_address: tuple[str, int] = self.listener.getsockname()[:2]
         self.stats = {"accepted": 0, "evicted": 0, "refused": 0, "bad_requests": 0,
-                      "timeouts": 0, "handler_errors": 0}
+                      "timeouts": 0, "handler_errors": 0, "loop_errors": 0}
         self._conns: set[_Conn] = set()
         self._replies: deque[tuple[_Conn, bytes, bool]] = deque()
         self._lock = threading.Lock()
@@ -268,18 +269,34 @@ class BoundedServer:
     # --- the loop ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        """The loop, supervised: a bug in one step closes the connection it was serving
+        (or, outside any connection, pauses briefly) and is counted in `loop_errors`;
+        the listener itself keeps serving everyone else."""
         while not self._stop.is_set():
-            for key, events in self._sel.select(self._timeout()):
-                if key.data == "accept":
-                    self._accept()
-                elif key.data == "wake":
-                    self._drain_wake()
-                elif events & selectors.EVENT_READ:
-                    self._read(key.data)
-                elif events & selectors.EVENT_WRITE:
-                    self._write(key.data)
-            self._take_replies()
-            self._expire()
+            try:
+                for key, events in self._sel.select(self._timeout()):
+                    self._event(key, events)
+                self._take_replies()
+                self._expire()
+            except Exception:  # noqa: BLE001 - the loop must outlive any bug
+                self.stats["loop_errors"] += 1
+                self._stop.wait(LOOP_ERROR_PAUSE_S)  # never a hot spin on a persistent bug
+
+    def _event(self, key: selectors.SelectorKey, events: int) -> None:
+        try:
+            if key.data == "accept":
+                self._accept()
+            elif key.data == "wake":
+                self._drain_wake()
+            elif events & selectors.EVENT_READ:
+                self._read(key.data)
+            elif events & selectors.EVENT_WRITE:
+                self._write(key.data)
+        except Exception:  # noqa: BLE001 - costs this connection only
+            if not isinstance(key.data, _Conn):
+                raise
+            self.stats["loop_errors"] += 1
+            self._close(key.data)
 
     def _timeout(self) -> float:
         now, soonest = self.clock(), 0.5

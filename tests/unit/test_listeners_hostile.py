@@ -457,3 +457,30 @@ def test_out_of_descriptors_neither_spins_nor_locks_a_fresh_client_out():
             sock.close()
         proc.kill()  # our own child
         proc.wait()
+
+
+class _BuggyFraming(LineFraming):
+    """A framing with a bug: it raises something no framing should on one input."""
+
+    def frame(self, buffer: bytearray) -> tuple[Any, int] | None:
+        if buffer.startswith(b"boom"):
+            raise RuntimeError("a bug in the loop, not a bad request")
+        return super().frame(buffer)
+
+
+def test_a_bug_in_the_loop_costs_one_connection_and_is_counted():
+    server = BoundedServer(("127.0.0.1", 0), _BuggyFraming(64),
+                           lambda line, respond: respond(b"ok\n", False)).start()
+    try:
+        with socket.create_connection(server.server_address, timeout=2) as victim:
+            victim.sendall(b"boom\n")
+            assert read_until_closed(victim) == b""  # closed, no reply
+        deadline = time.monotonic() + 2
+        while server.stats["loop_errors"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.stats["loop_errors"] == 1
+        with socket.create_connection(server.server_address, timeout=1) as fresh:
+            fresh.sendall(b"ping\n")
+            assert fresh.recv(16) == b"ok\n"
+    finally:
+        server.server_close()
