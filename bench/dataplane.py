@@ -1,11 +1,12 @@
 """Benchmark: one proxy VM's data plane under TCG. Prints one JSON object on stdout.
 
 Brings up its own 1-node lab, boots a proxy VM (128 MiB) and a local application VM per
-model (ParkNet, traffic), then runs device emulators inside the fog node at increasing
-record rates. Every rate gets its own five devices (fresh IDs fd00::<run>:1..5 and fresh car
-groups, registered like any device), so each stream starts at seq 1 on the proxy too; the
-bench checks that the proxy accepted exactly what the emulator sent (`accepted_equals_sent`
-per rate, exit status 1 if any rate misses). For each rate it reports the records per second
+model (ParkNet, traffic), then runs device emulators behind the fog node (in its devices
+namespace, as real devices would be: not in the node itself) at increasing record rates.
+Every rate gets its own five devices (fresh IDs fd00::<run>:1..5 and fresh car groups,
+registered like any device), so each stream starts at seq 1 on the proxy too; the bench
+checks that the proxy accepted exactly what the emulator sent (`accepted_equals_sent` per
+rate, exit status 1 if any rate misses). For each rate it reports the records per second
 the proxy accepted, classified and fed to its models in a steady window (25-90 % of the
 sending time; and what the emulator sent in it, and its unacknowledged backlog), and the
 dirty-page rate: primarily the guest's own raw ring-buffer writes (its byte counter ÷ 4096,
@@ -48,6 +49,7 @@ from orchestrator.edge.proxies import directory_path
 from orchestrator.fleet import lab_fleet
 from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.lab.builder import Lab
+from orchestrator.lab.topology import DEVICE_LINK
 from orchestrator.netguard import check_destination
 from orchestrator.store import Store, open_store
 
@@ -138,11 +140,11 @@ def measure(state_dir: Path, store: Store, proxy: GuestAgent, rate: int, seconds
     # Each device proves itself with the key `device add` gave it (wire.device_proof).
     spec = with_keys({"user": "bench", "rate": rate, "ticks": int(rate * seconds),
                       "drain_s": drain_s, "directory": str(directory_path(state_dir)),
-                      "lab_subnet": SUBNET, "bridge": "br-vm", "report": str(report_path),
+                      "lab_subnet": SUBNET, "bridge": DEVICE_LINK, "report": str(report_path),
                       "sources": sources}, store)
     before = proxy.request("stream_stats")
     t0 = time.monotonic()
-    proc = launch_emulator(Lab.recorded(state_dir, PREFIX).enter_argv("fog1"), spec,
+    proc = launch_emulator(Lab.recorded(state_dir, PREFIX).devices_enter_argv("fog1"), spec,
                            tmp / f"s{tag}.json", tmp / f"e{tag}.log")
     time.sleep(seconds / 4)
     mid, rep_mid, t_mid = proxy.request("stream_stats"), emulator_report(report_path), \

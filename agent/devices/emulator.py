@@ -3,7 +3,7 @@
 Spec (JSON):
     {"user": "alice", "directory": "/state/.../directory.json" | "proxy": "10.77.1.1",
      "port": 7071, "rate": 10, "ticks": 300, "report": "/tmp/alice-fog1.json",
-     "lab_subnet": "10.77.0.0/16", "bridge": "br-vm",
+     "lab_subnet": "10.77.0.0/16", "bridge": "eth0",
      "keys": {ID: KEY, ...},
      "sources": [{"kind": "parking", "gps": ID, "ultrasonic": ID, ...}, ...]}
 
@@ -20,8 +20,9 @@ read again on every reconnect: the device's own entry if it has one (its devices
 decomposed onto a mobile proxy), else its user's. A proxy that no longer serves a device
 answers `moved`; the device then asks the directory again at once (and, if the directory
 still names the same proxy — the handover is under way — a moment later).
-Every destination passes orchestrator.netguard first: inside a fog node's namespace only
-lab addresses routed through the node's VM bridge are allowed.
+Every destination passes orchestrator.netguard first: only lab addresses routed through
+`bridge` are allowed (in the lab, the devices namespace's link onto its node's VM bridge,
+orchestrator.lab.topology.DEVICE_LINK).
 
 Roaming: with `"attachments": PATH` in the spec, PATH is a JSON file {device: network
 namespace path} saying behind which fog node (BS) each device's radio is now; whoever plays

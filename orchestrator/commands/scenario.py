@@ -23,6 +23,7 @@ from orchestrator.errors import UserError
 from orchestrator.fleet import default_lab_prefix, lab_fleet
 from orchestrator.fog.session import FleetSession
 from orchestrator.lab.builder import Lab
+from orchestrator.lab.topology import DEVICE_LINK
 from orchestrator.model.controller import TmigCache
 from orchestrator.model.traces import TraceError
 from orchestrator.store import open_store
@@ -101,15 +102,17 @@ def replay(state: Path, trace: sc.Trace, policies: list[str],
     with FleetSession(lab_fleet(state)) as session:
         nodes = sorted(session.fleet.nodes)
         cfg = sc.metered_config(cfg, session.fleet.nodes.values())
-        namespaces = {n: session.fleet.nodes[n].facts["namespace"] for n in nodes}
-        hooks = sc.LabHooks(core_bytes=lab.core_counters, enter=lab.enter_argv,
-                            netns=lambda n: f"/run/netns/{namespaces[n]}",
-                            subnet=record["spec"]["subnet"], bridge="br-vm",
-                            core_classes=lab.core_classes)
-        recorded = {b["bs_id"]: b["node"] for b in records.base_stations()}
-        bs_map = sc.default_bs_map({b for row in trace.bs for b in row}, nodes, recorded)
-        runner = sc.Replay(session, records, state, hooks, trace, bs_map, cfg, calibration)
+        # Devices and their bulk streams sit in each node's devices namespace, behind its
+        # VM bridge: like any device, they pass the node's guard only as far as the VMs.
+        hooks = sc.LabHooks(core_bytes=lab.core_counters, enter=lab.devices_enter_argv,
+                            netns=lab.devices_netns, subnet=record["spec"]["subnet"],
+                            bridge=DEVICE_LINK, core_classes=lab.core_classes)
         try:
+            recorded = {b["bs_id"]: b["node"] for b in records.base_stations()}
+            bs_map = sc.default_bs_map({b for row in trace.bs for b in row}, nodes, recorded)
+            for node in sorted(set(bs_map.values())):
+                lab.devices_netns(node)  # a BS on a node without devices (the cloud): refused
+            runner = sc.Replay(session, records, state, hooks, trace, bs_map, cfg, calibration)
             results = [runner.run(p) for p in policies]
         finally:
             records.close()

@@ -147,12 +147,14 @@ def write_private(path: Path, text: str) -> None:
 
 def launch_emulator(enter_argv: list[str], spec: dict[str, Any], spec_path: Path,
                     log_path: Path) -> subprocess.Popen[bytes]:
-    """Start `python -m agent.devices SPEC` inside a fog node's namespaces.
+    """Start `python -m agent.devices SPEC` behind a base station: `enter_argv` comes from
+    the lab or fleet (in the lab, `Lab.devices_enter_argv(node)`: the node's devices
+    namespace, which reaches VMs but no node's management port).
 
     The spec file is written mode 0600: it carries the devices' credentials (`keys`).
 
-    NOTE: the process lives in the node's network namespace, so the lab's teardown ends it
-    (by pid) even if the caller crashes.
+    NOTE: in the lab the process lives in a namespace the lab created, so the lab's
+    teardown ends it (by pid) even if the caller crashes.
     """
     write_private(spec_path, json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

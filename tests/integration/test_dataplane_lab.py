@@ -24,6 +24,7 @@ from orchestrator.edge.proxies import directory_path
 from orchestrator.errors import ExitStatus
 from orchestrator.fleet import lab_fleet
 from orchestrator.lab.builder import Lab
+from orchestrator.lab.topology import DEVICE_LINK
 from orchestrator.netguard import check_destination
 from orchestrator.store import open_store
 from tests.integration.conftest import lab_fixture
@@ -63,14 +64,14 @@ def keyed(handle, spec: dict) -> dict:
 
 def run_emulators(handle, specs: list[tuple[str, dict]], tmp: Path,
                   timeout_s: float = 180) -> list[dict]:
-    """Run one emulator per (node, spec) inside that node's namespaces; their reports."""
+    """Run one emulator per (node, spec) where that node's devices sit; their reports."""
     enter = Lab.recorded(handle.state_dir, PREFIX)
     procs = []
     for n, (node, spec) in enumerate(specs):
         spec = keyed(handle, {"directory": str(directory_path(handle.state_dir)),
-                              "lab_subnet": SUBNET, "bridge": "br-vm",
+                              "lab_subnet": SUBNET, "bridge": DEVICE_LINK,
                               "report": str(tmp / f"report-{n}.json"), **spec})
-        procs.append(launch_emulator(enter.enter_argv(node), spec, tmp / f"spec-{n}.json",
+        procs.append(launch_emulator(enter.devices_enter_argv(node), spec, tmp / f"spec-{n}.json",
                                      tmp / f"emulator-{n}.log"))
     for proc in procs:
         proc.wait(timeout=timeout_s)
@@ -284,8 +285,8 @@ def test_every_record_arrives_exactly_once_across_a_migration(lab, setup, cli):
         {"kind": "heart", "device": D[12]}]}
     enter = Lab.recorded(lab.state_dir, PREFIX)
     spec.update(directory=str(directory_path(lab.state_dir)), lab_subnet=SUBNET,
-                bridge="br-vm", report=str(setup / "migration.json"))
-    proc = launch_emulator(enter.enter_argv("fog1"), keyed(lab, spec),
+                bridge=DEVICE_LINK, report=str(setup / "migration.json"))
+    proc = launch_emulator(enter.devices_enter_argv("fog1"), keyed(lab, spec),
                            setup / "migration-spec.json", setup / "migration.log")
     time.sleep(4)
     moved = cli("migrate", "px-alice", "--to", "fog2", "--json")  # uncapped: see LAB-NOTES

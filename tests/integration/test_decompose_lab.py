@@ -3,7 +3,7 @@
 Alice's proxy VM runs on fog1 (BS b1) with a local traffic application beside it; her
 heart-rate sensor stays home, her car (GPS + speedometer) drives to BS b2 (fog2) and back.
 One emulator process runs all three devices; when the car roams, its devices' threads
-move into fog2's network namespace (their radio is now behind b2: the connection breaks and
+move into fog2's devices namespace (their radio is now behind b2: the connection breaks and
 they reconnect from there, to px-alice across the core). The location updates go through
 `orchestrator locate` (MME → Eq. 1 → actions applied): the car's roam decomposes the proxy
 — a mobile proxy VM boots on fog2, gets the traffic model, and the car's devices are
@@ -34,9 +34,9 @@ from orchestrator.cli import main
 from orchestrator.edge.devices import launch_emulator, with_keys
 from orchestrator.edge.proxies import directory_path
 from orchestrator.errors import ExitStatus
-from orchestrator.fleet import lab_fleet
 from orchestrator.fog.guest_agent import GuestAgent
 from orchestrator.lab.builder import Lab
+from orchestrator.lab.topology import DEVICE_LINK
 from orchestrator.store import open_store
 from tests.integration.conftest import lab_fixture
 
@@ -69,7 +69,8 @@ def vms_by_node() -> dict[str, str]:
 
 
 def netns(handle, node: str) -> str:
-    return f"/run/netns/{lab_fleet(handle.state_dir, PREFIX).nodes[node].facts['namespace']}"
+    """Where a radio behind `node` sits: the node's devices namespace (a setns path)."""
+    return Lab.recorded(handle.state_dir, PREFIX).devices_netns(node)
 
 
 def attach(path: Path, where: dict[str, str]) -> None:
@@ -153,13 +154,13 @@ def run(lab, tmp_path_factory):
     attach(radios, dict.fromkeys((HR, *CAR), home))
     spec = {"user": "alice", "rate": 10, "ticks": 100_000, "drain_s": 90,
             "directory": str(directory_path(lab.state_dir)), "lab_subnet": SUBNET,
-            "bridge": "br-vm", "report": str(report), "attachments": str(radios), "sources": [
+            "bridge": DEVICE_LINK, "report": str(report), "attachments": str(radios), "sources": [
                 {"kind": "drive", "gps": GPS, "speed": SPEED, "seed": 4, "dwell": 20,
                  "route": [[4010, -7400], [4010, -7399], [4011, -7399]]},
                 {"kind": "heart", "device": HR}]}
     with contextlib.closing(open_store(lab.state_dir)) as store:
         spec = with_keys(spec, store)  # each device proves its identity with its own key
-    enter = Lab.recorded(lab.state_dir, PREFIX).enter_argv("fog1")
+    enter = Lab.recorded(lab.state_dir, PREFIX).devices_enter_argv("fog1")
     proc = launch_emulator(enter, spec, tmp / "spec.json", tmp / "emulator.log")
     seen: dict[str, Any] = {}
     try:

@@ -28,6 +28,7 @@ from orchestrator.errors import ExitStatus
 from orchestrator.fleet import lab_fleet
 from orchestrator.fog.session import FleetSession
 from orchestrator.lab.builder import Lab
+from orchestrator.lab.topology import DEVICE_LINK
 from orchestrator.store import open_store
 from tests.integration.conftest import lab_fixture
 
@@ -110,7 +111,7 @@ def stream(lab, tmp_path_factory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("fault-stream")
     spec = {"user": USER, "rate": STREAM_RATE, "ticks": 10**6, "drain_s": 60,
             "directory": str(directory_path(lab.state_dir)), "lab_subnet": SUBNET,
-            "bridge": "br-vm", "report": str(tmp / "report.json"),
+            "bridge": DEVICE_LINK, "report": str(tmp / "report.json"),
             "sources": [{"kind": "heart", "device": dev} for dev in DEVICES]}
     store = open_store(lab.state_dir)
     try:
@@ -118,7 +119,7 @@ def stream(lab, tmp_path_factory) -> Iterator[dict]:
     finally:
         store.close()
     enter = Lab.recorded(lab.state_dir, PREFIX)
-    proc = launch_emulator(enter.enter_argv("fog1"), spec, tmp / "spec.json",
+    proc = launch_emulator(enter.devices_enter_argv("fog1"), spec, tmp / "spec.json",
                            tmp / "emulator.log")
     try:
         yield {"proc": proc, "report": tmp / "report.json"}

@@ -13,6 +13,7 @@ checks that OVS and the controller are gone with their files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -21,13 +22,15 @@ import time
 import psutil
 import pytest
 
-from orchestrator.edge.devices import launch_emulator
+from orchestrator.edge.devices import launch_emulator, with_keys
 from orchestrator.edge.proxies import directory_path
 from orchestrator.errors import ExitStatus
 from orchestrator.lab.builder import Lab
 from orchestrator.lab.controller.moves import GapProbe
 from orchestrator.lab.controller.rules import CLASS_NAMES, CLASSES, meter_band
 from orchestrator.lab.sdn import DAEMONS, controller_client, ovs_files
+from orchestrator.lab.topology import DEVICE_LINK
+from orchestrator.store import open_store
 from tests.integration.conftest import lab_fixture
 
 pytestmark = pytest.mark.lab
@@ -239,12 +242,15 @@ def test_stream_into_a_proxy_vm_and_a_migration_are_accounted_per_class(lab, cli
     assert added.status == ExitStatus.SUCCESS, added.err
     spec = {"user": "carol", "rate": 10, "ticks": 450, "drain_s": 30,
             "directory": str(directory_path(lab.state_dir)), "lab_subnet": SUBNET,
-            "bridge": "br-vm", "report": str(tmp_path / "report.json"),
+            "bridge": DEVICE_LINK, "report": str(tmp_path / "report.json"),
             "sources": [{"kind": "camera", "camera": CAMERA, "lat": 40.1, "lon": -74.0,
                          "child": None}]}
+    with contextlib.closing(open_store(lab.state_dir)) as store:
+        spec = with_keys(spec, store)  # the camera proves its identity with its own key
     before = classes(lab)
-    emulator = launch_emulator(Lab.recorded(lab.state_dir, PREFIX).enter_argv("fog1"), spec,
-                               tmp_path / "spec.json", tmp_path / "emulator.log")
+    # From fog1's devices namespace: behind fog1's radio, not in the node itself.
+    emulator = launch_emulator(Lab.recorded(lab.state_dir, PREFIX).devices_enter_argv("fog1"),
+                               spec, tmp_path / "spec.json", tmp_path / "emulator.log")
     try:
         time.sleep(3)
         migrated = cli("migrate", VM, "--to", "fog1", "--json")
