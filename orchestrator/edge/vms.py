@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.guest.edgeiot_agent import wire
-from orchestrator.edge.capacity import require_room
+from orchestrator.edge.capacity import placement
 from orchestrator.errors import OrchestratorError, UserError
 from orchestrator.fog.domain_xml import Disk, DomainSpec, Nic, to_xml
 from orchestrator.fog.guest_agent import GuestAgent
@@ -46,13 +46,6 @@ def mac_for(vm_uuid: str, address: str | None) -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
 
 
-def next_address(network: ipaddress.IPv4Network, used: set[str]) -> str:
-    for host in network.hosts():
-        if str(host) not in used:
-            return str(host)
-    raise OrchestratorError(f"no free VM address left in {network}")
-
-
 @dataclass
 class VmService:
     session: FleetSession
@@ -71,11 +64,15 @@ class VmService:
             raise UserError(f"VM {name!r} already exists")
         if self.store.vm(name) is not None:
             self._forget_stale(name)
-        require_room(self.session, node.name, name, memory_mib * 2**20)
-        record, key = self._plan(name, node, memory_mib, vcpus, role), wire.new_key()
-        hv = self.session.hypervisor(node.name)
-        hv.define_and_start(to_xml(replace(self._spec(record, node, key), disks=disks)))
-        self.store.add_vm(record, key)
+        # Room and address are held against every other orchestrator process until the
+        # domain runs and its row holds the address: two `vm create` at once never get one
+        # address (and MAC) twice, nor both the last room on a node.
+        with placement(self.session, self.store, name, node.name, memory_mib * 2**20) as at:
+            record = self._plan(name, node, memory_mib, vcpus, role, at.address)
+            key = wire.new_key()
+            hv = self.session.hypervisor(node.name)
+            hv.define_and_start(to_xml(replace(self._spec(record, node, key), disks=disks)))
+            self.store.add_vm(record, key)
         if wait_s and record.address:
             try:
                 self.agent(name).wait_ready(wait_s)
@@ -94,11 +91,9 @@ class VmService:
                             "to tell whether it still runs there: refused")
         self.store.remove_vm(name)
 
-    def _plan(self, name: str, node: FogNode, memory_mib: int, vcpus: int,
-              role: str) -> VmRecord:
+    def _plan(self, name: str, node: FogNode, memory_mib: int, vcpus: int, role: str,
+              address: str | None) -> VmRecord:
         vm_uuid = str(uuid.uuid4())
-        network = self.session.fleet.vm_network
-        address = next_address(network, self.store.used_addresses()) if network else None
         return VmRecord(name=name, uuid=vm_uuid, node=node.name, memory_mib=memory_mib,
                         vcpus=vcpus, address=address, mac=mac_for(vm_uuid, address), role=role,
                         created_at=time.time())
