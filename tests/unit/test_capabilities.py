@@ -183,7 +183,7 @@ def test_more_samples_through_qemus_own_command():
     guest = qmp_guest(['{"return": {}}', '{"return": {"status": "measuring"}}',
                        '{"return": {"status": "measured", "dirty-rate": 7, "calc-time": 1, '
                        '"sample-pages": 4096, "mode": "page-sampling"}}'])
-    rate = guest.measure_dirty_rate(TCG, 1, sleep=lambda _s: None)
+    rate = guest.measure_dirty_rate(TCG, 1, sleep=lambda _s: None, more_samples=True)
     assert (rate.mib_s, rate.sample_pages) == (7.0, 4096)
     import json
     sent = json.loads(guest.sent[0])
@@ -194,7 +194,7 @@ def test_more_samples_through_qemus_own_command():
 
 def test_a_qemu_refusing_sample_pages_falls_back_to_libvirts_call():
     guest = qmp_guest(['{"error": {"class": "GenericError", "desc": "unknown"}}'])
-    rate = guest.measure_dirty_rate(TCG, 1, sleep=lambda _s: None)
+    rate = guest.measure_dirty_rate(TCG, 1, sleep=lambda _s: None, more_samples=True)
     assert rate.mib_s == 99 and guest.dom.started  # libvirt's page sampling
 
 
@@ -202,3 +202,9 @@ def test_calc_command_bounds():
     from orchestrator.fog.capabilities import calc_dirty_rate_command
     with pytest.raises(ValueError):
         calc_dirty_rate_command(1, 8192)
+
+
+def test_libvirts_own_call_is_the_default():
+    guest = qmp_guest([])
+    assert guest.measure_dirty_rate(TCG, 1, sleep=lambda _s: None).mib_s == 99
+    assert guest.sent == []
