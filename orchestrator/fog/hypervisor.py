@@ -33,7 +33,7 @@ from orchestrator.fog.capabilities import (
     parse_query_dirty_rate,
 )
 from orchestrator.fog.node import FogNode
-from orchestrator.netguard import NetworkPolicy, check_destination
+from orchestrator.netguard import NetworkPolicy, check_destination, pinned_uri
 
 
 def _quiet(_ctx: object, _err: object) -> None:
@@ -268,12 +268,17 @@ class Hypervisor:
 
     @classmethod
     def open(cls, node: FogNode, policy: NetworkPolicy) -> Hypervisor:
+        """Connect to the node's libvirtd at the address netguard checked: libvirt is given
+        that address (`pinned_uri`), so it never resolves a name again after the check
+        (a name stays only where TLS or SSH verify the peer by it)."""
+        uri = node.uri
         if node.host:
             address = check_destination(node.host, policy)
             _probe_listener(node, address)
+            uri = pinned_uri(node.uri, address)
         _ensure_event_loop()
         try:
-            conn = libvirt.open(node.uri)
+            conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:
             raise _error(f"cannot connect to fog node {node.name} ({node.uri})", exc) from exc
         if "+" in node.uri.split(":", 1)[0]:

@@ -134,3 +134,37 @@ def test_the_controller_client_only_talks_to_loopback():
     for base in ("http://10.77.0.1:8080", "http://ctl.example:8080", "https://127.0.0.1:1"):
         with pytest.raises(UserError, match="loopback"):
             ControllerClient(base)
+
+
+class _Conn:
+    def setKeepAlive(self, *_args):  # noqa: N802 (libvirt's name)
+        pass
+
+
+@pytest.mark.parametrize("uri, dialled", [
+    ("qemu+tcp://fog-a.example/system", "qemu+tcp://192.0.2.11/system"),
+    ("qemu+tcp://fog-a.example:16509/system", "qemu+tcp://192.0.2.11:16509/system"),
+    # TLS verifies the certificate for the name: a different peer fails there
+    ("qemu+tls://fog-a.example/system?pkipath=/p", "qemu+tls://fog-a.example/system?pkipath=/p"),
+])
+def test_hypervisor_open_hands_libvirt_the_address_netguard_checked(monkeypatch, uri, dialled):
+    """The name is resolved once, by netguard; libvirt dials the checked address (a
+    second resolution could answer differently: DNS rebinding)."""
+    from orchestrator.fog import hypervisor
+    from orchestrator.fog.node import FogNode
+
+    lookups, probed, opened = [], [], []
+
+    def getaddrinfo(host, *_args, **_kwargs):
+        lookups.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.11", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(hypervisor, "_probe_listener", lambda _n, address: probed.append(address))
+    monkeypatch.setattr(hypervisor, "_ensure_event_loop", lambda: None)
+    monkeypatch.setattr(hypervisor.libvirt, "open", lambda u: opened.append(u) or _Conn())
+    node = FogNode(name="foga", uri=uri, address="fog-a.example")
+    policy = NetworkPolicy(remote_hosts=frozenset({"fog-a.example"}))
+    hv = hypervisor.Hypervisor.open(node, policy)
+    assert opened == [dialled] and probed == ["192.0.2.11"] and lookups == ["fog-a.example"]
+    assert hv.node is node  # the node keeps its URI (names in messages, TLS flags)
