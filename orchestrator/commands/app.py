@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from orchestrator.commands._common import (
     print_table,
     store,
 )
+from orchestrator.commands._numbers import MIB_MAX, count
 from orchestrator.edge.apps import DEPLOYMENTS, KINDS, AppService, face_params, validate_grants
 from orchestrator.errors import UserError
 
@@ -27,15 +29,30 @@ def split_list(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _not_finite(token: str) -> Any:
+    raise UserError(f"{token} is not a finite number")
+
+
+def _finite(token: str) -> float:
+    """A JSON number as a float; 1e999 (which float() reads as infinity) is refused."""
+    number = float(token)
+    return number if math.isfinite(number) else _not_finite(token)
+
+
 def parse_args(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """KEY=VALUE pairs; a VALUE that parses as JSON (numbers, true) is taken as such."""
+    """KEY=VALUE pairs; a VALUE that parses as JSON (numbers, true) is taken as such.
+
+    A number must be finite: JSON's NaN/Infinity and an overflowing 1e999 are refused here,
+    in one line, rather than sent to the guest (whose strict decoder refuses them too)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"expected KEY=VALUE, got {pair!r}")
         try:
-            out[key] = json.loads(value)
+            out[key] = json.loads(value, parse_constant=_not_finite, parse_float=_finite)
+        except UserError as exc:
+            raise UserError(f"{key}={value}: {exc}") from None
         except ValueError:
             out[key] = value
     return out
@@ -47,7 +64,7 @@ def command() -> None:
 
 
 capacity_option = click.option(
-    "--fog-capacity", "fog_capacity", type=int, default=None,
+    "--fog-capacity", "fog_capacity", type=count(0, MIB_MAX), default=None,
     help="MiB a fog node offers to VMs (default: its capacity fact, else 1024); "
          "beyond it the VM goes to the cloud node.")
 
@@ -82,7 +99,7 @@ def install(ctx: click.Context, name: str, kind: str, deployment: str, node: str
 @click.option("--kind", default="facefind", show_default=True)
 @click.option("--target-image", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PGM image of the face to find (facefind).")
-@click.option("--max-distance", type=click.IntRange(0, 64), default=10, show_default=True)
+@click.option("--max-distance", type=count(0, 64), default=10, show_default=True)
 @capacity_option
 @inventory_option
 @json_option

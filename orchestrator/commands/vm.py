@@ -12,7 +12,8 @@ from orchestrator.commands._common import (
     print_listing,
     store,
 )
-from orchestrator.edge.vms import VmService
+from orchestrator.commands._numbers import MIB_MAX, SECONDS_MAX, count, non_negative
+from orchestrator.edge.vms import MAX_VCPUS, MIN_MEMORY_MIB, VmService
 from orchestrator.errors import UserError
 from orchestrator.fog.node import validate_name
 
@@ -25,12 +26,12 @@ def command() -> None:
 @command.command("create")
 @click.argument("name")
 @click.option("--node", required=True, help="Fog node to start the VM on.")
-@click.option("--memory", "memory_mib", type=int, default=256, show_default=True,
-              help="Memory in MiB.")
-@click.option("--vcpus", type=int, default=1, show_default=True)
+@click.option("--memory", "memory_mib", type=count(MIN_MEMORY_MIB, MIB_MAX), default=256,
+              show_default=True, help="Memory in MiB.")
+@click.option("--vcpus", type=count(1, MAX_VCPUS), default=1, show_default=True)
 @click.option("--role", type=click.Choice(["proxy", "app"]), default="proxy", show_default=True)
-@click.option("--wait", "wait_s", type=float, default=30.0, show_default=True,
-              help="Seconds to wait for the guest agent (0: don't wait).")
+@click.option("--wait", "wait_s", type=non_negative(SECONDS_MAX), default=30.0,
+              show_default=True, help="Seconds to wait for the guest agent (0: don't wait).")
 @inventory_option
 @json_option
 @click.pass_context
@@ -81,9 +82,9 @@ WORKLOAD_KINDS = ("none", "sweep", "uniform", "zipf", "bursty")  # the guest's w
 @click.option("--kind", type=click.Choice(WORKLOAD_KINDS), required=True,
               help="Write pattern: sweep, uniform, zipf (hot/cold), bursty (on/off); none "
                    "stops it.")
-@click.option("--rate", "pages_s", type=click.IntRange(0, 300_000), default=2000,
+@click.option("--rate", "pages_s", type=count(0, 300_000), default=2000,
               show_default=True, metavar="PAGES_S", help="Pages written per second.")
-@click.option("--working-set", "working_set_mib", type=click.IntRange(0, 4096), default=32,
+@click.option("--working-set", "working_set_mib", type=count(0, 4096), default=32,
               show_default=True, metavar="MIB", help="Memory the workload writes over.")
 @inventory_option
 @json_option
