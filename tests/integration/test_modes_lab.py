@@ -240,10 +240,9 @@ def test_postcopy_finishes_a_guest_that_would_not_converge(lab, cli, vm, dirtyin
 
 
 def test_auto_converge_converges_the_same_guest_with_throttling(lab, cli, vm, dirtying):
-    """NOTE: throttling slows a guest's vCPU, not a paced writer: 5,000 pages/s cost the
-    vCPU well under 1 % of its time, so even a 99 % throttle left that rate as it was and
-    the first run never converged (aborted at the 120 s timeout). Here the dirtier runs
-    flat out (CPU-bound), which is what auto-converge is for."""
+    """NOTE: throttling takes vCPU time away, which slows a CPU-bound writer, not a paced
+    one: against the 5,000 pages/s writer (a small share of the vCPU) the first run never
+    converged and was aborted at its 120 s timeout. Here the dirtier runs flat out."""
     source, target = hop(lab)
     agent(lab).set_dirtier(pages_per_s=CPU_BOUND_PAGES_S, working_set_mib=DIRTY["working_set_mib"])
     offset = console_size(lab, target)
