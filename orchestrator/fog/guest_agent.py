@@ -12,8 +12,6 @@ authentication, and a guest that requires it refuses them with a one-line error.
 
 from __future__ import annotations
 
-import json
-import socket
 import time
 from typing import Any
 
@@ -45,42 +43,18 @@ class GuestAgent:
     def request(self, op: str, **args: Any) -> dict[str, Any]:
         """One request on a fresh connection; signed unless `op` is open or there is no key."""
         target = check_destination(self.address, self.policy)
-        request = {"op": op, **args}
         try:
-            with socket.create_connection((target, self.port), timeout=self.timeout_s) as sock:
-                lines = sock.makefile("rb")
-                if self._key is not None and op not in wire.OPEN_OPS:
-                    nonce = self._challenge(sock, lines)
-                    request = wire.sign_request(self._key, nonce, 1, request)
-                answer = self._exchange(sock, lines, request)
+            with wire.ControlClient(target, self.port, self._key, self.timeout_s,
+                                    max_reply=MAX_REPLY_BYTES) as client:
+                answer = client.call(op, **args)
+        except wire.AuthError as exc:
+            raise GuestRefused(f"guest agent {self.address}: {exc}") from None
         except OSError as exc:
             raise OrchestratorError(f"guest agent {self.address}:{self.port}: {exc}") from exc
+        except ValueError as exc:  # strict decoder: not UTF-8 JSON, NaN, too deep, no object
+            raise OrchestratorError(f"guest agent {self.address}: bad reply: {exc}") from exc
         if not answer.get("ok"):
             raise GuestRefused(f"guest agent {self.address}: {answer.get('error')}")
-        return answer
-
-    def _challenge(self, sock: socket.socket, lines: Any) -> str:
-        answer = self._exchange(sock, lines, {"op": wire.OP_CHALLENGE})
-        nonce = answer.get("nonce")
-        if not answer.get("ok") or not isinstance(nonce, str) or not nonce:
-            why = answer.get("error") or "no nonce in the answer"
-            raise GuestRefused(f"guest agent {self.address}: challenge refused: {why}")
-        return nonce
-
-    def _exchange(self, sock: socket.socket, lines: Any,
-                  request: dict[str, Any]) -> dict[str, Any]:
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        reply = lines.readline(MAX_REPLY_BYTES + 1)
-        if not reply.endswith(b"\n"):
-            what = "reply too long" if len(reply) > MAX_REPLY_BYTES else "connection closed"
-            raise OrchestratorError(f"guest agent {self.address}: {what} before an answer")
-        try:
-            answer = wire.loads(reply)  # strict: UTF-8 JSON only, no NaN, bounded nesting
-        except ValueError as exc:
-            raise OrchestratorError(
-                f"guest agent {self.address}: bad reply {reply[:200]!r}") from exc
-        if not isinstance(answer, dict):
-            raise OrchestratorError(f"guest agent {self.address}: bad reply {reply[:200]!r}")
         return answer
 
     def status(self) -> dict[str, Any]:

@@ -238,26 +238,36 @@ class ControlClient:
     """
 
     def __init__(self, host: str, port: int = CONTROL_PORT, key: str | None = None,
-                 timeout_s: float = 3.0) -> None:
+                 timeout_s: float = 3.0, max_reply: int = MAX_CONTROL_LINE * 64) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout_s)
         self._reader = self.sock.makefile("rb")
         self.key, self.nonce, self.n = key, "", 0
+        self.max_reply = max_reply
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
+        """The reply to `op`; AuthError if the agent will not hand out a nonce."""
         request: dict[str, Any] = {"op": op, **args}
         if self.key is not None and op not in OPEN_OPS:
             if not self.nonce:
-                self.nonce = str(self.exchange({"op": OP_CHALLENGE}).get("nonce", ""))
+                self.nonce = self._challenge()
             self.n += 1
             request = sign_request(self.key, self.nonce, self.n, request)
         return self.exchange(request)
 
+    def _challenge(self) -> str:
+        reply = self.exchange({"op": OP_CHALLENGE})
+        nonce = reply.get("nonce")
+        if not reply.get("ok") or not isinstance(nonce, str) or not nonce:
+            raise AuthError(f"challenge refused: {reply.get('error') or 'no nonce'}")
+        return nonce
+
     def exchange(self, request: dict[str, Any]) -> dict[str, Any]:
         """Send one request as is, return the reply line decoded."""
         self.sock.sendall(dumps(request))
-        line = self._reader.readline(MAX_CONTROL_LINE * 64)
+        line = self._reader.readline(self.max_reply + 1)
         if not line.endswith(b"\n"):
-            raise OSError("control connection closed before a reply")
+            what = "reply too long" if len(line) > self.max_reply else "connection closed"
+            raise OSError(f"control connection: {what} before a reply")
         reply = loads(line)
         if not isinstance(reply, dict):
             raise ValueError(f"reply is not an object: {line[:80]!r}")
