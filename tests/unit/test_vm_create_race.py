@@ -85,23 +85,24 @@ def _race(tmp_path: Path, capacity_mib: int, vms: list[str],
     return sorted(out)
 
 
-def test_vm_create_in_three_processes_at_once_gives_three_addresses_and_macs(tmp_path):
+def test_vm_create_in_three_processes_at_once_gives_three_addresses_and_macs(
+        tmp_path: Path) -> None:
     created = _race(tmp_path, TEST_DOMAIN_MIB + 3 * 128, ["va", "vb", "vc"])
     assert [r[1] for r in created] == ["created"] * 3, created
     assert len({r[2] for r in created}) == 3 and len({r[3] for r in created}) == 3
     records = Store(tmp_path / "state" / "records.sqlite")
     try:
-        assert sorted(v.address for v in records.vms()) == sorted(r[2] for r in created)
+        assert sorted(str(v.address) for v in records.vms()) == sorted(str(r[2]) for r in created)
         assert records.used_addresses() == {r[2] for r in created}  # allocations released
     finally:
         records.close()
 
 
-def test_vm_create_in_two_processes_at_once_never_overcommits_the_node(tmp_path):
+def test_vm_create_in_two_processes_at_once_never_overcommits_the_node(tmp_path: Path) -> None:
     outcome = _race(tmp_path, TEST_DOMAIN_MIB + 200, ["va", "vb"])  # room for one 128 MiB VM
     assert sorted(r[1] for r in outcome) == ["created", "refused"], outcome
-    refused = next(r for r in outcome if r[1] == "refused")
-    assert "not enough free memory" in refused[2] and "promised elsewhere" in refused[2]
+    refused = str(next(r[2] for r in outcome if r[1] == "refused"))
+    assert "not enough free memory" in refused and "promised elsewhere" in refused
     records = Store(tmp_path / "state" / "records.sqlite")
     try:
         assert [v.name for v in records.vms()] == [next(r[0] for r in outcome
