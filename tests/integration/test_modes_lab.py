@@ -50,7 +50,7 @@ lab = lab_fixture(PREFIX, SUBNET, 2, "--node-memory", "320")
 VM = "px-modes"
 CAP_MIB_S = 8  # the link cap of every migration here
 DIRTY = {"pages_per_s": 5000, "working_set_mib": 12}  # ~20 MB/s of writes: > the cap
-CPU_BOUND_PAGES_S = 300_000  # the dirtier's most: as fast as the vCPU can write
+CPU_BOUND = {"pages_per_s": 300_000, "working_set_mib": 4}  # as fast as the vCPU writes
 # A guest kernel or agent that met corrupted memory says so on its console.
 CRASH = re.compile(r"BUG:|Oops|general protection|segfault|Kernel panic|exited with status")
 
@@ -241,10 +241,14 @@ def test_postcopy_finishes_a_guest_that_would_not_converge(lab, cli, vm, dirtyin
 
 def test_auto_converge_converges_the_same_guest_with_throttling(lab, cli, vm, dirtying):
     """NOTE: throttling takes vCPU time away, which slows a CPU-bound writer, not a paced
-    one: against the 5,000 pages/s writer (a small share of the vCPU) the first run never
-    converged and was aborted at its 120 s timeout. Here the dirtier runs flat out."""
+    one: against the 5,000 pages/s writer (a small share of the vCPU) a run never converged
+    and was aborted at its 120 s timeout; the same writer flat out over 12 MiB got throttled
+    from 20 % upwards and still did not converge in 120 s (what a 99 %-throttled vCPU still
+    writes over 12 MiB is about the 2.4 MB a 300 ms downtime at 8 MiB/s allows). Over 4 MiB
+    flat out, it rewrites its whole set every few ms: plain pre-copy can never get below
+    4 MiB, a throttled one can."""
     source, target = hop(lab)
-    agent(lab).set_dirtier(pages_per_s=CPU_BOUND_PAGES_S, working_set_mib=DIRTY["working_set_mib"])
+    agent(lab).set_dirtier(**CPU_BOUND)
     offset = console_size(lab, target)
     proc = orchestrator(lab, "migrate", VM, "--to", target, "--bandwidth", str(CAP_MIB_S),
                         "--auto-converge", "--timeout", "120", "--json")
@@ -260,7 +264,8 @@ def test_auto_converge_converges_the_same_guest_with_throttling(lab, cli, vm, di
     stored = cli("migrations", "--json", "--samples", "--limit", "1").json()[0]
     assert [s["throttle_pct"] for s in stored["samples"]] == throttles  # kept over time
     assert_runs_once(lab, target)
-    alive_after(lab, dirtying)
+    now = alive_after(lab, dirtying)
+    assert now["dirty"]["pages_per_s"] == CPU_BOUND["pages_per_s"]
     assert not CRASH.search(console_since(lab, target, offset))
     print("auto-converge:", {k: record[k] for k in ("total_time_ms", "iterations",
                                                     "downtime_ms", "throttle_pct_max")},
