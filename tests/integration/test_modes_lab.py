@@ -243,8 +243,9 @@ def test_auto_converge_converges_the_same_guest_with_throttling(lab, cli, vm, di
     """NOTE: throttling takes vCPU time away, which slows a CPU-bound writer, not a paced
     one: against the 5,000 pages/s writer (a small share of the vCPU) a run never converged
     and was aborted at its 120 s timeout; the same writer flat out over 12 MiB got throttled
-    from 20 % upwards and still did not converge in 120 s (what a 99 %-throttled vCPU still
-    writes over 12 MiB is about the 2.4 MB a 300 ms downtime at 8 MiB/s allows). Over 4 MiB
+    from 20 % upwards and still did not converge in 120 s (likely because what a throttled
+    vCPU still writes in a round over 12 MiB stays near the 2.4 MB a 300 ms downtime at
+    8 MiB/s allows). Over 4 MiB
     flat out, it rewrites its whole set every few ms: plain pre-copy can never get below
     4 MiB, a throttled one can."""
     source, target = hop(lab)
