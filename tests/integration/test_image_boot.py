@@ -19,11 +19,14 @@ from typing import Any
 
 import pytest
 
+from agent.guest.edgeiot_agent import wire
+
 pytestmark = pytest.mark.lab
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "images" / "out"
 READY_BUDGET_S = 10.0
+KEY = wire.new_key()  # this test guest's control key, on its kernel command line
 GUEST_ADDR, GUEST_GW = "10.0.2.15/24", "10.0.2.2"  # QEMU user-mode (slirp) defaults
 
 
@@ -34,14 +37,12 @@ def free_loopback_port() -> int:
 
 
 def request(port: int, payload: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(json.dumps(payload).encode() + b"\n")
-        line = sock.makefile("rb").readline()
-    if not line:
-        # NOTE: slirp accepts the host-side connection before the guest listens, then
-        # closes it: an empty reply means "not ready yet", not an error.
-        raise ConnectionError("no reply")
-    return dict(json.loads(line))
+    """One request, signed with the test guest's key (open ops go unsigned).
+
+    NOTE: slirp accepts the host-side connection before the guest listens, then closes it:
+    a connection closed before a reply means "not ready yet" (OSError), not an error."""
+    with wire.ControlClient("127.0.0.1", port, KEY, timeout_s=timeout) as client:
+        return client.call(**payload)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ class Guest:
 def guest(manifest: dict[str, Any], tmp_path: Path) -> Iterator[Guest]:
     port = free_loopback_port()
     cmdline = (f"{manifest['cmdline_base']} edgeiot.ip={GUEST_ADDR} edgeiot.gw={GUEST_GW} "
-               "edgeiot.name=boot-test")
+               f"edgeiot.name=boot-test {wire.KEY_CMDLINE}={KEY}")
     console = tmp_path / "console.log"
     args = [
         "qemu-system-x86_64", "-accel", "tcg", "-m", "128", "-nographic", "-no-reboot",
@@ -118,6 +119,9 @@ def test_guest_boots_to_a_ready_agent_within_budget(guest: Guest) -> None:
     # Bad input is answered, not fatal.
     assert guest.call(op="no-such-op")["ok"] is False
     assert guest.call(op="ping")["ok"] is True
+    with wire.ControlClient("127.0.0.1", guest.port, None) as unsigned:
+        refused = unsigned.call("status")
+    assert refused["ok"] is False and "unauthenticated" in refused["error"]
 
 
 def test_dirtier_rate_is_settable_at_run_time(guest: Guest) -> None:
@@ -130,7 +134,7 @@ def test_dirtier_rate_is_settable_at_run_time(guest: Guest) -> None:
     assert 1600 <= achieved <= 2400, achieved
 
     # Far above what TCG can write: reports what it achieves, keeps serving.
-    guest.call(op="dirty", pages_per_s=10_000_000, working_set_mib=8)
+    guest.call(op="dirty", pages_per_s=300_000, working_set_mib=8)
     time.sleep(2.5)
     status = guest.call(op="status")
     print(f"\nmax achieved dirty rate under TCG: {status['dirty']['achieved_pages_per_s']} "
