@@ -262,9 +262,10 @@ def _probe_listener(node: FogNode, address: str) -> None:
 class Hypervisor:
     """libvirt connection to one fog node."""
 
-    def __init__(self, node: FogNode, conn: libvirt.virConnect) -> None:
+    def __init__(self, node: FogNode, conn: libvirt.virConnect, uri: str | None = None) -> None:
         self.node = node
         self.conn = conn
+        self.uri = uri or node.uri  # as connected: the checked address, not a name, if pinned
 
     @classmethod
     def open(cls, node: FogNode, policy: NetworkPolicy) -> Hypervisor:
@@ -288,7 +289,7 @@ class Hypervisor:
                 conn.setKeepAlive(3, 3)
             except libvirt.libvirtError:
                 pass
-        return cls(node, conn)
+        return cls(node, conn, uri)
 
     def close(self) -> None:
         try:

@@ -256,7 +256,9 @@ def run_migration(guest: Guest, destination: Hypervisor, request: MigrationReque
 
     def migrate() -> None:
         try:
-            guest.migrate(destination.node.uri, migration_params(request),
+            # NOTE: the URI the destination was opened with: the source libvirtd gets the
+            # address netguard checked, never a name to resolve again.
+            guest.migrate(destination.uri, migration_params(request),
                           migration_flags(request))
         except BaseException as exc:  # handed to the monitoring thread
             failure.append(exc)

@@ -168,3 +168,29 @@ def test_hypervisor_open_hands_libvirt_the_address_netguard_checked(monkeypatch,
     hv = hypervisor.Hypervisor.open(node, policy)
     assert opened == [dialled] and probed == ["192.0.2.11"] and lookups == ["fog-a.example"]
     assert hv.node is node  # the node keeps its URI (names in messages, TLS flags)
+    assert hv.uri == dialled  # and a peer-to-peer migration to it is handed the same URI
+
+
+def test_a_migration_hands_the_source_the_destinations_checked_uri():
+    """The source libvirtd dials the destination itself: it gets the URI the orchestrator
+    connected with (the checked address), never the name to resolve again."""
+    from orchestrator.fog.hypervisor import Hypervisor
+    from orchestrator.fog.migration import MigrationRequest, run_migration
+    from orchestrator.fog.node import FogNode
+
+    class _Guest:
+        dialled: list[str] = []
+
+        def migrate(self, uri, _params, _flags):
+            self.dialled.append(uri)
+            raise RuntimeError("stop here: only the URI matters")
+
+        def job_stats(self):
+            return {}
+
+    node = FogNode(name="fogb", uri="qemu+tcp://fog-b.example/system", address="fog-b.example")
+    destination = Hypervisor(node, _Conn(), "qemu+tcp://192.0.2.12/system")
+    guest = _Guest()
+    run_migration(guest, destination, MigrationRequest(vm="v", destination="fogb"),
+                  clock=lambda: 0.0, sleep=lambda _s: None)
+    assert guest.dialled == ["qemu+tcp://192.0.2.12/system"]
