@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +23,7 @@ from agent.guest.edgeiot_agent import wire
 from agent.guest.edgeiot_agent.appvm import AppVmService
 from agent.guest.edgeiot_agent.metadata import MetadataSink
 from agent.guest.edgeiot_agent.streams import StreamService
+from tests.unit.relay import Relay
 
 DEV_KEY = wire.new_key()
 VM_KEY = wire.new_key()
@@ -142,57 +142,6 @@ def test_a_device_known_only_from_a_snapshot_cannot_authenticate(proxy: StreamSe
 
 
 # --- metadata links ------------------------------------------------------------------------------
-
-class Relay:
-    """A TCP relay between sinks and the application VM that can cut every link at once."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = self.listener.getsockname()[:2]
-        self.links: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                down, _ = self.listener.accept()
-            except OSError:
-                return
-            up = socket.create_connection(self.upstream)
-            with self.lock:
-                self.links += [down, up]
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(1000):  # small reads: cuts land mid-line
-                dst.sendall(data)
-        except OSError:
-            pass
-        for sock in (src, dst):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        with self.lock:
-            links, self.links = self.links, []
-        for sock in links:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-    def close(self) -> None:
-        self.listener.close()
-        self.cut()
-
 
 @pytest.fixture
 def appvm() -> Iterator[AppVmService]:

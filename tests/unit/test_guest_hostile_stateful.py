@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import socket
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from agent.guest.edgeiot_agent.appvm import AppVmService
 from agent.guest.edgeiot_agent.lineserver import LineServer
 from agent.guest.edgeiot_agent.metadata import MetadataSink
 from agent.guest.edgeiot_agent.streams import StreamService
+from tests.unit.relay import Relay
 
 KEY = wire.new_key()
 FAST = settings(derandomize=True, max_examples=20, stateful_step_count=25, deadline=None)
@@ -339,57 +339,6 @@ TestStreamHostile.settings = FAST
 
 # --- the application VM's metadata port ----------------------------------------------------------
 
-class Relay:
-    """A TCP relay between the sink and the application VM that can cut the link."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = self.listener.getsockname()[:2]
-        self.links: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                down, _ = self.listener.accept()
-                up = socket.create_connection(self.upstream)
-            except OSError:
-                return
-            with self.lock:
-                self.links += [down, up]
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(700):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for sock in (src, dst):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        with self.lock:
-            links, self.links = self.links, []
-        for sock in links:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-    def close(self) -> None:
-        self.listener.close()
-        self.cut()
-
-
 def spot(i: int) -> dict[str, Any]:
     return {"spot": f"s{i}", "lat": 40.0, "lon": -74.0, "free": i % 2 == 0, "ts": float(i)}
 
@@ -406,7 +355,7 @@ class AppVmMachine(Hostile):
                       '"t":"challenge"')
         self.app.start()
         self.app._op_configure({"app": "park", "kind": "parknet"})
-        self.relay = Relay(self.app.address)
+        self.relay = Relay(self.app.address, chunk=700)
         self.sink = MetadataSink(*self.relay.address, key=wire.sink_key(KEY, "park", "px"),
                                  app="park", proxy="px", retry_s=0.02)
         self.sent = 0
