@@ -350,7 +350,7 @@ def test_prometheus_sees_a_real_migration(lab, prometheus):
         guest = GuestAgent(json.loads(made.stdout)["address"],
                            lab_fleet(lab["tmp"] / "state", PREFIX).policy, key=key)
         guest.wait_ready(30)
-        guest.set_dirtier(pages_per_s=250, working_set_mib=16)
+        guest.set_dirtier(pages_per_s=250, working_set_mib=8)  # a 128 MiB guest allows ~15 MiB
         time.sleep(3)  # a few scrapes of the guest on fog1 before it moves
         started = time.monotonic()
         moved = cli(env, "migrate", MIGRATING_VM, "--to", "fog2", "--bandwidth",
