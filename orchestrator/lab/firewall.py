@@ -81,15 +81,7 @@ def node_guard(topology: Topology) -> str:
     NOTE: loopback is the node itself (libvirtd talking to itself, `nsenter` tools); devices
     no longer share the node's namespace, so nothing else arrives there on `lo`.
     """
-    name = table_name(topology.spec.prefix)
-    return "\n".join([
-        f"table inet {name} {{",
-        f"  counter {REFUSED} {{ }}",
-        f"  counter {DROPPED} {{ }}",
-        *_input_chain(topology, 'iif "lo" accept'),
-        "}",
-        "",
-    ])
+    return _guard_table(topology, 'iif "lo" accept')
 
 
 def root_guard(topology: Topology) -> str:
@@ -97,12 +89,18 @@ def root_guard(topology: Topology) -> str:
     where `locate --serve` or the controller may listen) is closed to VMs and devices.
     Every rule first lets through whatever did not arrive on the lab's core bridge: the
     host's own traffic is never judged here."""
+    return _guard_table(topology, f'iifname != "{topology.bridge}" accept')
+
+
+def _guard_table(topology: Topology, first_rule: str) -> str:
+    """The lab's guard table with its two counters; the two guards differ only in the
+    rule that lets through what is not theirs to judge."""
     name = table_name(topology.spec.prefix)
     return "\n".join([
         f"table inet {name} {{",
         f"  counter {REFUSED} {{ }}",
         f"  counter {DROPPED} {{ }}",
-        *_input_chain(topology, f'iifname != "{topology.bridge}" accept'),
+        *_input_chain(topology, first_rule),
         "}",
         "",
     ])
